@@ -1,0 +1,66 @@
+"""Defaults shared by `bert.py` and `t5.py`: one place for the fields every run has.
+
+Sizes scale the run: `tiny` is a CPU smoke run of about a minute (tests, the default job), `small`
+a longer CPU/GPU run, `base` the paper's setting (paper-facts §3).
+"""
+
+import ml_collections
+
+from ntng_jax.config import METHODS, ConfigError, parse_arg
+from ntng_jax.models.sizes import model_config
+
+
+def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.ConfigDict:
+  """Builds the config for `family` from `arg` ('size=tiny,method=baseline,seed=0')."""
+  args = parse_arg(arg, size="tiny", method="baseline", seed=0)
+  if args.size not in per_size:
+    raise ConfigError(f"config argument size must be one of {', '.join(per_size)}; got {args.size!r}.")
+  if args.method not in METHODS:
+    raise ConfigError(f"config argument method must be one of {', '.join(METHODS)};"
+                      f" got {args.method!r}.")
+  s = per_size[args.size]
+  try:
+    model = model_config(family, args.size)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+  c = ml_collections.ConfigDict()
+  c.model = model
+  c.seed = args.seed
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="synthetic",      # synthetic | text | shards | tfds
+      path="",                 # file or directory for source=text/shards, tfds name for source=tfds
+      seq_len=s["seq_len"],    # BERT sequence length / T5 encoder input length (tokens)
+      num_lines=s.get("num_lines", 40_000),  # size of the synthetic corpus (lines)
+      corpus_seed=0,
+      validation_fraction=0.02,  # held-out fraction of chunks for validation_loss
+      max_predictions=0,       # BERT masked positions per sequence (0 = round(0.15 * seq_len) + 1)
+      noise_density=0.15,      # T5 span corruption
+      mean_noise_span_length=3.0,
+      tokenizer_dir="",        # '' = train on the corpus and cache in the workdir
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      budget_hours=s["budget_hours"],   # RST hours
+      batch_size=s["batch_size"],       # sequences per optimizer step
+      micro_batch_size=s["micro_batch_size"],
+      compute_dtype="float32",          # float32 | bfloat16 (params stay float32)
+      log_every_steps=s.get("log_every_steps", 10),
+      eval_every_rst_minutes=s["eval_every_rst_minutes"],
+      checkpoint_every_rst_minutes=s["checkpoint_every_rst_minutes"],
+      keep_checkpoints=3,
+      validation_batches=s.get("validation_batches", 8),
+      max_steps=0,                      # 0 = run until the RST budget is spent
+  ))
+
+  c.method = ml_collections.ConfigDict(dict(name=args.method))
+
+  c.rst = ml_collections.ConfigDict(dict(
+      table="auto",   # auto | paper | PATH.json (auto: the paper's table if it matches, else calibrate)
+      repeats=5,      # timed repeats per kind when calibrating (median)
+      warmup=2,
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all remaining devices
+  return c

@@ -1,0 +1,96 @@
+"""Shared plumbing for entry points: default paths, multi-host start-up, one-sentence errors."""
+
+import logging
+import os
+import sys
+
+from absl import app
+
+# Errors a user can fix from the command line: printed as one sentence, no traceback.
+_USER_ERRORS = ("ConfigError", "RSTTableError", "CheckpointError", "FileNotFoundError",
+                "DataError")
+
+
+def default_workdir(config) -> str:
+  return os.path.join("runs", f"{config.model.family}-{config.model.size}-{config.method.name}"
+                      f"-seed{config.seed}")
+
+
+def maybe_initialize_distributed() -> None:
+  """Starts `jax.distributed` when the environment describes a multi-process job.
+
+  TPU VM pods and SLURM/OpenMPI GPU clusters are detected by JAX itself; a manual cluster sets
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  import jax
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(env["JAX_NUM_PROCESSES"]),
+                               process_id=int(env["JAX_PROCESS_ID"]))
+  elif env.get("TPU_WORKER_HOSTNAMES", "").count(",") or env.get("SLURM_NTASKS", "1") != "1" \
+      or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    jax.distributed.initialize()
+
+
+def run_cleanly(fn):
+  """Runs fn(); a user-fixable error ends the program with one sentence and exit code 2."""
+  try:
+    return fn()
+  except Exception as e:  # noqa: BLE001
+    if type(e).__name__ in _USER_ERRORS or isinstance(e, ValueError) and _is_ours(e):
+      _fail(str(e))
+    raise
+
+
+def _is_ours(e: Exception) -> bool:
+  """True for ValueErrors raised by ntng_jax/configs code (not from inside JAX or numpy)."""
+  tb = e.__traceback__
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  filename = tb.tb_frame.f_code.co_filename if tb is not None else ""
+  return f"{os.sep}ntng_jax{os.sep}" in filename or f"{os.sep}configs{os.sep}" in filename
+
+
+def preflight_config(argv: list[str], default: str = "configs/bert.py") -> None:
+  """Builds the `--config=FILE[:ARGS]` config once before absl does, so that a bad file or argument
+  ends in one sentence (ml_collections would print a traceback inside a flag-parsing error)."""
+  import importlib.util
+  value = default
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+  path, _, config_arg = value.partition(":")
+  if not os.path.exists(path):
+    _fail(f"config file {path!r} does not exist; pass --config=configs/bert.py or configs/t5.py.")
+  spec = importlib.util.spec_from_file_location("_preflight_config", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    module.get_config(config_arg or None)
+  except Exception as e:  # noqa: BLE001
+    if type(e).__name__ in _USER_ERRORS:
+      _fail(str(e))
+    raise
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def main(fn, check_config: bool = True):
+  """absl.app.run with quiet logging and distributed start-up; config errors as one sentence."""
+  if check_config:
+    preflight_config(sys.argv[1:])
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+  def wrapped(argv):
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    maybe_initialize_distributed()
+    return fn(argv)
+  app.run(wrapped)

@@ -1,0 +1,148 @@
+"""From token streams to batches: chunking, held-out split, resumable batch iterator.
+
+Example ids are chunk indices in the full chunk array (stable across runs for a fixed
+corpus + tokenizer + chunk length).
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Objective = Callable[[np.random.Generator, np.ndarray], dict]
+
+
+def chunk_token_stream(token_lists: Sequence[Sequence[int]], chunk_len: int,
+                       append_ids: Sequence[int] = ()) -> np.ndarray:
+    """Concatenate ``doc + append_ids`` for every doc and cut into full chunks.
+
+    BERT: one doc per line with ``append_ids=(sep_id,)`` (``$A <sep>``); T5:
+    ``append_ids=(eos_id,)``. The remainder after the last full chunk is dropped.
+
+    Returns: int32 [N, chunk_len], N = total_tokens // chunk_len.
+    """
+    app = list(append_ids)
+    total = sum(len(t) for t in token_lists) + len(app) * len(token_lists)
+    flat = np.fromiter(itertools.chain.from_iterable(
+        itertools.chain(t, app) for t in token_lists), dtype=np.int32, count=total)
+    n = total // chunk_len
+    return flat[: n * chunk_len].reshape(n, chunk_len)
+
+
+def holdout_split(num_chunks: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic random split of ``range(num_chunks)``.
+
+    Held out: ``round(fraction * num_chunks)`` chunks (at least 1 if ``fraction > 0`` and
+    ``num_chunks > 1``). Returns (train_ids, heldout_ids), both sorted int64.
+    """
+    n_held = int(round(fraction * num_chunks))
+    if fraction > 0 and num_chunks > 1:
+        n_held = min(max(n_held, 1), num_chunks - 1)
+    perm = np.random.default_rng((seed, 7)).permutation(num_chunks)
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+def unigram_entropy_nats(chunks: np.ndarray, vocab_size: int,
+                         exclude_ids: Sequence[int] = ()) -> float:
+    """Entropy (nats/token) of the empirical token distribution of ``chunks`` (int [N, C]),
+    ignoring ``exclude_ids``: the cross-entropy of the best context-free predictor."""
+    counts = np.bincount(np.asarray(chunks).ravel(), minlength=vocab_size).astype(np.float64)
+    counts[list(exclude_ids)] = 0.0
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+class BatchIterator:
+    """Infinite, deterministic, exactly resumable batch iterator over chunks.
+
+    Epoch ``e`` visits rows in the order ``default_rng((seed, e)).permutation(N)`` (or
+    ``arange(N)`` without shuffle), in ``N // batch_size`` full global batches (remainder
+    dropped). Global batch ``(e, i)`` is split into blocks of ``rng_block`` rows (the last may
+    be shorter); block ``j`` gets the objective RNG ``default_rng((seed, 1, e, i, j))``.
+    Process ``p`` of ``P`` yields rows ``[p*B/P, (p+1)*B/P)`` of each global batch; it runs the
+    objective on the whole blocks overlapping its rows and keeps its rows, so concatenating
+    the processes' batches gives exactly the single-process batch for any ``P``.
+
+    Args:
+      chunks: int [N, C] (an ``np.memmap`` works: only the batch rows are read).
+      batch_size: global batch size B.
+      objective: ``(rng, tokens int [b, C]) -> dict of [b, ...] arrays``.
+      example_ids: int [N] global ids of the rows (default ``arange(N)``).
+      rng_block: rows per objective call; part of the batch definition (keep it fixed).
+    Yields: the objective's dict plus ``example_id`` int32 [B / process_count].
+    """
+
+    def __init__(self, chunks: np.ndarray, batch_size: int, objective: Objective, seed: int = 0,
+                 shuffle: bool = True, process_index: int = 0, process_count: int = 1,
+                 example_ids: np.ndarray | None = None, rng_block: int = 8):
+        self.chunks, self.objective = chunks, objective
+        self.num_rows = int(chunks.shape[0])
+        self.batch_size, self.seed, self.shuffle = int(batch_size), int(seed), bool(shuffle)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.example_ids = (np.arange(self.num_rows) if example_ids is None
+                            else np.asarray(example_ids))
+        if len(self.example_ids) != self.num_rows:
+            raise ValueError(f"example_ids has {len(self.example_ids)} entries for "
+                             f"{self.num_rows} chunks.")
+        if self.batch_size % self.process_count:
+            raise ValueError(f"batch_size {batch_size} is not divisible by process_count "
+                             f"{process_count}.")
+        self.local_batch = self.batch_size // self.process_count
+        self.rng_block = max(1, int(rng_block))
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+        self.batches_per_epoch = self.num_rows // self.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"only {self.num_rows} chunks for a batch of {self.batch_size}; "
+                             f"use more data or a smaller batch.")
+        self.epoch, self.index = 0, 0
+        self._perm_epoch, self._perm = -1, None
+
+    # -------------------------------------------------------------- state
+    def get_state(self) -> dict:
+        """Position of the next batch: ``{'epoch': int, 'index': int}``."""
+        return {"epoch": self.epoch, "index": self.index}
+
+    def set_state(self, state: dict) -> None:
+        """Continue from a :meth:`get_state` dict (the next batch is the one it described)."""
+        epoch, index = int(state["epoch"]), int(state["index"])
+        if not (epoch >= 0 and 0 <= index <= self.batches_per_epoch):
+            raise ValueError(f"invalid iterator state {state} (batches/epoch = "
+                             f"{self.batches_per_epoch}).")
+        self.epoch, self.index = epoch, index
+
+    # -------------------------------------------------------------- batches
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._perm_epoch != epoch:
+            self._perm = (np.random.default_rng((self.seed, epoch)).permutation(self.num_rows)
+                          if self.shuffle else np.arange(self.num_rows))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch_at(self, epoch: int, index: int) -> dict:
+        """This process's part of global batch ``index`` of ``epoch`` (pure function)."""
+        rb, lo = self.rng_block, self.process_index * self.local_batch  # lo: offset in batch
+        hi = lo + self.local_batch
+        j0, j1 = lo // rb, -(-hi // rb)  # blocks overlapping [lo, hi)
+        b0, b1 = j0 * rb, min(j1 * rb, self.batch_size)  # rows those blocks cover
+        order = self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        tokens = np.asarray(self.chunks[order[b0:b1]])
+        parts = []
+        for j in range(j0, j1):
+            rng = np.random.default_rng((self.seed, 1, epoch, index, j))
+            parts.append(self.objective(rng, tokens[j * rb - b0:(j + 1) * rb - b0]))
+        batch = {k: (np.concatenate([p[k] for p in parts]) if len(parts) > 1
+                     else parts[0][k])[lo - b0:hi - b0] for k in parts[0]}
+        batch["example_id"] = self.example_ids[order[lo:hi]].astype(np.int32)
+        return batch
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> dict:
+        if self.index >= self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        batch = self.batch_at(self.epoch, self.index)
+        self.index += 1
+        return batch

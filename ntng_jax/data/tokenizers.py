@@ -1,0 +1,230 @@
+"""SentencePiece tokenizers for BERT (MLM) and T5 (span corruption).
+
+Id layout (``vocab_size`` is always the *model-facing* size, i.e. the embedding rows):
+
+* ``kind='bert'``: SentencePiece BPE (our stand-in for the paper's WordPiece) with NFKC +
+  case-folding normalisation (lower-cases). Fixed specials, all control symbols:
+  ``<pad>=0 <s>=1 </s>=2 <unk>=3 <cls>=4 <sep>=5 <mask>=6``.
+* ``kind='t5'``: SentencePiece unigram with NFKC normalisation (case kept),
+  ``<pad>=0 </s>=1 <unk>=2`` (no BOS). ``num_sentinels`` ids at the top of the vocabulary are
+  sentinels: ``<extra_id_i>`` = ``vocab_size - 1 - i``. They are not SentencePiece pieces; the
+  wrapper handles them (``decode`` renders them as ``<extra_id_i>``). SentencePiece is trained
+  with ``vocab_size - num_sentinels`` pieces (base: 32128 = 32028 pieces + 100 sentinels).
+
+Small corpora: SentencePiece is trained with ``hard_vocab_limit=False``, so it may return fewer
+pieces than requested (``num_pieces``). The vocabulary is then padded *logically*: ids in
+``[num_pieces, vocab_size - num_sentinels)`` exist in the model's embedding but never occur in
+data; ``decode`` drops them and MLM random replacement draws only real pieces
+(``random_token_high == num_pieces``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+BERT_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<cls>", "<sep>", "<mask>")  # ids 0..6
+_RECIPE_VERSION = 1  # bump when training options change (invalidates tokenizer caches)
+_MAX_LINE_CHARS = 4000  # SentencePiece skips longer "sentences"; we split them
+_MODEL_FILE, _META_FILE = "spm.model", "tokenizer.json"
+
+
+def default_num_sentinels(vocab_size: int) -> int:
+    """T5 sentinel count: 100 for real vocabularies, ``vocab_size // 20`` for tiny ones."""
+    return min(100, vocab_size // 20)
+
+
+class Tokenizer:
+    """A SentencePiece model plus the id conventions above.
+
+    Args:
+      model_proto: bytes of the SentencePiece ``.model`` file.
+      kind: ``'bert'`` or ``'t5'``.
+      vocab_size: model-facing vocabulary size (>= real pieces + sentinels).
+      num_sentinels: T5 only (0 for BERT).
+    """
+
+    def __init__(self, model_proto: bytes, kind: str, vocab_size: int, num_sentinels: int = 0):
+        if kind not in ("bert", "t5"):
+            raise ValueError(f"Tokenizer kind must be 'bert' or 't5', got {kind!r}.")
+        self.kind, self.model_proto = kind, bytes(model_proto)
+        self.sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
+        self.num_pieces = int(self.sp.get_piece_size())
+        self.num_sentinels = int(num_sentinels) if kind == "t5" else 0
+        self.vocab_size = int(vocab_size)
+        if self.num_pieces + self.num_sentinels > self.vocab_size:
+            raise ValueError(f"{self.num_pieces} pieces + {self.num_sentinels} sentinels exceed "
+                             f"vocab_size={self.vocab_size}.")
+        self.fingerprint = hashlib.sha256(self.model_proto).hexdigest()[:16]
+        self.pad_id, self.unk_id = self.sp.pad_id(), self.sp.unk_id()
+        self.eos_id = self.sp.eos_id()
+        self._special_ids = frozenset(
+            [i for i in range(self.num_pieces) if self.sp.is_control(i) or self.sp.is_unknown(i)]
+            + (self.vocab_size - 1 - np.arange(self.num_sentinels)).tolist())
+        if kind == "bert":
+            ids = [self.sp.piece_to_id(p) for p in BERT_SPECIALS]
+            if ids != list(range(len(BERT_SPECIALS))):
+                raise ValueError(f"BERT specials at unexpected ids {ids}; retrain the tokenizer.")
+            self.bos_id, self.cls_id, self.sep_id, self.mask_id = 1, 4, 5, 6
+        else:
+            self.bos_id = self.cls_id = self.sep_id = self.mask_id = None
+
+    # -------------------------------------------------------------- ids
+    def sentinel_id(self, i: int) -> int:
+        """Id of ``<extra_id_i>`` (T5): ``vocab_size - 1 - i``."""
+        if not 0 <= i < self.num_sentinels:
+            raise IndexError(f"sentinel {i} out of range [0, {self.num_sentinels}).")
+        return self.vocab_size - 1 - i
+
+    @property
+    def sentinel_ids(self) -> np.ndarray:
+        """int32 [num_sentinels]; entry i is the id of ``<extra_id_i>`` (descending ids)."""
+        return (self.vocab_size - 1 - np.arange(self.num_sentinels)).astype(np.int32)
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids that are never MLM targets: all control/unk pieces plus sentinels."""
+        return set(self._special_ids)
+
+    @property
+    def random_token_high(self) -> int:
+        """Exclusive upper bound of ids that can occur in tokenised text (= ``num_pieces``)."""
+        return self.num_pieces
+
+    # -------------------------------------------------------------- text <-> ids
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one string (no BOS/EOS/SEP added)."""
+        return self.sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of many strings (multi-threaded inside SentencePiece)."""
+        return self.sp.encode(list(texts), out_type=int)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; control pieces and logical padding ids vanish, sentinels render
+        as ``<extra_id_i>``."""
+        parts, run = [], []
+        for i in (int(x) for x in ids):
+            if i < self.num_pieces:
+                run.append(i)
+                continue
+            if run:
+                parts.append(self.sp.decode(run))
+                run = []
+            if i >= self.vocab_size - self.num_sentinels:
+                parts.append(f"<extra_id_{self.vocab_size - 1 - i}>")
+        if run:
+            parts.append(self.sp.decode(run))
+        return " ".join(p for p in parts if p)
+
+    # -------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``spm.model`` + ``tokenizer.json`` into ``directory`` (atomic renames)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = dict(kind=self.kind, vocab_size=self.vocab_size, num_sentinels=self.num_sentinels,
+                    num_pieces=self.num_pieces, fingerprint=self.fingerprint,
+                    recipe_version=_RECIPE_VERSION)
+        for name, data in ((_MODEL_FILE, self.model_proto),
+                           (_META_FILE, json.dumps(meta, indent=1).encode())):
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, d / name)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Tokenizer":
+        """Load a directory written by :meth:`save`; checks the fingerprint."""
+        d = Path(directory)
+        if not (d / _META_FILE).is_file() or not (d / _MODEL_FILE).is_file():
+            raise FileNotFoundError(f"No tokenizer in '{d}' (expected {_MODEL_FILE} and "
+                                    f"{_META_FILE}); set data.tokenizer_dir='' to train one.")
+        meta = json.loads((d / _META_FILE).read_text())
+        tok = cls((d / _MODEL_FILE).read_bytes(), meta["kind"], meta["vocab_size"],
+                  meta.get("num_sentinels", 0))
+        if tok.fingerprint != meta["fingerprint"]:
+            raise ValueError(f"Tokenizer in '{d}' is corrupt (fingerprint mismatch); delete it.")
+        return tok
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(kind={self.kind}, vocab_size={self.vocab_size}, "
+                f"num_pieces={self.num_pieces}, fingerprint={self.fingerprint})")
+
+
+def _sample_lines(lines: Iterable[str], max_chars: int) -> list[str]:
+    """At most ~``max_chars`` characters of text: an even stride through a sequence, a prefix
+    of any other iterable. Long lines are split into ``_MAX_LINE_CHARS`` pieces."""
+    if isinstance(lines, Sequence) and not isinstance(lines, str):
+        total = sum(len(s) for s in lines)
+        stride = max(1, -(-total // max_chars))
+        picked = list(lines[::stride])
+    else:
+        picked, total = [], 0
+        for s in lines:
+            if total >= max_chars:
+                break
+            picked.append(s)
+            total += len(s)
+    out = []
+    for s in picked:
+        s = s.strip()
+        out.extend(s[i:i + _MAX_LINE_CHARS] for i in range(0, len(s), _MAX_LINE_CHARS))
+    return out
+
+
+def train_tokenizer(lines: Iterable[str], kind: str = "bert", vocab_size: int = 32768,
+                    cache_dir: str | os.PathLike | None = None, num_sentinels: int | None = None,
+                    max_train_chars: int = 4_000_000) -> Tokenizer:
+    """Train (or load from cache) a :class:`Tokenizer` on a sample of ``lines``.
+
+    Args:
+      lines: text lines (a list is stride-sampled, an iterator is read up to the budget).
+      kind: ``'bert'`` (BPE, 7 fixed specials) or ``'t5'`` (unigram + sentinels).
+      vocab_size: model-facing vocabulary size (BERT paper 32768, T5 base 32128).
+      cache_dir: if given, the tokenizer lives in ``cache_dir/<key>/`` where ``key`` is a
+        sha256 of (recipe version, kind, vocab_size, num_sentinels, sha256 of the sampled
+        training text); an existing entry is loaded instead of training.
+      num_sentinels: T5 only; default :func:`default_num_sentinels`.
+      max_train_chars: training-text budget in characters (a few MB trains in seconds).
+    """
+    if kind not in ("bert", "t5"):
+        raise ValueError(f"kind must be 'bert' or 't5', got {kind!r}.")
+    n_sent = 0 if kind == "bert" else (default_num_sentinels(vocab_size)
+                                       if num_sentinels is None else int(num_sentinels))
+    sample = [s for s in _sample_lines(lines, max_train_chars) if s]
+    if not sample:
+        raise ValueError("Cannot train a tokenizer on an empty corpus; provide non-empty text.")
+    text_hash = hashlib.sha256("\n".join(sample).encode("utf-8")).hexdigest()
+    key = hashlib.sha256(json.dumps(
+        [_RECIPE_VERSION, kind, int(vocab_size), n_sent, text_hash]).encode()).hexdigest()[:16]
+    entry = Path(cache_dir) / key if cache_dir is not None else None
+    if entry is not None and (entry / _META_FILE).is_file():
+        return Tokenizer.load(entry)
+
+    buf = io.BytesIO()
+    common = dict(sentence_iterator=iter(sample), model_writer=buf,
+                  vocab_size=int(vocab_size) - n_sent, character_coverage=0.9995,
+                  hard_vocab_limit=False, num_threads=max(1, os.cpu_count() or 1),
+                  minloglevel=2, input_sentence_size=0, shuffle_input_sentence=False)
+    if kind == "bert":
+        spm.SentencePieceTrainer.train(
+            model_type="bpe", normalization_rule_name="nmt_nfkc_cf", pad_id=0, bos_id=1,
+            eos_id=2, unk_id=3, pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
+            unk_piece="<unk>", control_symbols=list(BERT_SPECIALS[4:]), **common)
+    else:
+        spm.SentencePieceTrainer.train(
+            model_type="unigram", normalization_rule_name="nmt_nfkc", pad_id=0, eos_id=1,
+            unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+            **common)
+    tok = Tokenizer(buf.getvalue(), kind, vocab_size, n_sent)
+    if entry is not None:
+        tok.save(entry)
+    return tok

@@ -1,0 +1,299 @@
+"""Building blocks shared by BERT and T5.
+
+Conventions: `B` batch, `S`/`Q`/`K` lengths, `D` hidden size, `H` heads, `Dh` head dim, `F` MLP
+width, `V` vocab. Every module computes in `dtype` (default float32) and keeps its parameters in
+float32; softmax and norms run in float32. Every parameter carries logical axis names
+('vocab', 'embed', 'qkv', 'heads', 'kv', 'mlp', 'relpos_buckets'; the scan adds 'layers').
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+NEG_INF = -1e9  # additive mask value; finite so fully masked rows stay NaN-free
+
+
+def normal(std: float):
+  return jax.nn.initializers.normal(stddev=std)
+
+
+def constrain(x, names: Sequence[str | None]):
+  """Logical sharding constraint on an activation; a no-op without axis rules."""
+  return nn.with_logical_constraint(x, tuple(names))
+
+
+class Dense(nn.Module):
+  """Bias-free dense layer contracting the last `in_dims` axes of x with a kernel
+  `[*x.shape[-in_dims:], *features]` whose axes are named `axes`."""
+  features: int | Sequence[int]
+  axes: Sequence[str | None]
+  std: float
+  in_dims: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    shape = tuple(x.shape[-self.in_dims:]) + features
+    kernel = self.param('kernel', nn.with_logical_partitioning(normal(self.std), tuple(self.axes)),
+                        shape, jnp.float32)
+    contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
+    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+
+
+class Embed(nn.Module):
+  """Token embedding `[V, D]`; `attend` gives tied output logits."""
+  num_embeddings: int
+  features: int
+  std: float
+  zero_row: int | None = None  # e.g. BERT's pad id: that row starts at zero (torch padding_idx)
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    def init(key, shape, dtype):
+      w = normal(self.std)(key, shape, dtype)
+      return w if self.zero_row is None else w.at[self.zero_row].set(0)
+    self.embedding = self.param('embedding', nn.with_logical_partitioning(init, ('vocab', 'embed')),
+                                (self.num_embeddings, self.features), jnp.float32)
+
+  def __call__(self, ids):
+    """ids [B, S] int -> [B, S, D] in dtype."""
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x):
+    """x [..., D] -> logits [..., V] (in dtype)."""
+    return jnp.einsum('...d,vd->...v', x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with scale and bias, computed in float32."""
+  eps: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                       (d,), jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      (d,), jnp.float32)
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, computed in float32."""
+  eps: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                       (x.shape[-1],), jnp.float32)
+    x = x.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps) * scale
+    return y.astype(self.dtype)
+
+
+class BertMLP(nn.Module):
+  """Crammed-BERT GELU-GLU: D -> F (halves x, gate) -> erf-GELU(gate) * x -> F/2 -> D.
+
+  The first kernel is `[D, 2, F/2]` (same parameters as torch's D->F Linear, first half = x)
+  so that the split never crosses a tensor-parallel shard of 'mlp'."""
+  intermediate_size: int
+  std: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d, half = x.shape[-1], self.intermediate_size // 2
+    h = Dense((2, half), ('embed', None, 'mlp'), self.std, dtype=self.dtype, name='wi')(x)
+    h = constrain(h, ('act_batch', 'act_length', None, 'act_mlp'))
+    y = nn.gelu(h[..., 1, :], approximate=False) * h[..., 0, :]
+    return Dense(d, ('mlp', 'embed'), self.std, dtype=self.dtype, name='wo')(y)
+
+
+class T5MLP(nn.Module):
+  """T5 v1.1 gated GELU: wo(gelu_tanh(wi_0 x) * wi_1 x); x [..., D] -> [..., D]."""
+  d_ff: int
+  wi_std: float
+  wo_std: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    gate = Dense(self.d_ff, ('embed', 'mlp'), self.wi_std, dtype=self.dtype, name='wi_0')(x)
+    lin = Dense(self.d_ff, ('embed', 'mlp'), self.wi_std, dtype=self.dtype, name='wi_1')(x)
+    h = constrain(nn.gelu(gate, approximate=True) * lin, ('act_batch', 'act_length', 'act_mlp'))
+    return Dense(d, ('mlp', 'embed'), self.wo_std, dtype=self.dtype, name='wo')(h)
+
+
+def dot_product_attention(q, k, v, bias=None, scale: float = 1.0, dtype: Dtype = jnp.float32):
+  """q [B, Q, H, Dh], k/v [B, K, H, Dh], bias broadcastable to [B, H, Q, K] (additive, f32)
+  -> [B, Q, H, Dh] in dtype. Softmax in float32."""
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q.astype(dtype), k.astype(dtype)).astype(jnp.float32)
+  scores = scores * scale
+  if bias is not None:
+    scores = scores + bias
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', probs, v.astype(dtype))
+
+
+class BertAttention(nn.Module):
+  """Fused-QKV self-attention, scale 1/sqrt(Dh), no biases. x [B, S, D] -> [B, S, D].
+
+  The QKV kernel is `[D, 3, H, Dh]`, i.e. torch's D->3D Wqkv laid out [q|k|v], heads contiguous."""
+  num_heads: int
+  head_dim: int
+  std: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, bias=None):
+    qkv = Dense((3, self.num_heads, self.head_dim), ('embed', 'qkv', 'heads', 'kv'), self.std,
+                dtype=self.dtype, name='qkv')(x)
+    qkv = constrain(qkv, ('act_batch', 'act_length', None, 'act_heads', None))
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    out = dot_product_attention(q, k, v, bias, 1.0 / math.sqrt(self.head_dim), self.dtype)
+    return Dense(x.shape[-1], ('heads', 'kv', 'embed'), self.std, in_dims=2, dtype=self.dtype,
+                 name='out')(out)
+
+
+class T5Attention(nn.Module):
+  """T5 attention: separate q, k, v, o; no 1/sqrt(Dh) scaling; additive `bias` (position bias
+  plus masks). x [B, Q, D], kv [B, K, D] -> [B, Q, D].
+
+  With `decode_len > 0` the keys/values live in the 'cache' collection: self-attention writes
+  this step's k/v at `position` into a `[B, decode_len, H, Dh]` buffer; cross-attention projects
+  `kv` (the encoder output) once, on the call that creates the cache."""
+  num_heads: int
+  head_dim: int
+  q_std: float
+  kv_std: float
+  o_std: float
+  cross: bool = False
+  decode_len: int = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, kv, bias=None, position=None):
+    hd = (self.num_heads, self.head_dim)
+    axes = ('embed', 'heads', 'kv')
+    q = Dense(hd, axes, self.q_std, dtype=self.dtype, name='q')(x)
+    k_proj = Dense(hd, axes, self.kv_std, dtype=self.dtype, name='k')
+    v_proj = Dense(hd, axes, self.kv_std, dtype=self.dtype, name='v')
+    if self.decode_len and self.cross:
+      if self.has_variable('cache', 'cross_key'):
+        k = self.get_variable('cache', 'cross_key')
+        v = self.get_variable('cache', 'cross_value')
+      else:  # first decoding step: project the encoder output once
+        k, v = k_proj(kv), v_proj(kv)
+        self.put_variable('cache', 'cross_key', k)
+        self.put_variable('cache', 'cross_value', v)
+    elif self.decode_len:  # x is one step [B, 1, D]
+      k, v = k_proj(kv), v_proj(kv)
+      shape = (x.shape[0], self.decode_len) + hd
+      ck = self.variable('cache', 'key', jnp.zeros, shape, k.dtype)
+      cv = self.variable('cache', 'value', jnp.zeros, shape, v.dtype)
+      ck.value = jax.lax.dynamic_update_slice_in_dim(ck.value, k, position, axis=1)
+      cv.value = jax.lax.dynamic_update_slice_in_dim(cv.value, v, position, axis=1)
+      k, v = ck.value, cv.value
+    else:
+      k, v = k_proj(kv), v_proj(kv)
+    out = dot_product_attention(q, k, v, bias, 1.0, self.dtype)
+    return Dense(x.shape[-1], ('heads', 'kv', 'embed'), self.o_std, in_dims=2, dtype=self.dtype,
+                 name='o')(out)
+
+
+def sinusoidal_table(length: int, dim: int) -> np.ndarray:
+  """Fixed [length, dim] table: even columns sin(pos * w_i), odd columns cos(pos * w_i)."""
+  pos = np.arange(length, dtype=np.float64)[:, None]
+  freq = np.exp(np.arange(0, dim, 2, dtype=np.float64) * (-math.log(10000.0) / dim))
+  table = np.zeros((length, dim), np.float32)
+  table[:, 0::2] = np.sin(pos * freq)
+  table[:, 1::2] = np.cos(pos * freq)[:, : dim // 2]
+  return table
+
+
+class ScaledSinusoidal(nn.Module):
+  """Crammed-BERT positions: fixed sin/cos table times one learnable scalar (init 1/sqrt(D)).
+  Returns [1, S, D] for a sequence of length S <= max_length."""
+  max_length: int
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, length: int):
+    scale = self.param('scale', nn.with_logical_partitioning(
+        nn.initializers.constant(1.0 / math.sqrt(self.features)), ()), (), jnp.float32)
+    table = jnp.asarray(sinusoidal_table(self.max_length, self.features))[None, :length]
+    return (scale * table).astype(self.dtype)
+
+
+def relative_position_buckets(relative_position, bidirectional: bool, num_buckets: int,
+                              max_distance: int):
+  """T5 bucketing of `relative_position = key_pos - query_pos` (int array) into
+  [0, num_buckets): exact for small distances, log-spaced up to max_distance. Unidirectional
+  (decoder) buckets only distinguish keys at or before the query."""
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = jnp.maximum(-relative_position, 0)
+  max_exact = num_buckets // 2
+  safe = jnp.maximum(distance, 1).astype(jnp.float32)
+  large = max_exact + (jnp.log(safe / max_exact) / math.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(relative_position.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(distance < max_exact, distance, large)
+
+
+class RelativeBias(nn.Module):
+  """Per-layer learned bias table [num_buckets, H]; buckets [Q, K] int -> bias [1, H, Q, K] f32."""
+  num_buckets: int
+  num_heads: int
+  std: float
+
+  @nn.compact
+  def __call__(self, buckets):
+    table = self.param('rel_embedding', nn.with_logical_partitioning(
+        normal(self.std), ('relpos_buckets', 'heads')), (self.num_buckets, self.num_heads),
+        jnp.float32)
+    return jnp.transpose(jnp.take(table, buckets, axis=0), (2, 0, 1))[None]
+
+
+def padding_bias(mask):
+  """mask [B, K] (1 = real token) or None -> additive bias [B, 1, 1, K] f32 (or None)."""
+  if mask is None:
+    return None
+  return jnp.where(mask.astype(bool), 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :]
+
+
+def causal_bias(length: int):
+  """[1, 1, S, S] additive bias that hides keys after each query."""
+  allowed = jnp.tril(jnp.ones((length, length), bool))
+  return jnp.where(allowed, 0.0, NEG_INF).astype(jnp.float32)[None, None]
+
+
+def add_biases(*biases):
+  """Sum of the non-None additive biases (broadcasting), or None."""
+  biases = [b for b in biases if b is not None]
+  if not biases:
+    return None
+  out = biases[0]
+  for b in biases[1:]:
+    out = out + b
+  return out

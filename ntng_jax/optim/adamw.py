@@ -1,0 +1,140 @@
+"""AdamWScale, the T5 baseline optimizer (paper-facts §3.2), and the per-tensor RMS step scaling.
+
+AdamWScale is HuggingFace's AdamW (bias correction on) whose step for each parameter tensor `p`
+is multiplied by `max(1e-3, RMS(p))`, `RMS(p) = sqrt(mean(p**2))` over the whole tensor, taken
+before the update (Adafactor's "relative step"). `adamw_scale` builds it from optax pieces:
+
+    chain(scale_by_adam_hf(b1, b2, eps),         # u = m̂ / (sqrt(v) / sqrt(1 - b2^t) + eps / sqrt(1 - b2^t))
+          scale_by_param_rms(floor=1e-3),         # u · max(1e-3, RMS(p))
+          add_decayed_weights(weight_decay, mask),  # + wd · p
+          scale_by_learning_rate(learning_rate))  # · (-lr)
+
+so one step is `p ← p - lr·max(1e-3, RMS(p))·adam(g) - lr·wd·p`.
+
+Two conventions, made explicit:
+
+* **eps.** HF (and the paper's copy of it) divides by `sqrt(v) + eps` and folds the bias
+  corrections into the step size, `lr·sqrt(1-b2^t)/(1-b1^t)`. In optax terms that is
+  `m̂ / (sqrt(v̂) + eps/sqrt(1-b2^t))`, not `optax.scale_by_adam`'s `m̂ / (sqrt(v̂) + eps)`; the two
+  differ in the first few thousand steps for coordinates with |g| ≲ eps/sqrt(1-b2^t) (at t=1,
+  b2=0.999: 3e-5 vs 1e-6). `scale_by_adam_hf` reproduces HF exactly and keeps optax's
+  `ScaleByAdamState(count, mu, nu)`, so state surgery (`optax.tree_utils.tree_map_params`) and
+  checkpoints treat it like `optax.adam`.
+* **Weight decay.** Decoupled, with the *unscaled* learning rate (not multiplied by the RMS
+  factor), applied to the pre-update parameter: `p ← p - lr·s·u - lr·wd·p` (torch.optim.AdamW's
+  order). The paper's HF copy decays the already-updated parameter, `(p - lr·s·u)(1 - lr·wd)`,
+  which differs by the second-order term `lr²·wd·s·u`. The paper's T5 runs use wd = 0, where the
+  two are identical.
+
+**Stacked (scanned) layers.** Our models stack the parameters of all layers along a leading axis
+(`.../layers/...`, see `ntng_jax/models/stack.py`). The paper's RMS is per tensor, i.e. per layer,
+so `scale_by_param_rms(stacked=...)` takes a bool tree (or a function of the params returning
+one) marking leaves whose axis 0 is the layer axis; for those the RMS is computed per slice
+`p[i]`. `build_optimizer` derives it from the parameter path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+BoolTree = Union[Any, Callable[[Any], Any]]  # pytree (or prefix) of bools, or params -> that
+
+
+def broadcast_bool_tree(spec: Optional[BoolTree], params, default: bool) -> Any:
+  """Resolves a mask spec to a bool tree with exactly the structure of `params`.
+
+  spec: None (every leaf = `default`), a pytree of bools with the structure of `params` or a
+  prefix of it, or a callable `params -> such a pytree`. Works for boxed (flax
+  `LogicallyPartitioned`) params as long as spec is built from the same tree.
+  """
+  if spec is None:
+    return jax.tree.map(lambda _: default, params)
+  tree = spec(params) if callable(spec) else spec
+  return jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: bool(flag), sub), tree, params)
+
+
+def param_rms(p: jax.Array, stacked: bool = False) -> jax.Array:
+  """RMS of a parameter tensor, in float32.
+
+  p: any shape. Returns a scalar `sqrt(mean(p**2))`, or, if `stacked`, an array of shape
+  `[L, 1, ..., 1]` with the RMS of each slice `p[i]` (broadcastable against `p`).
+  """
+  p2 = jnp.square(p.astype(jnp.float32))
+  if stacked:
+    return jnp.sqrt(jnp.mean(p2, axis=tuple(range(1, p.ndim)), keepdims=True))
+  return jnp.sqrt(jnp.mean(p2))
+
+
+def scale_by_param_rms(floor: float = 1e-3,
+                       stacked: Optional[BoolTree] = None) -> optax.GradientTransformation:
+  """Multiplies each update leaf by `max(floor, RMS(param))` of its parameter tensor.
+
+  Stateless; `update(updates, state, params)` requires `params`. `stacked`: leaves whose
+  leading axis stacks layers (RMS per slice), see `broadcast_bool_tree` for the accepted forms.
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("scale_by_param_rms needs params.")
+    flags = broadcast_bool_tree(stacked, params, False)
+    updates = jax.tree.map(
+        lambda u, p, s: (u * jnp.maximum(floor, param_rms(p, s))).astype(u.dtype),
+        updates, params, flags)
+    return updates, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_adam_hf(b1: float = 0.9, b2: float = 0.999,
+                     eps: float = 1e-6) -> optax.GradientTransformation:
+  """Bias-corrected Adam direction with HuggingFace's eps placement.
+
+  Returns `u = sqrt(1 - b2^t) / (1 - b1^t) · m / (sqrt(v) + eps)` with
+  `m ← b1·m + (1-b1)·g`, `v ← b2·v + (1-b2)·g²`, t = 1, 2, ... (same shapes as the updates).
+  State: `optax.ScaleByAdamState(count, mu, nu)` like `optax.scale_by_adam`; moments in float32.
+  """
+
+  def init_fn(params):
+    zeros = lambda p: jnp.zeros_like(p, dtype=jnp.float32)
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32),
+                                  mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = optax.safe_int32_increment(state.count)
+    mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g.astype(jnp.float32), updates, state.mu)
+    nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * jnp.square(g.astype(jnp.float32)),
+                      updates, state.nu)
+    t = count.astype(jnp.float32)
+    step = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+    new = jax.tree.map(lambda g, m, v: (step * m / (jnp.sqrt(v) + eps)).astype(g.dtype),
+                       updates, mu, nu)
+    return new, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adamw_scale(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+                eps: float = 1e-6, weight_decay: float = 0.0, mask: Optional[BoolTree] = None,
+                *, stacked: Optional[BoolTree] = None) -> optax.GradientTransformation:
+  """The paper's T5 optimizer "AdamWScale" (defaults = paper-facts §3.2).
+
+  One step: `p ← p - lr·max(1e-3, RMS(p))·u - lr·wd·p`, u from `scale_by_adam_hf`; see the
+  module docstring for the eps and weight-decay conventions. `mask`: which leaves are decayed
+  (optax convention: True = decay; pytree, prefix or callable). `stacked`: leaves with a leading
+  layer axis (per-layer RMS).
+  """
+  return optax.chain(
+      scale_by_adam_hf(b1, b2, eps),
+      scale_by_param_rms(1e-3, stacked),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )

@@ -1,0 +1,251 @@
+"""Sophia-G (paper-facts §4.6) and its Gauss-Newton-Bartlett (GNB) Hessian-diagonal estimator.
+
+Update, per parameter tensor (`g`: gradient after any clipping; `m`, `h`: float32 state; t = the
+number of updates done before this one, `state.count`):
+
+    if is_hessian_refresh_step(t, k):  h ← b2·h + (1-b2)·ĥ          (ĥ: GNB estimate, below)
+    p ← p·(1 - lr·wd)
+    m ← b1·m + (1-b1)·g
+    p ← p - lr·s·sign(m)·min(|m| / (rho·h + eps), 1)
+
+with s = 1, or with `scale_by_param_rms=True` (the paper's T5 code) s = max(1e-3, RMS(p·(1-lr·wd))),
+the RMS of the decayed tensor, while the decay itself uses the unscaled lr. No bias correction.
+Refreshes happen on t = 0, k, 2k, ... *before* that step's update (the paper's BERT loop); with
+`refresh_at_zero=False` on t = k, 2k, ... only (the paper's T5 loop, whose first refresh follows
+the 10th step), so the first k steps run with h = 0: every coordinate is clipped and the step is
+`lr·s·sign(m)`, never larger.
+
+**The GNB estimate and the `bs` convention.** For a batch, `logits_fn(params, batch)` gives
+`(logits [..., V], labels [...], weights [...])`. We draw ŷ ~ Categorical(softmax(logits)) per
+token (no gradient through the draw), form the weighted mean CE `L̂ = Σ w·CE(logits, ŷ) / Σ w`
+and its gradient ĝ = ∇L̂. With N = Σ w label tokens, `N·ĝ⊙ĝ` is an unbiased estimate of the
+diagonal of the Gauss-Newton matrix of the mean token loss, `(1/N) Σ_t J_tᵀ(diag p_t - p_t p_tᵀ)J_t`
+(cross-token terms vanish in expectation because E[∇CE(ŷ)] = 0 under the model's own
+distribution). `gnb_estimate` returns `num_tokens·ĝ⊙ĝ`, with num_tokens = N by default.
+The paper's code stores h_paper = EMA(ĝ⊙ĝ) and divides by `rho·bs·h_paper + 1e-15` with a fixed
+`bs` (BERT 196,608 = 1536·128, T5 5,120) that is *not* the Hessian batch's token count. We store
+h = EMA(bs·ĝ⊙ĝ) instead and divide by `rho·h + eps`, which is the same number:
+`sophia_g(batch_tokens=bs)` reproduces the paper; `batch_tokens=None` uses each Hessian batch's
+own N (the unbiased GN diagonal; optax.contrib.sophia's `gamma` then equals our rho).
+
+**Why not `optax.contrib.sophia`.** Its `scale_by_sophia` with a GNB `hessian_diagonal_fn` and
+gamma = rho would be close but not this update: (1) it bias-corrects the momentum,
+`m̂ = m/(1-b1^t)`, the paper does not (at t=1 the paper's step sees 0.035·g, optax's sees g);
+(2) its ratio is `m̂ / max(gamma·h, eps)` rather than `|m| / (rho·h + eps)`; (3) it refreshes h
+*after* computing the step from the old h, so at t = 0 the step uses h = 0 and every later
+refresh lags one step behind the paper's BERT loop; (4) the T5 variant's lr·RMS(p) scaling with
+unscaled-lr decay, and the RMS of the *decayed* tensor, cannot be expressed by chaining after it
+without knowing lr. So the transformation is written here. `gnb_hessian_diagonal` still plugs
+our estimator into optax.contrib.sophia for anyone who wants that variant.
+
+**Paper-code bugs fixed** (paper-facts §4.6, §7 item 5):
+* BERT drew ŷ from a 768-way softmax over the final *hidden states* (with sparse prediction the
+  model's "logits" output was the hidden states), so the MLM head got no estimate. Here the
+  estimate always uses `logits_fn`, which returns vocabulary logits at the prediction positions.
+* BERT zeroed gradients inside its Hessian micro-batch loop, so only the last of the 6 micro-batches
+  reached `update_hessian` (while all 6 were charged). With `gnb_microbatched=True` the Hessian
+  batch carries a leading micro-batch axis `[n, ...]`; ĝ is accumulated over all n micro-batches
+  with `lax.scan` as the token-weighted mean over the whole Hessian batch (one fresh ŷ draw per
+  micro-batch, key `fold_in(gnb_rng, i)`). The T5 code's clipping of ĝ to L2 norm 1.0 is available
+  as `gnb_clip_norm=1.0` (off by default).
+
+**Extra-args contract.** `tx.update(grads, opt_state, params, **extra)` with
+* `logits_fn`: `(params, batch) -> (logits [..., V], labels [...], weights [...])` (a Python
+  callable, closed over by the jitted step; labels are not used),
+* `gnb_batch`: the Hessian batch as `logits_fn` takes it (with a leading micro-batch axis if
+  `gnb_microbatched`); it is only read on refresh steps, inside `lax.cond`, so any batch of the
+  right shape may be passed on other steps (e.g. the training batch), or
+* `gnb_batch=None` (or absent): no refresh in this call. A trainer that compiles a second step
+  without the Hessian pass must pass the batch whenever `is_hessian_refresh_step(step, k)` is
+  True, otherwise that refresh is silently skipped.
+* `gnb_rng`: a PRNG key for the ŷ draw (fresh per step).
+Unknown extra kwargs are ignored, and optimizers that need none ignore all of these, so one train
+step can pass them to any optimizer from `build_optimizer`.
+
+**RST and "free updates".** The Hessian pass is an extra forward+backward over the Hessian batch
+on refresh steps. The trainer's meter charges it when `is_hessian_refresh_step(step, k)`; the
+paper's `free_updates` ablation (not charging it) is purely a trainer/meter switch and does not
+change this optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ntng_jax.optim import adamw as _adamw
+
+LogitsFn = Callable[[Any, Any], tuple]  # (params, batch) -> (logits [..., V], labels, weights)
+
+
+def is_hessian_refresh_step(count, update_interval: int, refresh_at_zero: bool = True):
+  """True if the update with index `count` (0-based, = updates done so far) refreshes h.
+
+  Refresh steps are count % update_interval == 0, excluding count == 0 unless
+  `refresh_at_zero`. Python ints give a Python bool (for the host-side RST meter); arrays give
+  a bool array (inside jit).
+  """
+  if isinstance(count, (int, np.integer)):
+    return count % update_interval == 0 and (refresh_at_zero or count > 0)
+  count = jnp.asarray(count)
+  return (count % update_interval == 0) & ((count > 0) | refresh_at_zero)
+
+
+def _sampled_ce_sum(params, logits_fn: LogitsFn, batch, rng):
+  """Σ w·CE(logits, ŷ) over one (micro-)batch with ŷ ~ softmax(logits); aux = Σ w."""
+  logits, _, weights = logits_fn(params, batch)
+  logits = logits.astype(jnp.float32)
+  y_hat = jax.random.categorical(rng, jax.lax.stop_gradient(logits), axis=-1)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, y_hat)
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(ce * weights), jnp.sum(weights)
+
+
+def gnb_gradient(params, logits_fn: LogitsFn, batch, rng, *, microbatched: bool = False):
+  """ĝ = ∇ of the weighted mean sampled-label CE over the whole batch, and N = Σ weights.
+
+  batch: as `logits_fn` takes it, or with a leading micro-batch axis `[n, ...]` on every leaf if
+  `microbatched` (then ŷ for micro-batch i is drawn with `fold_in(rng, i)`).
+  Returns `(ĝ, N)`: a float32 tree like params, a float32 scalar.
+  """
+  grad_fn = jax.grad(_sampled_ce_sum, has_aux=True)
+  if not microbatched:
+    g_sum, n = grad_fn(params, logits_fn, batch, rng)
+  else:
+    num = jax.tree.leaves(batch)[0].shape[0]
+
+    def body(carry, xs):
+      g_acc, n_acc = carry
+      i, micro = xs
+      g, n = grad_fn(params, logits_fn, micro, jax.random.fold_in(rng, i))
+      return (jax.tree.map(jnp.add, g_acc, g), n_acc + n), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=jnp.float32), params)
+    (g_sum, n), _ = jax.lax.scan(body, (zeros, jnp.zeros([], jnp.float32)),
+                                 (jnp.arange(num), batch))
+  n_safe = jnp.maximum(n, 1.0)
+  return jax.tree.map(lambda g: g.astype(jnp.float32) / n_safe, g_sum), n
+
+
+def gnb_estimate(params, logits_fn: LogitsFn, batch, rng, *, microbatched: bool = False,
+                 num_tokens: Optional[float] = None, clip_norm: Optional[float] = None):
+  """GNB estimate of the Gauss-Newton diagonal: `num_tokens·ĝ⊙ĝ`, a float32 tree like params.
+
+  ĝ from `gnb_gradient` (optionally rescaled to global L2 norm ≤ `clip_norm`, as the paper's T5
+  code did); num_tokens defaults to N, the batch's label-token count (sum of weights), which makes
+  the estimate unbiased for diag GN of the mean token loss. Pass the paper's `bs` to reproduce
+  its scale (see the module docstring).
+  """
+  g, n = gnb_gradient(params, logits_fn, batch, rng, microbatched=microbatched)
+  if clip_norm is not None:
+    norm = optax.tree.norm(g)
+    g = jax.tree.map(lambda x: x * jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-30)), g)
+  scale = n if num_tokens is None else jnp.asarray(num_tokens, jnp.float32)
+  return jax.tree.map(lambda x: scale * jnp.square(x), g)
+
+
+def gnb_hessian_diagonal(logits_fn: LogitsFn, *, microbatched: bool = False,
+                         num_tokens: Optional[float] = None,
+                         clip_norm: Optional[float] = None) -> optax.GradientTransformationExtraArgs:
+  """`gnb_estimate` as a stateless transformation for `optax.contrib.sophia(hessian_diagonal_fn=)`.
+
+  `update(updates, state, params, *, gnb_batch, gnb_rng, **ignored) -> (ĥ, state)`; ĥ is a tree
+  like params. With it, optax.contrib.sophia is Sophia-G with gamma = rho, but with that
+  implementation's conventions (see the module docstring), not the paper's.
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, *, gnb_batch=None, gnb_rng=None, **extra):
+    del updates, extra
+    if params is None or gnb_batch is None or gnb_rng is None:
+      raise ValueError("gnb_hessian_diagonal needs params, gnb_batch= and gnb_rng=.")
+    est = gnb_estimate(params, logits_fn, gnb_batch, gnb_rng, microbatched=microbatched,
+                       num_tokens=num_tokens, clip_norm=clip_norm)
+    return est, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class SophiaGState(NamedTuple):
+  """State of `sophia_g`: `count` int32 [] (updates done), `mu` (m) and `hessian` (h), float32
+  trees like params."""
+  count: jax.Array
+  mu: Any
+  hessian: Any
+
+
+def sophia_g(learning_rate: optax.ScalarOrSchedule, b1: float = 0.965, b2: float = 0.99,
+             rho: float = 0.04, weight_decay: float = 0.0, update_interval: int = 10,
+             eps: float = 1e-15, batch_tokens: Optional[float] = None,
+             mask: Optional[_adamw.BoolTree] = None, scale_by_param_rms: bool = False, *,
+             refresh_at_zero: bool = True, gnb_microbatched: bool = False,
+             gnb_clip_norm: Optional[float] = None,
+             hessian_estimator: Optional[Callable[..., Any]] = None,
+             stacked: Optional[_adamw.BoolTree] = None) -> optax.GradientTransformationExtraArgs:
+  """Sophia-G exactly as in the module docstring (defaults: BERT's β, ρ, k).
+
+  learning_rate: float, schedule of the update count, or a traced scalar (inject_hyperparams).
+  batch_tokens: the paper's `bs` (BERT 196608, T5 5120); None = each Hessian batch's own N.
+  mask: which leaves are decayed (True = decay; pytree, prefix, or callable of params).
+  scale_by_param_rms: the paper's T5 variant (lr·max(1e-3, RMS(decayed p)), decay with plain lr).
+  refresh_at_zero: refresh h before update 0 (BERT, default) or first before update k (T5).
+  gnb_microbatched / gnb_clip_norm: see `gnb_gradient` / `gnb_estimate`.
+  hessian_estimator: replaces the GNB estimator: `(params, **extra_args) -> ĥ` (tree like
+    params, the quantity that enters the EMA); called only on refresh steps, inside lax.cond.
+  stacked: leaves whose axis 0 stacks layers (per-layer RMS).
+  Extra args of `update`: `logits_fn`, `gnb_batch`, `gnb_rng` (see the module docstring).
+  """
+
+  def init_fn(params):
+    zeros = lambda p: jnp.zeros_like(p, dtype=jnp.float32)
+    return SophiaGState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),
+                        hessian=jax.tree.map(zeros, params))
+
+  def estimate(params, extra):
+    if hessian_estimator is not None:
+      return hessian_estimator(params, **extra)
+    logits_fn, rng = extra.get("logits_fn"), extra.get("gnb_rng")
+    if logits_fn is None or rng is None:
+      raise ValueError("sophia_g: with gnb_batch= the update also needs logits_fn= and gnb_rng=.")
+    return gnb_estimate(params, logits_fn, extra["gnb_batch"], rng,
+                        microbatched=gnb_microbatched, num_tokens=batch_tokens,
+                        clip_norm=gnb_clip_norm)
+
+  def update_fn(updates, state, params=None, **extra):
+    if params is None:
+      raise ValueError("sophia_g needs params.")
+    h = state.hessian
+    if hessian_estimator is not None or extra.get("gnb_batch") is not None:
+      def refresh(h):
+        est = estimate(params, extra)
+        return jax.tree.map(lambda h, e: b2 * h + (1 - b2) * e.astype(jnp.float32), h, est)
+      pred = is_hessian_refresh_step(state.count, update_interval, refresh_at_zero)
+      h = jax.lax.cond(pred, refresh, lambda h: h, h)
+
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g.astype(jnp.float32), state.mu, updates)
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    lr = jnp.asarray(lr, jnp.float32)
+    decay = jax.tree.map(lambda f: lr * weight_decay if f else jnp.zeros([], jnp.float32),
+                         _adamw.broadcast_bool_tree(mask, params, True))
+    flags = _adamw.broadcast_bool_tree(stacked, params, False)
+
+    def leaf(p, m, h, d, s):
+      direction = jnp.sign(m) * jnp.minimum(jnp.abs(m) / (rho * h + eps), 1.0)
+      p32 = p.astype(jnp.float32)
+      step = lr
+      if scale_by_param_rms:
+        step = lr * jnp.maximum(1e-3, _adamw.param_rms(p32 * (1 - d), s))
+      return (-d * p32 - step * direction).astype(p.dtype)
+
+    new_updates = jax.tree.map(leaf, params, mu, h, decay, flags)
+    count = optax.safe_int32_increment(state.count)
+    return new_updates, SophiaGState(count=count, mu=mu, hessian=h)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

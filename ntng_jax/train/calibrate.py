@@ -1,0 +1,93 @@
+"""Calibrates an RST table on the present machine: the time of every step kind a run can execute.
+
+For each number of active layers n = 1..L we time the *full-depth* program with a keep vector that
+runs n layers (skipped layers cost nothing, so one compiled program per kind covers every depth),
+for forward+backward (`train`, the whole configured optimizer step divided by its micro-batches)
+and for forward-only scoring (`forward`, one micro-batch). Compilation is excluded; each entry is
+the median of `rst.repeats` timed runs after `rst.warmup` untimed ones. Units: RST seconds per
+micro-batch of `train.micro_batch_size` sequences.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import jax
+import numpy as np
+
+from ntng_jax import partitioning, rst
+from ntng_jax.optim import build_optimizer
+from ntng_jax.train import step as step_lib
+
+
+def _interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
+  """Median seconds of each zero-argument fn, timed in interleaved rounds so that machine noise
+  (other processes, frequency changes) hits every entry alike."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  times = {key: [] for key in fns}
+  for _ in range(repeats):
+    for key, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[key].append(time.perf_counter() - t0)
+  return {key: float(np.median(v)) for key, v in times.items()}
+
+
+def _keep(n: int, num_layers: int) -> np.ndarray:
+  keep = np.zeros(num_layers, bool)
+  keep[:n] = True
+  return keep
+
+
+def calibrate(config, mesh, example_batch_fn) -> rst.RSTTable:
+  """Times `train[n]` and `forward[n]` for n = 1..num_layers; `example_batch_fn()` returns one
+  global batch (numpy dict of `train.batch_size` rows) in the run's format."""
+  from ntng_jax.train import loop  # the same programs and shardings as the real run
+
+  t, L = config.train, int(config.model.num_layers)
+  num_micro = t.batch_size // t.micro_batch_size
+  tx = build_optimizer(config.optim)
+  batch_np = example_batch_fn()
+  micro_np = {k: v[:t.micro_batch_size] for k, v in batch_np.items()}
+  built = loop.build_programs(config, loop.model_at_depth(config, L), tx, mesh, micro_np)
+  state = loop.init_state(built, tx, mesh, micro_np, seed=0)
+  score = jax.jit(step_lib.make_score_step(built.model, t.compute_dtype),
+                  in_shardings=(built.shardings.params, partitioning.batch_sharding(mesh),
+                                partitioning.replicated(mesh)))
+  batch = partitioning.global_batch(mesh, batch_np)
+  micro = partitioning.global_batch(mesh, micro_np)
+  rng = jax.random.PRNGKey(0)
+  lr = np.float32(0.0)  # a zero learning rate keeps the state fixed across repeats
+
+  def train_fn(n):
+    controls = {"learning_rate": lr, "keep": _keep(n, L)}
+
+    def run():
+      nonlocal state
+      state, metrics = built.train_step(state, batch, rng, controls)
+      return metrics
+    return run
+
+  def forward_fn(n):
+    keep = _keep(n, L)
+    return lambda: score(state.params, micro, keep)
+
+  fns = {("train", n): train_fn(n) for n in range(1, L + 1)}
+  fns.update({("forward", n): forward_fn(n) for n in range(1, L + 1)})
+  with partitioning.activate(mesh):
+    seconds = _interleaved_medians(fns, int(config.rst.warmup), int(config.rst.repeats))
+  train = {n: seconds[("train", n)] / num_micro for n in range(1, L + 1)}
+  forward = {n: seconds[("forward", n)] for n in range(1, L + 1)}
+  device = jax.devices()[0]
+  return rst.RSTTable(
+      name=f"calibrated-{device.platform}-{config.model.family}-{config.model.size}",
+      unit_sequences=int(t.micro_batch_size), train=train, forward=forward,
+      fingerprint=rst.step_shape_fingerprint(config),
+      meta=dict(machine=platform.node(), processor=platform.processor() or platform.machine(),
+                device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
+                num_devices=jax.device_count(), date=rst.now_iso(), jax_version=jax.__version__,
+                repeats=int(config.rst.repeats), statistic="median, compile excluded"))
+
