@@ -7,7 +7,9 @@ a longer CPU/GPU run, `base` the paper's setting (paper-facts §3).
 import ml_collections
 
 from ntng_jax.config import METHODS, ConfigError, parse_arg
+from ntng_jax.methods.base import method_defaults
 from ntng_jax.models.sizes import model_config
+from ntng_jax.optim.build import PAPER_RECIPES
 
 
 def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.ConfigDict:
@@ -63,4 +65,19 @@ def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all remaining devices
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict, per_size: dict) -> ml_collections.ConfigDict:
+  """Applies what the chosen method brings: the paper's optimizer recipe for `lion`/`sophia`
+  (peak LR per size from `per_size[size]['lr_<method>']` where the paper's is for base), and the
+  method class's own `default_config(family, size)` overrides (stacking stages, drop schedule...)."""
+  family, size, name = c.model.family, c.model.size, c.method.name
+  if name in ("lion", "sophia"):
+    recipe = dict(PAPER_RECIPES[family][name])
+    recipe["learning_rate"] = per_size[size].get(f"lr_{name}", recipe["learning_rate"])
+    recipe["schedule"] = c.optim.schedule
+    c.optim = recipe
+  for section, values in method_defaults(name, family, size).items():
+    c[section].update(values)
   return c

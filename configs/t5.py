@@ -3,7 +3,7 @@
 Usage: `--config=configs/t5.py:size=tiny,method=baseline,seed=0`.
 """
 
-from configs.common import base_config
+from configs.common import base_config, finalize
 
 PER_SIZE = {
     "tiny": dict(seq_len=64, batch_size=32, micro_batch_size=32, budget_hours=0.015,
@@ -26,4 +26,4 @@ def get_config(arg=None):
       weight_decay=0.0, clip_norm=1.0,
       schedule="t5_cosine",  # warmup from half the peak over 15.3 %, cosine to 1e-5 (paper-facts §2)
   )
-  return c
+  return finalize(c, PER_SIZE)

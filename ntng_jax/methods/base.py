@@ -1,13 +1,21 @@
 """The method hook protocol: what the trainer asks a method each step.
 
-A method is a small object of pure hooks with the baseline's behaviour as defaults:
+A method is a small object of hooks with the baseline's behaviour as defaults. Host-side hooks
+decide from the RST clock; device-side work (growth, selection) is pure and jitted.
 
 - `initial_depth()`: layers of the first compiled program (stacking starts shallow);
 - `plan(rst_fraction, step) -> Plan`: the depth (static: a change recompiles once) and the keep
-  vector (dynamic: layer dropping; never recompiles) for the next step, from the RST clock;
-- `charges(plan, batch_size)`: what that step will execute, for the RST meter;
-- `host_state()` / `restore_host_state(d)`: a JSON-able dict saved in every checkpoint (e.g. the
-  stacking stage), so a resumed run continues with the same method state.
+  vector (dynamic: layer dropping; never recompiles) of the next step, from the RST clock;
+- `grow(state, new_depth, tx) -> state`: parameter/optimizer-state surgery when the depth
+  changes (`tx` is the optax transformation, for `optax.tree_utils.tree_map_params`);
+- `input_batch_size(batch_size)`: sequences drawn from the data per optimizer step (a mega-batch
+  for batch selection);
+- `init_method_state()` and `make_select_step(model, compute_dtype)`: the device-side method
+  state (e.g. a loss-history buffer, part of `TrainState`) and a pure
+  `select(state, mega_batch, rng) -> (state, batch, metrics)` that picks the training batch;
+- `charges(plan, batch_size)`: what the step executed, for the RST meter;
+- `host_state()` / `restore_host_state(d)`: a JSON-able dict saved in every checkpoint;
+- `metrics(plan)`: extra fields of each metrics record.
 
 Methods never read wall-clock time or the step count for schedules: only the RST fraction.
 """
@@ -15,6 +23,7 @@ Methods never read wall-clock time or the step count for schedules: only the RST
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import numpy as np
 
@@ -38,7 +47,7 @@ class Method:
 
   def __init__(self, config):
     self.config = config
-    self.num_layers = int(config.model.num_layers)
+    self.num_layers = int(config.model.num_layers) if config is not None else 0
 
   def initial_depth(self) -> int:
     return self.num_layers
@@ -46,6 +55,20 @@ class Method:
   def plan(self, rst_fraction: float, step: int) -> Plan:
     del rst_fraction, step
     return Plan(depth=self.num_layers)
+
+  def grow(self, state, new_depth: int, tx):
+    raise NotImplementedError(f"method {self.name!r} does not change depth.")
+
+  def input_batch_size(self, batch_size: int) -> int:
+    return batch_size
+
+  def init_method_state(self):
+    return {}
+
+  def make_select_step(self, model, compute_dtype: str):
+    """None, or a pure `select(state, mega_batch, rng) -> (state, batch, metrics)`."""
+    del model, compute_dtype
+    return None
 
   def charges(self, plan: Plan, batch_size: int) -> list[Charge]:
     return [Charge("train", plan.active_layers, batch_size)]
@@ -57,16 +80,46 @@ class Method:
     del state
 
   def metrics(self, plan: Plan) -> dict:
-    """Extra per-record metrics (e.g. the drop level)."""
     return {"active_layers": plan.active_layers}
+
+
+# method name -> "module:Class"; modules are imported on use.
+REGISTRY = {
+    "baseline": "ntng_jax.methods.base:Method",
+    "lion": "ntng_jax.methods.base:Method",       # optimizer methods change only config.optim
+    "sophia": "ntng_jax.methods.base:Method",
+    "stacking": "ntng_jax.methods.stacking:Stacking",
+    "layer_drop": "ntng_jax.methods.layer_drop:LayerDrop",
+    "selective_backprop": "ntng_jax.methods.selection:SelectiveBackprop",
+    "rho_loss": "ntng_jax.methods.selection:RhoLoss",
+    "il_model": "ntng_jax.methods.selection:ILModel",
+}
+
+
+def method_class(name: str):
+  if name not in REGISTRY:
+    raise ValueError(f"method.name must be one of {', '.join(REGISTRY)}; got {name!r}.")
+  module_name, _, cls = REGISTRY[name].partition(":")
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name == module_name:
+      raise NotImplementedError(f"method {name!r} is not available in this build.") from None
+    raise
+  return getattr(module, cls)
 
 
 def build_method(config) -> Method:
   """The method named by `config.method.name`."""
-  name = config.method.name
-  if name in ("baseline", "lion", "sophia", "il_model"):
-    # Optimizer methods change only the optimizer (configs set optim.*); il_model is a baseline run
-    # on the held-out split (batch selection, a later module).
-    return Method(config)
-  raise NotImplementedError(f"method {name!r} is not available in this build; use one of"
-                            " baseline, lion, sophia.")
+  return method_class(config.method.name)(config)
+
+
+def method_defaults(name: str, family: str, size: str) -> dict:
+  """Config overrides a method brings (`{'method': {...}, 'optim': {...}, ...}`), from the
+  method class's optional `default_config(family, size)`."""
+  try:
+    cls = method_class(name)
+  except NotImplementedError:
+    return {}
+  fn = getattr(cls, "default_config", None)
+  return fn(family, size) if fn else {}

@@ -8,6 +8,9 @@
 
 `init` returns the 'params' collection with logical axis names (`nn.Partitioned` boxes); use
 `nn.unbox(params)` (flax.linen.meta.unbox) for plain arrays. `logits` accepts either.
+Hidden states for fine-tuning: `model.module.apply({'params': p}, input_ids, attention_mask,
+method='encode')` (BERT, [B, S, D]); T5 `encode`/`decode` likewise; T5 generation:
+`greedy_decode(model, params, encoder_input_ids, max_decode_len)`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class LanguageModel:
   init: Callable[..., Any]
   logits: Callable[..., Any]
   num_layers: int
-  param_count: Callable[[Any], int] = staticmethod(param_count)
+  param_count: Callable[[Any], int]
 
 
 def _inputs(family: str, batch) -> dict:
@@ -87,4 +90,4 @@ def build_model(cfg) -> LanguageModel:
     return out, labels, weights
 
   return LanguageModel(cfg=cfg, module=module, init=init, logits=logits,
-                       num_layers=cfg.num_layers)
+                       num_layers=cfg.num_layers, param_count=param_count)

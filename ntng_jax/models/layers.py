@@ -235,6 +235,8 @@ class ScaledSinusoidal(nn.Module):
 
   @nn.compact
   def __call__(self, length: int):
+    if length > self.max_length:
+      raise ValueError(f'sequence length {length} exceeds model.max_length {self.max_length}.')
     scale = self.param('scale', nn.with_logical_partitioning(
         nn.initializers.constant(1.0 / math.sqrt(self.features)), ()), (), jnp.float32)
     table = jnp.asarray(sinusoidal_table(self.max_length, self.features))[None, :length]

@@ -91,6 +91,20 @@ class Checkpointer:
         return f"file {name} has changed since it was saved"
     return None
 
+  def latest_loop(self) -> dict | None:
+    """The `loop` dict of the newest intact checkpoint (cheap: no arrays are read), or None.
+
+    The trainer reads it first to learn the depth (and method state) to build before restoring
+    the arrays themselves."""
+    for step in reversed(self.steps()):
+      if self._intact(step) is None:
+        try:
+          return self.manager.restore(step, args=ocp.args.Composite(
+              loop=ocp.args.JsonRestore())).loop
+        except Exception:  # noqa: BLE001 -- unreadable: restore_latest will report it
+          continue
+    return None
+
   def restore_latest(self, abstract_state):
     """Restores the newest intact checkpoint as (step, state, loop), or None if there is none.
 

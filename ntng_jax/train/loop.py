@@ -24,7 +24,7 @@ import numpy as np
 from ntng_jax import config as config_lib
 from ntng_jax import data as data_lib
 from ntng_jax import partitioning, rst, schedules
-from ntng_jax.methods.base import build_method
+from ntng_jax.methods.base import Method, build_method
 from ntng_jax.models import build_model
 from ntng_jax.optim import build_optimizer
 from ntng_jax.train import checkpoint as ckpt_lib
@@ -47,6 +47,7 @@ class Built:
   abstract: object         # ShapeDtypeStructs with shardings (restore target)
   train_step: object
   eval_step: object
+  select_step: object      # None unless the method selects its batch from a mega-batch
 
 
 def model_at_depth(config, depth: int):
@@ -55,29 +56,48 @@ def model_at_depth(config, depth: int):
   return build_model(model_cfg)
 
 
-def build_programs(config, model, tx, mesh, example_batch: dict) -> Built:
-  """Shape-only init → logical shardings → jitted train/eval steps for this model's depth."""
-  def init_boxed(rng):
-    return state_lib.create(model.init(rng, example_batch), tx)
+def hessian_micro_batches(config) -> int:
+  """Micro-batches of each step used as Sophia-G's Hessian batch (0 for other optimizers)."""
+  if config.optim.name != "sophia":
+    return 0
+  num_micro = config.train.batch_size // config.train.micro_batch_size
+  return max(1, round(config.optim.get("hessian_batch_fraction", 1.0) * num_micro))
 
+
+def _create_state(model, tx, method, example_batch, rng):
+  return state_lib.create(model.init(rng, example_batch), tx, method.init_method_state())
+
+
+def build_programs(config, model, tx, mesh, example_batch: dict, method=None) -> Built:
+  """Shape-only init → logical shardings → jitted train/eval(/select) steps for this depth."""
+  method = method or Method(None)
   with partitioning.rules_context():
-    abstract_boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(0))
+    abstract_boxed = jax.eval_shape(
+        lambda rng: _create_state(model, tx, method, example_batch, rng), jax.random.PRNGKey(0))
     shardings = partitioning.logical_shardings(mesh, abstract_boxed)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.unbox(abstract_boxed), shardings)
   t = config.train
   train_step = step_lib.make_train_step(model, tx, t.batch_size // t.micro_batch_size,
-                                        t.compute_dtype, mesh)
+                                        t.compute_dtype, mesh, hessian_micro_batches(config))
   eval_step = step_lib.make_eval_step(model, t.compute_dtype)
+  select = method.make_select_step(model, t.compute_dtype)
+  if select is not None:
+    batch_sh, rep = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+    select = jax.jit(select, in_shardings=(shardings, batch_sh, rep),
+                     out_shardings=(shardings, batch_sh, rep), donate_argnums=(0,))
   return Built(model=model, shardings=shardings, abstract=abstract,
                train_step=step_lib.jit_train_step(train_step, shardings, mesh),
-               eval_step=step_lib.jit_eval_step(eval_step, shardings.params, mesh))
+               eval_step=step_lib.jit_eval_step(eval_step, shardings.params, mesh),
+               select_step=select)
 
 
-def init_state(built: Built, tx, mesh, example_batch: dict, seed: int):
-  """Initialises parameters directly into their shardings (no host copy of the full model)."""
+def init_state(built: Built, tx, mesh, example_batch: dict, seed: int, method=None):
+  """Initialises the state directly into its shardings (no host copy of the full model)."""
+  method = method or Method(None)
+
   def init(rng):
-    return nn.unbox(state_lib.create(built.model.init(rng, example_batch), tx))
+    return nn.unbox(_create_state(built.model, tx, method, example_batch, rng))
   with partitioning.activate(mesh):
     return jax.jit(init, out_shardings=built.shardings)(jax.random.PRNGKey(seed))
 
@@ -154,6 +174,37 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
+def optimizer_charges(config, table: rst.RSTTable, step: int, batch_size: int,
+                      active_layers: int) -> list[rst.Charge]:
+  """What the optimizer adds to a step's bill.
+
+  A table with the optimizer's own per-step entry (the paper's T5 Lion/Sophia times) charges it
+  every step, as the paper did. Otherwise Sophia-G is charged its extra sampled-label forward and
+  backward pass on Hessian-refresh steps, unless `optim.free_updates` (the paper's ablation)."""
+  name = config.optim.name
+  if name in table.extra:
+    return [rst.Charge("extra", name, batch_size)]
+  if name != "sophia" or config.optim.get("free_updates", False):
+    return []
+  from ntng_jax.optim import is_hessian_refresh_step
+  if not is_hessian_refresh_step(step, int(config.optim.get("update_interval", 10)),
+                                 bool(config.optim.get("refresh_at_zero", True))):
+    return []
+  hessian_sequences = hessian_micro_batches(config) * config.train.micro_batch_size
+  return [rst.Charge("train", active_layers, hessian_sequences)]
+
+
+def _validation_sets(dataset, batch_size: int, max_batches: int, nproc: int, pidx: int) -> dict:
+  """{name: [batch]} with this process's rows; the dataset's named sets if it has them."""
+  if hasattr(dataset, "validation_sets"):
+    sets = dataset.validation_sets(batch_size, seed=0, max_batches=max_batches)
+  else:
+    sets = {"heldout": dataset.validation_batches(batch_size, seed=0, max_batches=max_batches)}
+  share = lambda v: np.asarray(v)[pidx * (len(v) // nproc):(pidx + 1) * (len(v) // nproc)]
+  return {name: [{k: share(v) for k, v in b.items()} for b in batches]
+          for name, batches in sets.items()}
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Pre-trains `config` into `workdir` (resuming if it holds a checkpoint); returns the summary."""
   config_lib.validate(config)
@@ -174,27 +225,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
         f" size ({divisor}) so every device gets whole examples.")
 
   # ---------------------------------------------------------------------------------------------
-  # Data: this process's rows of every global batch; validation batches with fixed masks.
+  # Method and data: this process's rows of every global (mega-)batch; fixed validation batches.
+  method = build_method(config)
   dataset = data_lib.build_dataset(config.data, config.model.family, config.model.vocab_size,
                                    workdir)
   nproc, pidx = jax.process_count(), jax.process_index()
-  train_iter = dataset.train_iterator(t.batch_size, seed=config.seed, process_index=pidx,
-                                      process_count=nproc)
+  train_iter = dataset.train_iterator(method.input_batch_size(t.batch_size), seed=config.seed,
+                                      process_index=pidx, process_count=nproc)
   example_batch = next(iter(dataset.train_iterator(t.micro_batch_size, seed=0)))
   example_batch = {k: np.asarray(v) for k, v in example_batch.items()}
-  val_batches = [
-      {k: np.asarray(v)[pidx * (len(v) // nproc):(pidx + 1) * (len(v) // nproc)]
-       for k, v in b.items()}
-      for b in dataset.validation_batches(t.micro_batch_size, seed=0,
-                                          max_batches=t.validation_batches)]
+  val_sets = _validation_sets(dataset, t.micro_batch_size, t.validation_batches, nproc, pidx)
   tokens_per_step = t.batch_size * _tokens_per_sequence(example_batch)
-
-  # ---------------------------------------------------------------------------------------------
-  # Method, optimizer and the model at the method's first depth.
-  method = build_method(config)
-  tx = build_optimizer(config.optim)
-  depth = method.initial_depth()
-  built = build_programs(config, model_at_depth(config, depth), tx, mesh, example_batch)
 
   # ---------------------------------------------------------------------------------------------
   # RST table (calibrated at start-up if no built-in table matches).
@@ -207,21 +248,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
   schedule = schedules.get(config.optim.schedule)
 
   # ---------------------------------------------------------------------------------------------
-  # State: restore the newest intact checkpoint, else initialise.
+  # Optimizer, programs at the checkpoint's (or the method's first) depth, and the state.
+  tx = build_optimizer(config.optim)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
-  restored = checkpointer.restore_latest(built.abstract)
+  saved_loop = checkpointer.latest_loop()
+  depth = int(saved_loop["depth"]) if saved_loop else method.initial_depth()
+  built = build_programs(config, model_at_depth(config, depth), tx, mesh, example_batch, method)
+  restored = checkpointer.restore_latest(built.abstract) if saved_loop else None
   if restored is None:
-    state = init_state(built, tx, mesh, example_batch, config.seed)
-    loop = dict(step=0, rst_seconds=0.0, tokens=0, wall_seconds=0.0,
+    state = init_state(built, tx, mesh, example_batch, config.seed, method)
+    loop = dict(step=0, rst_seconds=0.0, tokens=0, wall_seconds=0.0, depth=depth,
                 data=train_iter.get_state(), method=method.host_state())
     print(f"Starting a new run in {workdir} (RST table: {table.name}).", flush=True)
   else:
     _, state, loop = restored
+    if int(loop["depth"]) != depth:  # the newest checkpoint was unusable; rebuild for its depth
+      depth = int(loop["depth"])
+      built = build_programs(config, model_at_depth(config, depth), tx, mesh, example_batch, method)
+      _, state, loop = checkpointer.restore_latest(built.abstract)
     train_iter.set_state(loop["data"])
     method.restore_host_state(loop["method"])
     print(f"Resuming from step {loop['step']} at RST {loop['rst_seconds']:.1f} s.", flush=True)
 
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   logger = metrics_lib.MetricsLogger(workdir, resume_step=loop["step"] if restored else None,
                                      enabled=is_main)
   progress = metrics_lib.Progress(budget)
@@ -263,16 +311,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def save():
     checkpointer.save(step, state, dict(step=step, rst_seconds=rst_seconds, tokens=tokens,
-                                         wall_seconds=wall(), data=train_iter.get_state(),
-                                         method=method.host_state(),
-                                         rst_table=table.name))
+                                         wall_seconds=wall(), depth=depth,
+                                         data=train_iter.get_state(),
+                                         method=method.host_state(), rst_table=table.name))
 
   def validate():
-    result = evaluate(built, state.params, val_batches, mesh)
-    last["validation_loss"] = result["validation_loss"]
-    logger.write(dict(step=step, rst_seconds=rst_seconds, rst_budget_fraction=rst_seconds / budget,
-                      tokens=tokens, wall_seconds=wall(), **result))
-    return result
+    """Full-depth validation on every named set; `validation_loss` is the first (in-domain)."""
+    record = dict(step=step, rst_seconds=rst_seconds, rst_budget_fraction=rst_seconds / budget,
+                  tokens=tokens, wall_seconds=wall())
+    for i, (name, batches) in enumerate(val_sets.items()):
+      result = evaluate(built, state.params, batches, mesh)
+      record[f"validation_loss/{name}"] = result["validation_loss"]
+      record[f"validation_accuracy/{name}"] = result["validation_accuracy"]
+      if i == 0:
+        record.update(result)
+    last["validation_loss"] = record["validation_loss"]
+    logger.write(record)
+    return record
 
   # ---------------------------------------------------------------------------------------------
   # The loop.
@@ -280,9 +335,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     try:
       while True:
         plan = method.plan(rst_seconds / budget, step)
-        if plan.depth != depth:
-          raise NotImplementedError("changing depth needs the stacking method's grow hook.")
-        cost = rst.step_cost(table, method.charges(plan, t.batch_size))
+        if plan.depth != depth:  # stacking: grow the state, recompile once for the new depth
+          sync()
+          state = method.grow(state, plan.depth, tx)
+          logger.write(dict(step=step, rst_seconds=rst_seconds, event="grow", from_depth=depth,
+                            to_depth=plan.depth, rst_budget_fraction=rst_seconds / budget))
+          print(f"Growing from {depth} to {plan.depth} layers at RST {rst_seconds:.1f} s.",
+                flush=True)
+          depth = plan.depth
+          built = build_programs(config, model_at_depth(config, depth), tx, mesh, example_batch,
+                                 method)
+          state = jax.device_put(state, built.shardings)
+        charges = method.charges(plan, t.batch_size) + optimizer_charges(
+            config, table, step, t.batch_size, plan.active_layers)
+        cost = rst.step_cost(table, charges)
         if stop.reason:
           stopped_because = stop.reason
           break
@@ -297,9 +363,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if plan.keep is not None:
           controls["keep"] = np.asarray(plan.keep, bool)
         batch = partitioning.global_batch(mesh, next(train_iter))
+        rng = jax.random.fold_in(base_rng, step)
         with partitioning.activate(mesh):
-          state, step_metrics = built.train_step(state, batch, jax.random.fold_in(base_rng, step),
-                                                 controls)
+          if built.select_step is not None:
+            state, batch, select_metrics = built.select_step(state, batch,
+                                                             jax.random.fold_in(rng, 1))
+          state, step_metrics = built.train_step(state, batch, rng, controls)
+        if built.select_step is not None:
+          step_metrics = {**step_metrics, **select_metrics}
         step += 1
         rst_seconds += cost
         tokens += tokens_per_step
@@ -332,13 +403,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save()
     else:
       final = {"validation_loss": last["validation_loss"]}
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   summary = dict(
       method=config.method.name, family=config.model.family, size=config.model.size,
       seed=config.seed, steps=step, tokens=tokens, rst_seconds=rst_seconds,
       rst_budget_seconds=budget, wall_seconds=wall(), stopped_because=stopped_because,
       final_train_loss=last["train_loss"], final_validation_loss=final["validation_loss"],
+      final_validation_losses={k.split("/", 1)[1]: v for k, v in final.items()
+                               if k.startswith("validation_loss/")},
       final_validation_accuracy=final.get("validation_accuracy"), num_params=n_params,
-      rst_table=table.name, unigram_entropy_nats=getattr(dataset, "unigram_entropy_nats", None))
+      final_depth=depth, rst_table=table.name,
+      unigram_entropy_nats=getattr(dataset, "unigram_entropy_nats", None))
   if is_main:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)

@@ -49,13 +49,18 @@ def make_loss_fn(model, compute_dtype) -> Callable:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, num_micro: int, compute_dtype: str,
-                    mesh=None) -> Callable:
-  """Returns the pure `train_step(state, batch, rng, controls) -> (state, metrics)`."""
-  loss_fn = make_loss_fn(model, DTYPES[compute_dtype])
+                    mesh=None, hessian_micro_batches: int = 0) -> Callable:
+  """Returns the pure `train_step(state, batch, rng, controls) -> (state, metrics)`.
+
+  `hessian_micro_batches` > 0 (Sophia-G): the first that many micro-batches of the step's batch
+  are passed to the optimizer as its Hessian batch (`gnb_batch`, read only on refresh steps)
+  together with `logits_fn` and `gnb_rng`, so the estimate uses the same keep vector and dtype.
+  """
+  dtype = DTYPES[compute_dtype]
+  loss_fn = make_loss_fn(model, dtype)
   grad_fn = jax.value_and_grad(loss_fn)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array, controls: dict[str, Any]):
-    del rng  # pre-training is deterministic given the batch (no dropout, paper-facts §7 item 15)
     keep = controls.get("keep")
     micro = split_micro_batches(batch, num_micro, mesh)
 
@@ -69,8 +74,13 @@ def make_train_step(model, tx: optax.GradientTransformation, num_micro: int, com
     loss = loss_sum / num_micro
     grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
 
+    extra = {}
+    if hessian_micro_batches:
+      extra = dict(logits_fn=lambda p, b: model.logits(p, b, keep=keep, dtype=dtype),
+                   gnb_batch=jax.tree.map(lambda x: x[:hessian_micro_batches], micro),
+                   gnb_rng=rng)
     opt_state = set_learning_rate(state.opt_state, controls["learning_rate"])
-    updates, opt_state = tx.update(grads, opt_state, state.params)
+    updates, opt_state = tx.update(grads, opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
