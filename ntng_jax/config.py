@@ -82,3 +82,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(t.log_every_steps > 0, f"train.log_every_steps must be positive; got {t.log_every_steps}.")
   _require(config.optim.learning_rate > 0,
            f"optim.learning_rate must be positive; got {config.optim.learning_rate}.")
+
+
+def get_config(family: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """The config of `configs/<family>.py` for `arg` ('size=tiny,method=...'), for library users,
+  benchmarks and tests (the launch scripts take `--config=configs/<family>.py:ARG`)."""
+  import importlib
+  return importlib.import_module(f"configs.{family}").get_config(arg)

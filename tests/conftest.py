@@ -34,9 +34,8 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 
 def tiny_config(family: str = "bert", arg: str = "size=tiny", **overrides):
   """The tiny config with dotted-key overrides, e.g. tiny_config(**{'train.max_steps': 3})."""
   sys.path.insert(0, str(REPO))
-  import importlib
-  module = importlib.import_module(f"configs.{family}")
-  config = module.get_config(arg)
+  from ntng_jax.config import get_config
+  config = get_config(family, arg)
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

@@ -128,7 +128,8 @@ def test_scan_matches_loop_and_keep(kind):
   block_cls, cfg, x, args = stack_case(kind)
   stack = LayerStack(block_cls, cfg, cfg.num_layers)
   keep_mask = jnp.array([True, False, True])
-  init = jax.jit(lambda k: stack.init(k, x, *args, keep=keep_mask)['params'])  # init on the cond path
+  # Initialise through the keep (nn.cond) path.
+  init = jax.jit(lambda k: stack.init(k, x, *args, keep=keep_mask)['params'])
   params = nn.unbox(init(jax.random.key(2)))
   assert jax.tree.leaves(params)[0].shape[0] == cfg.num_layers
   apply = jax.jit(lambda p, keep: stack.apply({'params': p}, x, *args, keep=keep))
@@ -164,6 +165,14 @@ def test_keep_lowers_to_conditional(family):
   assert 'cond[' not in str(jax.make_jaxpr(lambda p: model.logits(p, batch)[0])(params))
   np.testing.assert_allclose(compiled(params, jnp.ones(2, bool)),
                              tiny_forward(family)(params, batch), atol=1e-5)
+  # keep = [False, True] equals a 1-layer model holding layer 1 of every stacked parameter
+  # (for T5 the same vector drops the encoder's and the decoder's block 0).
+  one_layer = build_model(model_config(family, 'tiny', num_layers=1))
+  sliced = jax.tree_util.tree_map_with_path(
+      lambda path, x: x[1:2] if any(getattr(k, 'key', None) == 'layers' for k in path) else x,
+      nn.unbox(params))
+  np.testing.assert_allclose(compiled(params, jnp.array([False, True])),
+                             jax.jit(one_layer.logits)(sliced, batch)[0], atol=1e-5)
 
 
 # ---- training sanity ---------------------------------------------------------------------------
@@ -197,7 +206,7 @@ def test_boxed_and_unboxed_params_agree():
   np.testing.assert_array_equal(weights, batch['target_weights'])
 
 
-def test_dropout_only_when_not_deterministic():
+def test_dropout_active_when_not_deterministic():
   model = build_model(model_config('bert', 'tiny', dropout_rate=0.1))
   batch = make_batch('bert', model.cfg.vocab_size)
   params = tiny('bert')[1]  # same parameter tree

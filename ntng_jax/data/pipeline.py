@@ -6,11 +6,19 @@ corpus + tokenizer + chunk length).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 Objective = Callable[[np.random.Generator, np.ndarray], dict]
+
+
+def _flatten(token_lists: Sequence[Sequence[int]], append_ids: Sequence[int]) -> np.ndarray:
+    """int32 concatenation of ``doc + append_ids`` for every doc."""
+    app = list(append_ids)
+    total = sum(len(t) for t in token_lists) + len(app) * len(token_lists)
+    return np.fromiter(itertools.chain.from_iterable(
+        itertools.chain(t, app) for t in token_lists), dtype=np.int32, count=total)
 
 
 def chunk_token_stream(token_lists: Sequence[Sequence[int]], chunk_len: int,
@@ -22,12 +30,40 @@ def chunk_token_stream(token_lists: Sequence[Sequence[int]], chunk_len: int,
 
     Returns: int32 [N, chunk_len], N = total_tokens // chunk_len.
     """
-    app = list(append_ids)
-    total = sum(len(t) for t in token_lists) + len(app) * len(token_lists)
-    flat = np.fromiter(itertools.chain.from_iterable(
-        itertools.chain(t, app) for t in token_lists), dtype=np.int32, count=total)
-    n = total // chunk_len
+    flat = _flatten(token_lists, append_ids)
+    n = len(flat) // chunk_len
     return flat[: n * chunk_len].reshape(n, chunk_len)
+
+
+def iter_chunk_blocks(docs: Iterable[str], encode_batch: Callable[[list[str]], list[list[int]]],
+                      chunk_len: int, append_ids: Sequence[int] = (),
+                      batch_docs: int = 2048) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Streaming :func:`chunk_token_stream`: tokenise ``docs`` ``batch_docs`` at a time and yield
+    ``(chunks int32 [n, chunk_len], docs_read_so_far, tokens_streamed_so_far)`` blocks (n may be
+    0); tokens left over after the last full chunk are dropped. Concatenating the blocks equals
+    ``chunk_token_stream(encode_batch(all docs), chunk_len, append_ids)``."""
+    carry = np.empty(0, np.int32)
+    done = streamed = 0
+    it = iter(docs)
+    while True:
+        batch = list(itertools.islice(it, batch_docs))
+        if not batch:
+            return
+        done += len(batch)
+        new = _flatten(encode_batch(batch), append_ids)
+        streamed += len(new)
+        flat = np.concatenate([carry, new])
+        n = len(flat) // chunk_len
+        carry = flat[n * chunk_len:]
+        yield flat[:n * chunk_len].reshape(n, chunk_len), done, streamed
+
+
+def holdout_count(num_chunks: int, fraction: float) -> int:
+    """Number of held-out chunks :func:`holdout_split` carves from ``num_chunks``."""
+    n_held = int(round(fraction * num_chunks))
+    if fraction > 0 and num_chunks > 1:
+        n_held = min(max(n_held, 1), num_chunks - 1)
+    return n_held
 
 
 def holdout_split(num_chunks: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -36,9 +72,7 @@ def holdout_split(num_chunks: int, fraction: float, seed: int = 0) -> tuple[np.n
     Held out: ``round(fraction * num_chunks)`` chunks (at least 1 if ``fraction > 0`` and
     ``num_chunks > 1``). Returns (train_ids, heldout_ids), both sorted int64.
     """
-    n_held = int(round(fraction * num_chunks))
-    if fraction > 0 and num_chunks > 1:
-        n_held = min(max(n_held, 1), num_chunks - 1)
+    n_held = holdout_count(num_chunks, fraction)
     perm = np.random.default_rng((seed, 7)).permutation(num_chunks)
     return np.sort(perm[n_held:]), np.sort(perm[:n_held])
 
@@ -65,7 +99,9 @@ class BatchIterator:
     the processes' batches gives exactly the single-process batch for any ``P``.
 
     Args:
-      chunks: int [N, C] (an ``np.memmap`` works: only the batch rows are read).
+      chunks: int [N, C] (an ``np.memmap`` or a :class:`ntng_jax.data.shards.ShardedChunks` /
+        ``RowView`` works: only this process's blocks of the batch rows are read; uint16/uint32
+        rows are widened to int32).
       batch_size: global batch size B.
       objective: ``(rng, tokens int [b, C]) -> dict of [b, ...] arrays``.
       example_ids: int [N] global ids of the rows (default ``arange(N)``).
@@ -127,7 +163,7 @@ class BatchIterator:
         j0, j1 = lo // rb, -(-hi // rb)  # blocks overlapping [lo, hi)
         b0, b1 = j0 * rb, min(j1 * rb, self.batch_size)  # rows those blocks cover
         order = self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
-        tokens = np.asarray(self.chunks[order[b0:b1]])
+        tokens = np.asarray(self.chunks[order[b0:b1]]).astype(np.int32, copy=False)
         parts = []
         for j in range(j0, j1):
             rng = np.random.default_rng((self.seed, 1, epoch, index, j))

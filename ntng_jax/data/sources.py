@@ -1,51 +1,86 @@
-"""Plain-text corpus readers (no TensorFlow / datasets dependencies)."""
+"""Plain-text corpus readers (no TensorFlow / datasets dependencies).
+
+A corpus is a text file (one document per non-empty line), a ``.jsonl`` file (one document per
+record's ``'text'`` field) or a directory searched recursively, in sorted path order, for
+``.txt`` and ``.jsonl`` files. Documents are stripped; empty ones are dropped.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 _SUFFIXES = (".txt", ".jsonl")
 
 
-def _read_file(f: Path) -> list[str]:
+def _iter_file(f: Path) -> Iterator[str]:
     if f.suffix == ".jsonl":
-        out = []
         with f.open(encoding="utf-8") as fh:
             for n, raw in enumerate(fh, 1):
                 if not raw.strip():
                     continue
                 try:
                     text = json.loads(raw)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{f}:{n} is not a JSON object with a 'text' field ({e}); "
+                    text = text.strip()
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                    raise ValueError(f"{f}:{n} is not a JSON object with a 'text' string ({e}); "
                                      f"fix the record or remove the file.") from None
-                if text.strip():
-                    out.append(text.strip())
-        return out
+                if text:
+                    yield text
+        return
     with f.open(encoding="utf-8", errors="replace") as fh:
-        return [s for s in (line.strip() for line in fh) if s]
+        for line in fh:
+            s = line.strip()
+            if s:
+                yield s
+
+
+def corpus_files(path: str | os.PathLike, what: str = "Corpus path",
+                 fix: str = "set data.path to a text file or a directory of .txt/.jsonl files, "
+                            "or use data.source='synthetic'") -> list[Path]:
+    """The files of a corpus path in reading order.
+
+    Raises:
+      FileNotFoundError: the path does not exist (one sentence: ``what``, path, ``fix``).
+    """
+    p = Path(path).expanduser()
+    if not str(path) or not p.exists():
+        raise FileNotFoundError(f"{what} '{path}' does not exist; {fix}.")
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _SUFFIXES)
+    return [p]
+
+
+def iter_documents(files: list[Path]) -> Iterator[str]:
+    """Stream the documents of ``files`` (from :func:`corpus_files`) in order."""
+    for f in files:
+        yield from _iter_file(f)
+
+
+def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> dict:
+    """``{'path', 'bytes', 'sha256'}`` of one file (streamed)."""
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk_bytes)
+            if not block:
+                break
+            h.update(block)
+            n += len(block)
+    return {"path": str(Path(path).resolve()), "bytes": n, "sha256": h.hexdigest()}
 
 
 def read_text_lines(path: str | os.PathLike) -> list[str]:
-    """Documents of a corpus, in a deterministic order, stripped, empty ones dropped.
-
-    ``path`` is a text file (one document per non-empty line; ``.jsonl`` files give one
-    document per record's ``'text'`` field) or a directory searched recursively, in sorted
-    order, for ``.txt`` and ``.jsonl`` files.
+    """All documents of a corpus (see the module docstring), in a deterministic order.
 
     Raises:
       FileNotFoundError: the path does not exist.
       ValueError: the path holds no readable text.
     """
-    p = Path(path).expanduser()
-    if not str(path) or not p.exists():
-        raise FileNotFoundError(f"Corpus path '{path}' does not exist; set data.path to a text "
-                                f"file or a directory of .txt/.jsonl files, or use "
-                                f"data.source='synthetic'.")
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _SUFFIXES) \
-        if p.is_dir() else [p]
-    lines = [s for f in files for s in _read_file(f)]
+    files = corpus_files(path)
+    lines = list(iter_documents(files))
     if not lines:
         raise ValueError(f"Corpus at '{path}' contains no text (no non-empty lines in "
                          f"{len(files)} .txt/.jsonl file(s)); point data.path at a non-empty "

@@ -1,21 +1,35 @@
 """SentencePiece tokenizers for BERT (MLM) and T5 (span corruption).
 
-Id layout (``vocab_size`` is always the *model-facing* size, i.e. the embedding rows):
+Id layout (``vocab_size`` is the number of ids the tokenizer may emit, at most the model's
+embedding rows):
 
-* ``kind='bert'``: SentencePiece BPE (our stand-in for the paper's WordPiece) with NFKC +
-  case-folding normalisation (lower-cases). Fixed specials, all control symbols:
-  ``<pad>=0 <s>=1 </s>=2 <unk>=3 <cls>=4 <sep>=5 <mask>=6``.
+* ``kind='bert'``: the paper trains a WordPiece vocabulary of 32768 on the corpus (lower-cased,
+  whitespace pre-tokenised, specials ``<pad> <s> </s> <unk> <cls> <sep> <mask>``; paper-facts
+  §3.1). Our implementation is a **SentencePiece BPE** model standing in for WordPiece: pieces
+  never cross whitespace (SentencePiece's default ``split_by_whitespace``, the analogue of the
+  whitespace pre-tokenizer), normalisation is NFKC + case folding (lower-cases; unlike the
+  paper's normaliser it keeps accents and non-ASCII characters), and the same seven specials
+  are control symbols at fixed ids ``<pad>=0 <s>=1 </s>=2 <unk>=3 <cls>=4 <sep>=5 <mask>=6``.
+  A SentencePiece model trained elsewhere (:meth:`Tokenizer.from_sentencepiece`) keeps its own
+  ids; ``pad cls sep mask`` are looked up as ``<name>`` or ``[NAME]`` and, if absent, appended
+  right after its pieces.
 * ``kind='t5'``: SentencePiece unigram with NFKC normalisation (case kept),
   ``<pad>=0 </s>=1 <unk>=2`` (no BOS). ``num_sentinels`` ids at the top of the vocabulary are
   sentinels: ``<extra_id_i>`` = ``vocab_size - 1 - i``. They are not SentencePiece pieces; the
-  wrapper handles them (``decode`` renders them as ``<extra_id_i>``). SentencePiece is trained
-  with ``vocab_size - num_sentinels`` pieces (base: 32128 = 32028 pieces + 100 sentinels).
+  wrapper handles them (``decode`` renders them as ``<extra_id_i>``). The paper's T5 vocabulary
+  is 32000 pieces + 100 sentinels = 32100 ids (``<extra_id_0>`` = 32099, the seqio/HF layout)
+  in a 32128-row embedding: ``launch.prepare_data --model=t5`` builds exactly that layout
+  (``vocab_size = pieces + sentinels``, default 32100); ``train_tokenizer(..., 't5', V)`` used
+  by ``data.source='text'`` trains ``V - num_sentinels`` pieces for a ``V``-row embedding.
 
 Small corpora: SentencePiece is trained with ``hard_vocab_limit=False``, so it may return fewer
 pieces than requested (``num_pieces``). The vocabulary is then padded *logically*: ids in
 ``[num_pieces, vocab_size - num_sentinels)`` exist in the model's embedding but never occur in
 data; ``decode`` drops them and MLM random replacement draws only real pieces
 (``random_token_high == num_pieces``).
+
+``fingerprint`` (16 hex digits) hashes the SentencePiece model and the id layout (kind,
+vocab_size, num_sentinels); shard manifests and workdirs record it.
 """
 from __future__ import annotations
 
@@ -59,22 +73,64 @@ class Tokenizer:
         self.num_pieces = int(self.sp.get_piece_size())
         self.num_sentinels = int(num_sentinels) if kind == "t5" else 0
         self.vocab_size = int(vocab_size)
-        if self.num_pieces + self.num_sentinels > self.vocab_size:
-            raise ValueError(f"{self.num_pieces} pieces + {self.num_sentinels} sentinels exceed "
-                             f"vocab_size={self.vocab_size}.")
-        self.fingerprint = hashlib.sha256(self.model_proto).hexdigest()[:16]
         self.pad_id, self.unk_id = self.sp.pad_id(), self.sp.unk_id()
-        self.eos_id = self.sp.eos_id()
+        self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+        self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
+        # BERT specials missing from the model get ids right after its pieces.
+        self.appended_specials: dict[str, int] = {}
+        if kind == "bert":
+            found = {name: self._find_piece(name) for name in ("pad", "cls", "sep", "mask")}
+            if self.pad_id >= 0:
+                found["pad"] = self.pad_id
+            for name in ("pad", "cls", "sep", "mask"):
+                if found[name] is None:
+                    found[name] = self.num_pieces + len(self.appended_specials)
+                    self.appended_specials[name] = found[name]
+            self.pad_id, self.cls_id = found["pad"], found["cls"]
+            self.sep_id, self.mask_id = found["sep"], found["mask"]
+        else:
+            if self.eos_id is None or self.pad_id < 0:
+                raise ValueError("A T5 SentencePiece model needs pad and eos pieces (pad_id and "
+                                 "eos_id >= 0); retrain it with --pad_id=0 --eos_id=1.")
+            self.cls_id = self.sep_id = self.mask_id = None
+        extra = self.num_sentinels + len(self.appended_specials)
+        if self.num_pieces + extra > self.vocab_size:
+            raise ValueError(f"{self.num_pieces} pieces + {extra} sentinel/special ids exceed "
+                             f"vocab_size={self.vocab_size}.")
+        layout = json.dumps([kind, self.vocab_size, self.num_sentinels]).encode()
+        self.fingerprint = hashlib.sha256(self.model_proto + layout).hexdigest()[:16]
+        self._legacy_fingerprint = hashlib.sha256(self.model_proto).hexdigest()[:16]
         self._special_ids = frozenset(
             [i for i in range(self.num_pieces) if self.sp.is_control(i) or self.sp.is_unknown(i)]
-            + (self.vocab_size - 1 - np.arange(self.num_sentinels)).tolist())
+            + (self.vocab_size - 1 - np.arange(self.num_sentinels)).tolist()
+            + list(self.appended_specials.values()))
+
+    def _find_piece(self, name: str) -> int | None:
+        """Id of ``<name>`` or ``[NAME]`` if the model has such a piece."""
+        for piece in (f"<{name}>", f"[{name.upper()}]"):
+            i = self.sp.piece_to_id(piece)
+            if i != self.sp.unk_id() or piece == self.sp.id_to_piece(self.sp.unk_id()):
+                return int(i)
+        return None
+
+    @classmethod
+    def from_sentencepiece(cls, model: str | os.PathLike | bytes, kind: str,
+                           num_sentinels: int | None = None) -> "Tokenizer":
+        """Wrap an existing SentencePiece ``.model`` (path or bytes) with a tight id layout.
+
+        T5: ``num_sentinels`` (default 100) sentinels right after the pieces, ``<extra_id_i>``
+        = ``num_pieces + num_sentinels - 1 - i`` (the seqio / HF T5 convention: 32000 pieces +
+        100 sentinels = 32100 ids, which a 32128-row embedding holds). BERT: the pieces, plus
+        any of ``pad cls sep mask`` the model lacks (looked up as ``<name>`` or ``[NAME]``)
+        appended right after them.
+        """
+        proto = model if isinstance(model, bytes) else Path(model).read_bytes()
+        probe = cls(proto, "bert", 1 << 30) if kind == "bert" else None
         if kind == "bert":
-            ids = [self.sp.piece_to_id(p) for p in BERT_SPECIALS]
-            if ids != list(range(len(BERT_SPECIALS))):
-                raise ValueError(f"BERT specials at unexpected ids {ids}; retrain the tokenizer.")
-            self.bos_id, self.cls_id, self.sep_id, self.mask_id = 1, 4, 5, 6
-        else:
-            self.bos_id = self.cls_id = self.sep_id = self.mask_id = None
+            return cls(proto, "bert", probe.num_pieces + len(probe.appended_specials))
+        n = 100 if num_sentinels is None else int(num_sentinels)
+        pieces = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+        return cls(proto, kind, pieces + n, n)
 
     # -------------------------------------------------------------- ids
     def sentinel_id(self, i: int) -> int:
@@ -137,6 +193,7 @@ class Tokenizer:
             fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, d / name)
         return d
 
@@ -150,7 +207,7 @@ class Tokenizer:
         meta = json.loads((d / _META_FILE).read_text())
         tok = cls((d / _MODEL_FILE).read_bytes(), meta["kind"], meta["vocab_size"],
                   meta.get("num_sentinels", 0))
-        if tok.fingerprint != meta["fingerprint"]:
+        if meta["fingerprint"] not in (tok.fingerprint, tok._legacy_fingerprint):
             raise ValueError(f"Tokenizer in '{d}' is corrupt (fingerprint mismatch); delete it.")
         return tok
 

@@ -45,7 +45,8 @@ class Dense(nn.Module):
     kernel = self.param('kernel', nn.with_logical_partitioning(normal(self.std), tuple(self.axes)),
                         shape, jnp.float32)
     contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    return jax.lax.dot_general(x, kernel, (contract, ((), ())))
 
 
 class Embed(nn.Module):

@@ -4,7 +4,6 @@ initialisation; plus greedy decoding with a KV cache."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn

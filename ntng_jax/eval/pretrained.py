@@ -1,0 +1,224 @@
+"""Load a pre-training workdir for downstream fine-tuning.
+
+A workdir written by ``python -m launch.pretrain`` holds ``config.json`` (the run's
+ml_collections config as JSON), ``tokenizer/<key>/`` (or the config's ``data.tokenizer_dir``)
+and ``checkpoints/<step>/`` (orbax; a ``state`` item with the ``TrainState`` and a ``loop``
+JSON item whose ``depth`` is the model depth at that step, which stacking changes).
+
+:func:`load_pretrained` restores only the parameters of the newest *intact* checkpoint (the
+optimizer state is never read), at the depth recorded next to them::
+
+    config, model_cfg, params, tokenizer = load_pretrained(workdir, suite="glue")
+
+Every user-fixable problem raises one sentence: :class:`FileNotFoundError` (no workdir, no
+config, no checkpoint, no tokenizer) or :class:`PretrainedError` (a ``ValueError``: wrong model
+family for the suite, unreadable checkpoints).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+__all__ = ["Pretrained", "PretrainedError", "SUITE_FAMILY", "load_pretrained",
+           "read_config", "find_tokenizer", "check_family"]
+
+# The model family each downstream suite fine-tunes.
+SUITE_FAMILY = {"glue": "bert", "superglue": "bert", "sni": "t5"}
+_FAMILY_NAME = {"bert": "BERT", "t5": "T5"}
+
+
+class PretrainedError(ValueError):
+    """A pre-training workdir cannot be used as asked (one sentence)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """What :func:`load_pretrained` returns; unpacks as ``(config, model_cfg, params,
+    tokenizer)``.
+
+    config: the pre-training ConfigDict; model_cfg: ``config.model`` with ``num_layers`` set to
+    the checkpoint's depth; params: the model's ``'params'`` collection (plain arrays, float32,
+    placed with the model's logical shardings on ``mesh`` or on the default device);
+    tokenizer: :class:`ntng_jax.data.tokenizers.Tokenizer`; step: the restored optimizer step;
+    workdir: absolute path.
+    """
+
+    config: ml_collections.ConfigDict
+    model_cfg: ml_collections.ConfigDict
+    params: Any
+    tokenizer: Any
+    step: int
+    workdir: str
+
+    def __iter__(self):
+        return iter((self.config, self.model_cfg, self.params, self.tokenizer))
+
+    @property
+    def family(self) -> str:
+        return self.model_cfg.family
+
+
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """``workdir/config.json`` as a ConfigDict."""
+    work = Path(workdir)
+    if not work.is_dir():
+        raise FileNotFoundError(f"pre-training workdir '{work}' does not exist; pass the "
+                                f"--workdir of a finished launch.pretrain run.")
+    path = work / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"'{work}' is not a pre-training workdir (it has no "
+                                f"config.json); pass the --workdir of a launch.pretrain run.")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise PretrainedError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}).") from None
+
+
+def check_family(family: str, suite: str, workdir: str | os.PathLike = "") -> None:
+    """Raises :class:`PretrainedError` unless ``family`` is the one ``suite`` fine-tunes."""
+    if suite not in SUITE_FAMILY:
+        raise PretrainedError(f"Unknown suite {suite!r}; valid suites are: "
+                              + ", ".join(SUITE_FAMILY) + ".")
+    want = SUITE_FAMILY[suite]
+    if family != want:
+        where = f" in '{workdir}'" if workdir else ""
+        raise PretrainedError(
+            f"the checkpoint{where} is a {_FAMILY_NAME.get(family, family)} model, but {suite} "
+            f"fine-tuning needs a {_FAMILY_NAME[want]} checkpoint; pretrain with "
+            f"--config=configs/{want}.py or pick another suite.")
+
+
+def find_tokenizer(config, workdir: str | os.PathLike):
+    """The run's tokenizer: ``data.tokenizer_dir`` if the run named one, else the one that
+    ``build_dataset`` trained and cached under ``workdir/tokenizer/<key>/`` (the newest entry
+    of the model's kind and vocabulary size if there are several)."""
+    from ntng_jax.data.tokenizers import Tokenizer
+
+    kind, vocab = config.model.family, int(config.model.vocab_size)
+    tok_dir = config.data.get("tokenizer_dir", "") if "data" in config else ""
+    if tok_dir:
+        return Tokenizer.load(tok_dir)
+    root = Path(workdir) / "tokenizer"
+    entries = sorted((p for p in root.glob("*/tokenizer.json")),
+                     key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    for meta_path in entries:
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if meta.get("kind") == kind and int(meta.get("vocab_size", -1)) == vocab:
+            return Tokenizer.load(meta_path.parent)
+    raise FileNotFoundError(f"no {kind} tokenizer with vocabulary {vocab} under '{root}'; "
+                            f"the pre-training run did not finish building its data.")
+
+
+def _example_batch(model_cfg) -> dict:
+    if model_cfg.family == "bert":
+        return dict(input_ids=np.zeros((1, 8), np.int32),
+                    mlm_positions=np.zeros((1, 2), np.int32))
+    return dict(encoder_input_ids=np.zeros((1, 8), np.int32),
+                decoder_input_ids=np.zeros((1, 4), np.int32))
+
+
+def abstract_params(model, mesh=None):
+    """ShapeDtypeStructs (with shardings) of ``model``'s unboxed params."""
+    from ntng_jax import partitioning
+
+    batch = _example_batch(model.cfg)
+    with partitioning.rules_context():
+        boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
+        if mesh is None:
+            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            shardings = jax.tree.map(lambda _: sharding, nn.unbox(boxed))
+        else:
+            shardings = partitioning.logical_shardings(mesh, boxed)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nn.unbox(boxed), shardings)
+
+
+def _restore_params(step_dir: str, abstract) -> Any:
+    import orbax.checkpoint as ocp
+
+    item = {"params": abstract}
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # "metadata file does not exist" for a sub-item
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            restored = ckptr.restore(
+                os.path.join(step_dir, "state"),
+                args=ocp.args.PyTreeRestore(
+                    item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True))
+    finally:
+        absl_logger.setLevel(level)
+    return restored["params"]
+
+
+def load_pretrained(workdir: str | os.PathLike, suite: str | None = None,
+                    mesh=None) -> Pretrained:
+    """``(config, model_cfg_at_saved_depth, params, tokenizer)`` of a pre-training workdir.
+
+    suite: 'glue' | 'superglue' (need BERT) | 'sni' (needs T5) | None (no check).
+    mesh: a ``jax.sharding.Mesh`` to place the params on with their logical shardings
+      (``ntng_jax.partitioning``); None puts them on the default device.
+    The newest checkpoint whose files match their manifest and that can be read is used;
+    unusable newer ones are skipped with a warning, as the trainer does on resume.
+    """
+    from ntng_jax.train.checkpoint import Checkpointer
+    from ntng_jax.train.loop import model_at_depth
+
+    work = Path(workdir).resolve()
+    config = read_config(work)
+    family = config.model.family
+    if suite is not None:
+        check_family(family, suite, work)
+    ckpt_dir = work / "checkpoints"
+    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+        raise FileNotFoundError(f"'{work}' has no checkpoint; let its launch.pretrain run "
+                                f"finish (or resume it) before fine-tuning.")
+    import orbax.checkpoint as ocp
+
+    ckpt = Checkpointer(str(work))
+    try:
+        steps = ckpt.steps()
+        reasons = []
+        for step in reversed(steps):
+            reason = ckpt._intact(step)  # manifest check (sizes and sha256 of every file)
+            if reason is None:
+                try:
+                    loop = ckpt.manager.restore(step, args=ocp.args.Composite(
+                        loop=ocp.args.JsonRestore())).loop
+                    depth = int(loop["depth"]) if "depth" in loop else int(config.model.num_layers)
+                    model = model_at_depth(config, depth)
+                    params = _restore_params(ckpt._step_dir(step), abstract_params(model, mesh))
+                    model_cfg = config.model.copy_and_resolve_references()
+                    model_cfg.num_layers = depth
+                    tokenizer = find_tokenizer(config, work)
+                    return Pretrained(config=config, model_cfg=model_cfg, params=params,
+                                      tokenizer=tokenizer, step=int(step), workdir=str(work))
+                except FileNotFoundError:
+                    raise
+                except Exception as e:  # noqa: BLE001 -- unreadable: try the previous one
+                    reason = f"reading it failed ({type(e).__name__}: " \
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+            logging.getLogger(__name__).warning(
+                "checkpoint %s is unusable because %s; trying an earlier one.",
+                ckpt._step_dir(step), reason)
+            reasons.append(f"step {step}: {reason}")
+    finally:
+        ckpt.close()
+    if not steps:
+        raise FileNotFoundError(f"'{work}' has no finished checkpoint; let its launch.pretrain "
+                                f"run finish (or resume it) before fine-tuning.")
+    raise PretrainedError(f"no checkpoint in '{ckpt_dir}' is usable ("
+                          + "; ".join(reasons) + ").")

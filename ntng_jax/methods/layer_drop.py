@@ -1,0 +1,165 @@
+"""Progressive layer dropping (paper-facts §4.2): skip random layers, more of the deep ones.
+
+Drop level at RST budget fraction f = t/T:
+
+    D(f) = 1 − [θ̄ + (1 − θ̄) · exp(−γ_factor · f)]       (γ = γ_factor / T, so γ·t = γ_factor · f)
+
+rising from 0 towards 1 − θ̄ (0.5). Layer i (1-based) of L is dropped with probability D · i / L,
+an independent Bernoulli per layer. The keep vector is drawn on the host once per optimizer step
+(the paper's T5; its BERT redrew per micro-batch) from a numpy generator seeded by
+(config.seed, step): deterministic, the same on every host and device, and reproduced on resume
+without any saved state. The same vector applies to the T5 encoder and decoder. A dropped layer is
+the identity on the residual stream, run under `lax.cond` (so it costs nothing), and the step is
+charged at the sampled number of active layers (at least 1: a step with every layer dropped still
+runs the embeddings and the head, and RST tables start at one layer). The compiled program always
+has the full depth and always takes a keep vector, so layer dropping compiles once.
+
+Dropped layers and the optimizer (`method.mask_dropped_updates`; paper-facts §7 item 6). A dropped
+layer gets a zero gradient for the step. The paper's codebases then differ:
+* BERT (torch `zero_grad()` keeps zero tensors): AdamW still applies its momentum and weight
+  decay to the dropped layer → `mask_dropped_updates=False` (the update runs as usual).
+* T5 (`zero_grad(set_to_none=True)`): the optimizer skips the dropped parameters entirely →
+  `mask_dropped_updates=True`: the dropped layers' params AND optimizer state (moments) are left
+  exactly unchanged for that step (`masked_update`); global scalars such as Adam's count advance.
+The default follows each family's paper code (BERT False, T5 True). Masking needs the train step
+to see the keep vector: `LayerDrop.wrap_train_step(train_step)` returns the step with
+`masked_update` applied after the optimizer update (the trainer must call it; see the docstring
+there).
+
+T5 base uses the paper's peak LR 1e-2 for layer dropping (T5 README); tiny and small keep their
+size's LR (their LRs were already picked for a tiny model, not scaled from the paper's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntng_jax.config import ConfigError
+from ntng_jax.methods.base import Method, Plan
+from ntng_jax.rst import Charge
+
+GAMMA_FACTOR = {"bert": 100.0, "t5": 20.0}
+_RNG_TAG = 0x1A7D  # separates this stream from other (seed, step)-seeded host generators
+
+
+# -------------------------------------------------------------------------------------------------
+# Schedule and sampling (host, numpy).
+
+def drop_level(rst_fraction: float, theta_bar: float = 0.5, gamma_factor: float = 100.0) -> float:
+  """D(f) = 1 − [θ̄ + (1 − θ̄)·exp(−γ_factor·f)]."""
+  return 1.0 - (theta_bar + (1.0 - theta_bar) * math.exp(-gamma_factor * rst_fraction))
+
+
+def drop_probabilities(level: float, num_layers: int) -> np.ndarray:
+  """Per-layer drop probabilities D · i / L for i = 1..L."""
+  return level * np.arange(1, num_layers + 1, dtype=np.float64) / num_layers
+
+
+def sample_keep(level: float, num_layers: int, seed: int, step: int) -> np.ndarray:
+  """bool [L]: keep[i] = not Bernoulli(D·(i+1)/L), from a generator seeded by (seed, step)."""
+  rng = np.random.default_rng(np.random.SeedSequence([_RNG_TAG, int(seed) % 2 ** 32, int(step)]))
+  return rng.random(num_layers) >= drop_probabilities(level, num_layers)
+
+
+# -------------------------------------------------------------------------------------------------
+# Masked update (device, pure).
+
+def _is_layer_path(path) -> bool:
+  return any(isinstance(k, jax.tree_util.DictKey) and k.key == "layers" for k in path)
+
+
+def masked_tree(new, old, keep):
+  """Per layer, `new` where keep[i] else `old`, for every leaf under a `layers` subtree whose
+  axis 0 has len(keep) entries; every other leaf is taken from `new`."""
+  keep = jnp.asarray(keep).astype(bool)
+  n = keep.shape[0]
+
+  def select(path, a, b):
+    if not _is_layer_path(path) or jnp.ndim(a) < 1 or jnp.shape(a)[0] != n:
+      return a
+    k = keep.reshape((n,) + (1,) * (jnp.ndim(a) - 1))
+    return jnp.where(k, a, b)
+
+  return jax.tree_util.tree_map_with_path(select, new, old)
+
+
+def masked_update(new_state, old_state, keep):
+  """The state after a step in which the dropped layers (keep[i] = False) were skipped entirely:
+  their slices of every stacked parameter and of every parameter-shaped optimizer-state leaf
+  (moments, Hessian estimates) are those of `old_state`; everything else (kept layers, non-layer
+  parameters, counts, hyper-parameters, method state) comes from `new_state`."""
+  return new_state.replace(params=masked_tree(new_state.params, old_state.params, keep),
+                           opt_state=masked_tree(new_state.opt_state, old_state.opt_state, keep))
+
+
+def mask_dropped_train_step(train_step: Callable) -> Callable:
+  """Wraps `train_step(state, batch, rng, controls)` so dropped layers are left unchanged."""
+  def wrapped(state, batch, rng, controls):
+    new_state, metrics = train_step(state, batch, rng, controls)
+    keep = controls.get("keep")
+    if keep is not None:
+      new_state = masked_update(new_state, state, keep)
+    return new_state, metrics
+  return wrapped
+
+
+# -------------------------------------------------------------------------------------------------
+# The method.
+
+@dataclasses.dataclass(frozen=True)
+class DropPlan(Plan):
+  drop_level: float = 0.0
+
+
+class LayerDrop(Method):
+  """Full-depth program, random per-step keep vector; see the module docstring."""
+
+  name = "layer_drop"
+
+  @staticmethod
+  def default_config(family: str, size: str) -> dict[str, Any]:
+    out = {"method": dict(theta_bar=0.5, gamma_factor=GAMMA_FACTOR[family],
+                          mask_dropped_updates=(family == "t5"))}
+    if family == "t5" and size == "base":
+      out["optim"] = {"learning_rate": 1e-2}
+    return out
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.method
+    family = config.model.family
+    self.theta_bar = float(m.get("theta_bar", 0.5))
+    self.gamma_factor = float(m.get("gamma_factor", GAMMA_FACTOR.get(family, 100.0)))
+    self.mask_dropped_updates = bool(m.get("mask_dropped_updates", family == "t5"))
+    self.seed = int(config.seed)
+    if not 0.0 <= self.theta_bar <= 1.0:
+      raise ConfigError(f"method.theta_bar must be in [0, 1]; got {self.theta_bar}.")
+    if self.gamma_factor < 0:
+      raise ConfigError(f"method.gamma_factor must be non-negative; got {self.gamma_factor}.")
+
+  def drop_level(self, rst_fraction: float) -> float:
+    return drop_level(rst_fraction, self.theta_bar, self.gamma_factor)
+
+  def plan(self, rst_fraction: float, step: int) -> Plan:
+    level = self.drop_level(rst_fraction)
+    keep = sample_keep(level, self.num_layers, self.seed, step)
+    return DropPlan(depth=self.num_layers, keep=keep, drop_level=level)
+
+  def charges(self, plan: Plan, batch_size: int) -> list[Charge]:
+    return [Charge("train", max(1, plan.active_layers), batch_size)]
+
+  def metrics(self, plan: Plan) -> dict:
+    return {"active_layers": plan.active_layers,
+            "drop_level": float(getattr(plan, "drop_level", float("nan")))}
+
+  def wrap_train_step(self, train_step: Callable) -> Callable:
+    """The train step with dropped layers' updates masked if `mask_dropped_updates`, else as is.
+
+    For the trainer: `train_step = method.wrap_train_step(train_step)` before jitting it."""
+    return mask_dropped_train_step(train_step) if self.mask_dropped_updates else train_step

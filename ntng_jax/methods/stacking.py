@@ -1,0 +1,200 @@
+"""Layer stacking (paper-facts §4.1): train a shallow model, then double its depth by copying.
+
+Schedule. The model starts with `method.initial_layers` layers; at each RST budget fraction in
+`method.fractions` (the paper: 0.125 and 0.3) the depth doubles, capped at `model.num_layers`:
+stage s (= number of fractions ≤ the RST fraction) runs `min(initial · 2^s, num_layers)` layers.
+The last stage must reach `model.num_layers` (a ConfigError says which `initial_layers` does).
+The paper's schedules: BERT base 4 → 8 → 16, T5 base 3 → 6 → 12. `default_config` scales this
+to any depth: `initial_layers = L / 2^m` with m the largest number (≤ the number of fractions) of
+doublings that divides L, e.g. tiny (2 layers) 1 → 2 (one growth, at 12.5 %), small (4 layers)
+1 → 2 → 4. `initial_layers = 0` means that same automatic choice for the config's actual
+`model.num_layers` (useful when the depth is overridden on the command line).
+
+Growth. Every stacked parameter (any leaf under a `layers` subtree of the param tree: the BERT
+encoder stack, both T5 stacks) grows along axis 0: new layer i + n is a copy of layer i (n = old
+depth; with more than n new layers the stack is tiled, layer j copies j mod n). Every
+parameter-shaped part of the optimizer state (Adam mu/nu, Lion momentum, Sophia m/h) grows the
+same way, found with `optax.tree_utils.tree_map_params`: with fresh zeros
+(`copy_optimizer_state=False`, the paper's `copy_optim_states: false`) or with copies of the
+source layer's moments. Non-layer leaves and scalars (step counts, injected hyper-parameters) are
+untouched.
+
+Known difference from the paper's torch optimizers: torch AdamW keeps a step counter per parameter,
+so the paper's new layers start a fresh, bias-corrected Adam; optax keeps one global `count`, so
+here fresh zero moments of the new layers are not bias-corrected (their first updates are about
+(1-b1)/sqrt(1-b2) of a normal Adam step, then briefly larger while nu catches up with mu).
+
+The depth is a function of the RST clock only (the trainer saves it in every checkpoint), so
+stacking keeps no host state and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ntng_jax.config import ConfigError
+from ntng_jax.methods.base import Method, Plan
+
+DEFAULT_FRACTIONS = (0.125, 0.3)
+
+
+# -------------------------------------------------------------------------------------------------
+# Pure tree surgery.
+
+def is_layer_path(path) -> bool:
+  """True if a key path goes through a dict key named 'layers' (a stacked layer parameter)."""
+  return any(isinstance(k, jax.tree_util.DictKey) and k.key == "layers" for k in path)
+
+
+def layer_depth(params) -> int:
+  """The depth of a param tree: the leading size of its stacked (`layers`) leaves."""
+  depths = {int(np.shape(x)[0]) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+            if is_layer_path(p)}
+  if len(depths) != 1:
+    raise ValueError(f"expected stacked 'layers' parameters of one depth; found depths {depths}.")
+  return depths.pop()
+
+
+def _source_index(n_old: int, n_new: int) -> np.ndarray:
+  """Which old layer each layer of the grown stack comes from: 0..n-1, then i mod n."""
+  return np.concatenate([np.arange(n_old), np.arange(n_new) % n_old])
+
+
+def grow_leaf(x, n_new: int, copy: bool = True):
+  """Appends `n_new` layers along axis 0: copies of layers 0, 1, ... (`copy`) or zeros."""
+  x = jnp.asarray(x)
+  n_old = x.shape[0]
+  if n_new < 0 or n_old < 1:
+    raise ValueError(f"cannot grow a stack of {n_old} layers by {n_new}.")
+  if copy:
+    if n_new <= n_old:
+      return jnp.concatenate([x, x[:n_new]], axis=0)
+    return jnp.take(x, jnp.asarray(_source_index(n_old, n_new)), axis=0)
+  return jnp.concatenate([x, jnp.zeros((n_new,) + x.shape[1:], x.dtype)], axis=0)
+
+
+def grow_params(params, n_new: int):
+  """Returns params with `n_new` layers appended to every stacked leaf (layer i + n = layer i).
+
+  Works on plain or boxed (nn.Partitioned) trees; non-layer leaves are returned as they are."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: grow_leaf(x, n_new, copy=True) if is_layer_path(path) else x, params)
+
+
+def grow_opt_state(opt_state, tx, params_old, n_new: int, copy: bool):
+  """Grows every parameter-shaped part of `opt_state` along axis 0 like `grow_params`.
+
+  tx: the optax transformation that made `opt_state` (any chain / inject_hyperparams / masked
+  combination); `params_old`: the (unboxed) params before growth, which only tells which leaves
+  are stacked. `copy`: new layers' state = copies of their source layers' state; otherwise zeros.
+  Scalars and other non-parameter state (counts, hyper-parameters) are returned unchanged."""
+  n_old = layer_depth(params_old)
+  is_layer = jax.tree_util.tree_map_with_path(lambda path, _: is_layer_path(path), params_old)
+
+  def f(leaf, layer):
+    if isinstance(leaf, optax.MaskedNode) or not layer:
+      return leaf
+    if np.ndim(leaf) < 1 or np.shape(leaf)[0] != n_old:
+      raise ValueError(f"optimizer state leaf of shape {np.shape(leaf)} does not stack"
+                       f" {n_old} layers along axis 0.")
+    return grow_leaf(leaf, n_new, copy=copy)
+
+  return optax.tree_utils.tree_map_params(
+      tx, f, opt_state, is_layer, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+
+
+def grow_state(state, new_depth: int, tx, copy_optimizer_state: bool = False):
+  """A TrainState (params, opt_state) grown from its current depth to `new_depth`."""
+  old = layer_depth(state.params)
+  n_new = int(new_depth) - old
+  if n_new <= 0:
+    raise ValueError(f"stacking only grows the model; asked to go from {old} to {new_depth}.")
+  return state.replace(
+      params=grow_params(state.params, n_new),
+      opt_state=grow_opt_state(state.opt_state, tx, state.params, n_new, copy_optimizer_state))
+
+
+# -------------------------------------------------------------------------------------------------
+# Schedule.
+
+def auto_initial_layers(num_layers: int, num_growths: int = len(DEFAULT_FRACTIONS)) -> int:
+  """num_layers / 2^m for the largest m ≤ num_growths that divides it (16 → 4, 12 → 3, 2 → 1,
+  6 → 3, 5 → 5 = no growth)."""
+  m = 0
+  while m < num_growths and num_layers % (2 ** (m + 1)) == 0:
+    m += 1
+  return num_layers // 2 ** m
+
+
+def stage_depths(initial_layers: int, num_layers: int, num_growths: int) -> list[int]:
+  """Depth of stage 0..num_growths: min(initial · 2^s, num_layers)."""
+  return [min(initial_layers * 2 ** s, num_layers) for s in range(num_growths + 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class StackingPlan(Plan):
+  stage: int = 0
+
+
+class Stacking(Method):
+  """Doubles the depth at RST fractions `method.fractions`; see the module docstring."""
+
+  name = "stacking"
+
+  @staticmethod
+  def default_config(family: str, size: str) -> dict[str, Any]:
+    from ntng_jax.models.sizes import SIZES
+    num_layers = SIZES[family][size]["num_layers"]
+    return {"method": dict(initial_layers=auto_initial_layers(num_layers),
+                           fractions=DEFAULT_FRACTIONS,
+                           copy_optimizer_state=False)}
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.method
+    fractions = tuple(float(f) for f in m.get("fractions", DEFAULT_FRACTIONS))
+    if any(not 0.0 <= f <= 1.0 for f in fractions) or list(fractions) != sorted(fractions):
+      raise ConfigError(f"method.fractions must be increasing RST budget fractions in [0, 1];"
+                        f" got {fractions}.")
+    initial = int(m.get("initial_layers", 0) or 0)
+    if initial == 0:
+      initial = auto_initial_layers(self.num_layers, len(fractions))
+    if not 1 <= initial <= self.num_layers:
+      raise ConfigError(f"method.initial_layers must be between 1 and model.num_layers"
+                        f" ({self.num_layers}); got {initial}.")
+    self.fractions = fractions
+    self.initial_layers = initial
+    self.copy_optimizer_state = bool(m.get("copy_optimizer_state", False))
+    self.depths = stage_depths(initial, self.num_layers, len(fractions))
+    if self.depths[-1] != self.num_layers:
+      raise ConfigError(
+          f"method.initial_layers={initial} doubled {len(fractions)} times reaches"
+          f" {self.depths[-1]} layers, not model.num_layers={self.num_layers}; set"
+          f" method.initial_layers={auto_initial_layers(self.num_layers, len(fractions))}"
+          " (or 0 for that automatic choice).")
+
+  def stage(self, rst_fraction: float) -> int:
+    return sum(1 for f in self.fractions if f <= rst_fraction)
+
+  def initial_depth(self) -> int:
+    return self.depths[0]
+
+  def plan(self, rst_fraction: float, step: int) -> Plan:
+    del step
+    s = self.stage(rst_fraction)
+    return StackingPlan(depth=self.depths[s], stage=s)
+
+  def grow(self, state, new_depth: int, tx):
+    return grow_state(state, new_depth, tx, self.copy_optimizer_state)
+
+  def metrics(self, plan: Plan) -> dict:
+    stage = getattr(plan, "stage", None)
+    if stage is None:
+      stage = self.depths.index(plan.depth)
+    return {"active_layers": plan.active_layers, "stage": int(stage)}
