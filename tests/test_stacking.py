@@ -118,22 +118,35 @@ def test_schedule_edge_cases():
 
 # ---- growth --------------------------------------------------------------------------------------
 
-def _example(family):
-  from ntng_jax import data as data_lib
-  config = tiny_config(family, **{"data.num_lines": 300})
-  ds = data_lib.build_dataset(config.data, family, config.model.vocab_size,
-                              tempfile.mkdtemp(prefix="ntng-stack-data-"))
-  batch = next(iter(ds.train_iterator(4, seed=0)))
-  return config, {k: np.asarray(v) for k, v in batch.items()}
+def make_batch(family, vocab, batch=4, seq=16, preds=5, targets=6, seed=0):
+  """A synthetic batch with the training batch contract (docs/architecture.md)."""
+  rng = np.random.default_rng(seed)
+  ids = lambda *shape: rng.integers(2, vocab, shape).astype(np.int32)
+  if family == "bert":
+    return dict(example_id=np.arange(batch, dtype=np.int32), input_ids=ids(batch, seq),
+                mlm_positions=rng.integers(0, seq, (batch, preds)).astype(np.int32),
+                mlm_labels=ids(batch, preds), mlm_weights=np.ones((batch, preds), np.float32))
+  t = ids(batch, targets)
+  return dict(example_id=np.arange(batch, dtype=np.int32), encoder_input_ids=ids(batch, seq),
+              decoder_input_ids=np.pad(t[:, :-1], ((0, 0), (1, 0))), targets=t,
+              target_weights=np.ones((batch, targets), np.float32))
+
+
+def random_params(model, batch, seed=0):
+  """Parameters of `model` with random values (shapes from an abstract init: nothing compiles)."""
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch))
+  leaves, treedef = jax.tree.flatten(shapes)
+  rng = np.random.default_rng(seed)
+  return jax.tree.unflatten(treedef, [
+      jnp.asarray(0.02 * rng.standard_normal(x.shape), x.dtype) for x in leaves])
 
 
 @pytest.fixture(scope="module", params=["bert", "t5"])
 def depth1(request):
   """(config, params at depth 1, example batch) for each family."""
-  config, batch = _example(request.param)
-  model = loop_lib.model_at_depth(config, 1)
-  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), batch))
-  return config, params, batch
+  config = tiny_config(request.param)
+  batch = make_batch(request.param, config.model.vocab_size)
+  return config, random_params(loop_lib.model_at_depth(config, 1), batch), batch
 
 
 def test_grow_params_copies_layers(depth1):
@@ -170,68 +183,73 @@ def _optimizers(config):
   }
 
 
-@pytest.mark.parametrize("copy", [False, True])
-def test_grow_opt_state(depth1, copy):
+def _filled(tree):
+  """`tree` with every array leaf of rank >= 1 replaced by distinct non-zero values and integer
+  scalars (counts) bumped, so that copies, zeros and untouched leaves are told apart."""
+  def fill(x):
+    x = jnp.asarray(x)
+    if x.ndim == 0:
+      return x + 7 if jnp.issubdtype(x.dtype, jnp.integer) else x
+    return (1.0 + jnp.arange(x.size, dtype=jnp.float32).reshape(x.shape) / x.size).astype(x.dtype)
+  return jax.tree.map(fill, tree)
+
+
+def test_grow_opt_state(depth1):
   config, params, _ = depth1
-  params = st.grow_params(params, 1)  # depth 2 so that layers 0 and 1 differ after updates
-  grads = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)),
-                       params)
+  params = st.grow_params(params, 1)  # depth 2
+  grown_params = st.grow_params(params, 2)
   for name, tx in _optimizers(config).items():
-    opt_state = tx.init(params)
-    for _ in range(2):  # non-zero moments; count = 2
-      _, opt_state = tx.update(grads, opt_state, params)
-    grown = st.grow_opt_state(opt_state, tx, params, 2, copy)
-    grown_params = st.grow_params(params, 2)
-    # Same structure and shapes as a fresh state for the grown parameters.
+    opt_state = _filled(tx.init(params))
     fresh = tx.init(grown_params)
-    assert jax.tree.structure(grown) == jax.tree.structure(fresh), name
-    assert jax.tree.map(np.shape, grown) == jax.tree.map(np.shape, fresh), name
-    moments = 0
-    for (path, g), o in zip(jax.tree_util.tree_flatten_with_path(grown)[0],
-                            jax.tree.leaves(opt_state)):
-      if st.is_layer_path(path):
-        moments += 1
-        np.testing.assert_array_equal(g[:2], o, err_msg=name)        # old layers untouched
-        if copy:
-          np.testing.assert_array_equal(g[2:], o, err_msg=name)      # copies of layers 0, 1
+    for copy in (False, True):
+      grown = st.grow_opt_state(opt_state, tx, params, 2, copy)
+      # Same structure and shapes as a fresh state for the grown parameters.
+      assert jax.tree.structure(grown) == jax.tree.structure(fresh), name
+      assert jax.tree.map(np.shape, grown) == jax.tree.map(np.shape, fresh), name
+      moments = 0
+      for (path, g), o in zip(jax.tree_util.tree_flatten_with_path(grown)[0],
+                              jax.tree.leaves(opt_state)):
+        if st.is_layer_path(path):
+          moments += 1
+          np.testing.assert_array_equal(g[:2], o, err_msg=name)      # old layers untouched
+          if copy:
+            np.testing.assert_array_equal(g[2:], o, err_msg=name)    # copies of layers 0, 1
+          else:
+            assert not np.any(np.asarray(g[2:])), name                # fresh zeros
         else:
-          assert not np.any(np.asarray(g[2:])), name                  # fresh zeros
-      else:
-        np.testing.assert_array_equal(g, o, err_msg=name)            # counts, lr, other moments
-    assert moments >= len(layer_leaves(params)), name  # at least one moment per layer leaf
-    # The grown state works with the grown params.
-    updates, _ = tx.update(st.grow_params(grads, 2), grown, grown_params)
-    assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree.leaves(updates))
+          np.testing.assert_array_equal(g, o, err_msg=name)          # counts, lr, other moments
+      # Adam: mu and nu; Lion: mu; Sophia: mu and h, for every stacked parameter.
+      per_param = 1 if "lion" in name else 2
+      assert moments == per_param * len(layer_leaves(params)), name
 
 
-def test_grown_model_trains(tmp_path):
-  """TrainState at depth 1 -> Stacking.grow -> programs at depth 2 -> a finite train step whose
-  loss equals the grown model's loss evaluated directly."""
-  from ntng_jax import data as data_lib, partitioning
-  from ntng_jax.train import step as step_lib
-  config = tiny_config("bert", "size=tiny,method=stacking", **{"data.num_lines": 300})
+def test_grown_model_trains():
+  """TrainState at depth 1 -> Stacking.grow -> the trainer's programs at depth 2 -> a train step
+  with a finite loss."""
+  from ntng_jax import partitioning
+  config = tiny_config("bert", "size=tiny,method=stacking")
   method = build_method(config)
+  assert method.initial_depth() == 1
   tx = build_optimizer(config.optim)
   mesh = partitioning.make_mesh(config.mesh)
-  ds = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, str(tmp_path))
-  batches = ds.train_iterator(config.train.batch_size, seed=0)
-  example = {k: np.asarray(v) for k, v in next(iter(ds.train_iterator(4, seed=0))).items()}
-  model1 = loop_lib.model_at_depth(config, 1)
-  params = nn.unbox(jax.jit(model1.init)(jax.random.PRNGKey(0), example))
+  example = make_batch("bert", config.model.vocab_size, batch=config.train.batch_size)
+  params = random_params(loop_lib.model_at_depth(config, 1), example)
   state = state_lib.create(params, tx)
   state = method.grow(state, 2, tx)
   assert int(state.step) == 0 and st.layer_depth(state.params) == 2
   built = loop_lib.build_programs(config, loop_lib.model_at_depth(config, 2), tx, mesh, example,
                                   method)
   state = jax.device_put(state, built.shardings)
-  batch = partitioning.global_batch(mesh, next(batches))
-  loss_fn = step_lib.make_loss_fn(built.model, jnp.float32)
-  direct = float(jax.jit(loss_fn)(state.params, batch, None))
+  batch = partitioning.global_batch(mesh, example)
+  before = jax.tree.map(np.asarray, state.params)
   with partitioning.activate(mesh):
     state, metrics = built.train_step(state, batch, jax.random.PRNGKey(1),
                                       {"learning_rate": np.float32(1e-3)})
-  assert np.isfinite(direct) and float(metrics["train_loss"]) == pytest.approx(direct, rel=1e-5)
-  assert int(state.step) == 1 and np.isfinite(float(metrics["grad_norm"]))
+  assert np.isfinite(float(metrics["train_loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert int(state.step) == 1
+  # Both the original and the copied layer were trained.
+  for k, x in layer_leaves(state.params).items():
+    assert np.abs(np.asarray(x) - layer_leaves(before)[k]).reshape(2, -1).max(1).min() > 0, k
 
 
 # ---- end to end ----------------------------------------------------------------------------------

@@ -100,6 +100,14 @@ class Dataset:
         return fixed_batches(self.validation_chunks, self.validation_ids, self.objective,
                              batch_size, seed, max_batches)
 
+    def _heldout_batches(self, name: str, batch_size: int, seed: int,
+                         max_batches: int | None) -> list[dict]:
+        if len(self.validation_chunks) == 0:
+            raise DataError(f"Validation set '{name}' is the held-out split, which is empty; "
+                            f"set data.validation_fraction > 0 or remove "
+                            f"data.validation.{name}.")
+        return self.validation_batches(batch_size, seed, max_batches)
+
     def validation_sets(self, batch_size: int, seed: int = 0,
                         max_batches: int | None = None) -> dict[str, list[dict]]:
         """``{name: [global batch dicts]}`` for every ``data.validation`` entry, 'heldout'
@@ -109,11 +117,7 @@ class Dataset:
         max_chunks = None if max_batches is None else max_batches * batch_size
         for name, src in self.validation_sources.items():
             if src == HELDOUT:
-                if len(self.validation_chunks) == 0:
-                    raise DataError(f"Validation set '{name}' is the held-out split, which is "
-                                    f"empty; set data.validation_fraction > 0 or remove "
-                                    f"data.validation.{name}.")
-                out[name] = self.validation_batches(batch_size, seed, max_batches)
+                out[name] = self._heldout_batches(name, batch_size, seed, max_batches)
                 continue
             if self.resolver is None:
                 raise DataError(f"Validation set '{name}' needs a resolver; build the dataset "
