@@ -110,12 +110,12 @@ def main(argv):
   s = meta["stats"]
   print(f"Scored {meta['num_scored']} training sequences with the IL model at step"
         f" {meta['il_run']['step']} (mean loss {s['mean']:.4f}, range {s['min']:.3f}"
-        f"–{s['max']:.3f}) in {meta['seconds']:.1f} s; wrote {meta['paths'][0]} and"
+        f"–{s['max']:.3f}) in {meta['seconds']:.1f} s: {meta['paths'][0]} and"
         f" {meta['paths'][1]}.", flush=True)
   if not meta["il_run"]["finished"]:
     print("note: the IL run has no summary.json (not finished); its latest checkpoint was used.",
           flush=True)
-
+  print(f"Wrote {os.path.dirname(meta['paths'][0])}.", flush=True)  # pass as method.il_path
 
 if __name__ == "__main__":
   common.main(main, check_config=False)

@@ -290,6 +290,23 @@ def test_iterator_deterministic_resume_and_processes():
                               next(_iterator(chunks, seed=4, example_ids=ids))["example_id"])
 
 
+def test_prefetcher_same_batches_and_exact_resume():
+    from ntng_jax.data import Prefetcher
+    chunks = np.random.default_rng(0).integers(7, 500, size=(100, 32)).astype(np.int32)
+    ref = [next(it) for it in [_iterator(chunks, seed=3)] for _ in range(20)]  # 6 per epoch
+    pf = Prefetcher(_iterator(chunks, seed=3), depth=5, workers=2)
+    for r in ref[:9]:
+        _same(r, next(pf))
+    state = json.loads(json.dumps(pf.get_state()))
+    assert state == {"epoch": 1, "index": 3}  # consumed, not computed ahead
+    fresh = Prefetcher(_iterator(chunks, seed=3), depth=3)
+    fresh.set_state(state)
+    for r in ref[9:]:
+        _same(r, next(fresh))
+    pf.close()
+    fresh.close()
+
+
 def test_iterator_memmap(tmp_path):
     chunks = np.random.default_rng(0).integers(7, 500, size=(64, 32)).astype(np.int32)
     np.save(tmp_path / "c.npy", chunks)
@@ -356,6 +373,42 @@ def test_build_dataset_real_text(tmp_path):
     assert ds.meta["num_chunks"] > 1000 and ds.meta["source"].startswith("text:")
     batch = ds.validation_batches(32, max_batches=1)[0]
     assert batch["input_ids"].shape == (32, 128) and (batch["mlm_weights"].sum(1) > 15).all()
+
+
+def test_named_validation_sets_in_memory_source(tmp_path):
+    from ntng_jax.data import DataError
+    val = tmp_path / "val.txt"
+    val.write_text("\n".join(SyntheticCorpus(seed=9).lines(400)) + "\n")
+    cfg = _cfg(validation={"other": str(val), "heldout": "heldout"})
+    ds = build_dataset(cfg, "bert", 1024, tmp_path)
+    sets = ds.validation_sets(16, seed=0, max_batches=2)
+    assert list(sets) == ["heldout", "other"]
+    _same(sets["heldout"][0], ds.validation_batches(16, max_batches=1)[0])
+    other = sets["other"]
+    assert len(other) == 2 and other[0]["input_ids"].shape == (16, 64)
+    np.testing.assert_array_equal(other[0]["example_id"], np.arange(16))
+    # Cached under workdir/data_cache and identical (fixed masks) when rebuilt.
+    assert list((tmp_path / "data_cache").glob("validation-*.npy"))
+    again = build_dataset(cfg, "bert", 1024, tmp_path).validation_sets(16, max_batches=2)
+    for a, b in zip(other, again["other"]):
+        _same(a, b)
+    with pytest.raises(DataError, match="fewer tokens than one chunk"):
+        (tmp_path / "tiny.txt").write_text("pa\n")
+        build_dataset(_cfg(validation={"t": str(tmp_path / "tiny.txt")}), "bert", 1024,
+                      None).validation_sets(16)
+
+
+def test_tokenizer_fingerprint_covers_layout(corpus_lines, tmp_path):
+    tok = train_tokenizer(corpus_lines, "t5", 1024, cache_dir=tmp_path)
+    wider = Tokenizer(tok.model_proto, "t5", 2048, tok.num_sentinels)
+    assert wider.fingerprint != tok.fingerprint and wider.sentinel_id(0) == 2047
+    # Directories saved before the fingerprint covered the layout still load.
+    meta = json.loads((tmp_path / next(tmp_path.iterdir()).name / "tokenizer.json").read_text())
+    legacy = tmp_path / "legacy"
+    tok.save(legacy)
+    meta["fingerprint"] = tok._legacy_fingerprint
+    (legacy / "tokenizer.json").write_text(json.dumps(meta))
+    assert Tokenizer.load(legacy).fingerprint == tok.fingerprint
 
 
 def test_no_heavy_imports():

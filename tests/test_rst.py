@@ -85,3 +85,23 @@ def test_t5_cosine_schedule():
   mid = (schedules.T5_WARMUP + (schedules.T5_HORIZON - schedules.T5_WARMUP) / 2) / schedules.T5_HORIZON
   assert f(mid) == pytest.approx(0.5, abs=1e-3)
   assert math.isclose(f(0.999), max(1e-5, f(0.999)))
+
+
+def test_calibrated_tiny_bert_table_is_monotone_in_layers():
+  """`launch.calibrate_rst`'s measurement on this machine: more active layers cost more."""
+  from ntng_jax import data as data_lib, partitioning
+  from ntng_jax.train import calibrate
+  import tempfile
+  config = tiny_config("bert", **{"model.num_layers": 4, "model.hidden_size": 128,
+                                  "model.intermediate_size": 512, "model.head_dim": 64, "data.num_lines": 2000,
+                                  "rst.repeats": 7})
+  with tempfile.TemporaryDirectory() as workdir:
+    ds = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, workdir)
+    table = calibrate.calibrate(config, partitioning.make_mesh(config.mesh), lambda: next(iter(
+        ds.train_iterator(config.train.batch_size, seed=0))))
+  train = [table.train[n] for n in range(1, 5)]
+  forward = [table.forward[n] for n in range(1, 5)]
+  assert all(b > a for a, b in zip(train, train[1:])), train
+  assert forward[-1] > forward[0], forward
+  assert table.fingerprint == rst.step_shape_fingerprint(config)
+  assert {"machine", "date", "jax_version"} <= set(table.meta)

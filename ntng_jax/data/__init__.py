@@ -28,15 +28,15 @@ from ntng_jax.data.errors import DataError
 from ntng_jax.data.objectives import (compute_input_and_target_lengths, default_max_predictions,
                                       mask_for_mlm, reconstruct_from_span_corruption,
                                       span_corruption)
-from ntng_jax.data.pipeline import (BatchIterator, chunk_token_stream, holdout_split,
-                                    iter_chunk_blocks, unigram_entropy_nats)
+from ntng_jax.data.pipeline import (BatchIterator, Prefetcher, chunk_token_stream,
+                                    holdout_split, iter_chunk_blocks, unigram_entropy_nats)
 from ntng_jax.data.sources import read_text_lines
 from ntng_jax.data.synthetic import SyntheticCorpus
 from ntng_jax.data.tokenizers import Tokenizer, default_num_sentinels, train_tokenizer
 from ntng_jax.data.validation import (HELDOUT, ValidationResolver, apply_validation_overrides,
                                       fixed_batches, pop_validation_overrides, validation_spec)
 
-__all__ = ["BatchIterator", "DataError", "Dataset", "SyntheticCorpus", "Tokenizer",
+__all__ = ["BatchIterator", "DataError", "Prefetcher", "Dataset", "SyntheticCorpus", "Tokenizer",
            "apply_validation_overrides", "build_dataset", "chunk_token_stream",
            "compute_input_and_target_lengths", "default_max_predictions",
            "default_num_sentinels", "holdout_split", "iter_chunk_blocks", "make_objective",
@@ -81,14 +81,17 @@ class Dataset:
     stream: Callable | None = None
 
     def train_iterator(self, batch_size: int, seed: int, process_index: int = 0,
-                       process_count: int = 1):
+                       process_count: int = 1, prefetch: int = 0, workers: int = 1):
         """Infinite shuffled iterator over training chunks (see :class:`BatchIterator`): this
-        process's rows of each global batch, ``get_state()``/``set_state()`` for resuming."""
+        process's rows of each global batch, ``get_state()``/``set_state()`` for resuming.
+        ``prefetch > 0`` computes that many batches ahead in ``workers`` threads
+        (:class:`Prefetcher`; same batches, same states)."""
         if self.stream is not None:
             return self.stream(batch_size, seed, process_index, process_count)
-        return BatchIterator(self.train_chunks, batch_size, self.objective, seed=seed,
-                             process_index=process_index, process_count=process_count,
-                             example_ids=self.train_ids)
+        it = BatchIterator(self.train_chunks, batch_size, self.objective, seed=seed,
+                           process_index=process_index, process_count=process_count,
+                           example_ids=self.train_ids)
+        return Prefetcher(it, prefetch, workers) if prefetch > 0 else it
 
     def validation_batches(self, batch_size: int, seed: int = 0,
                            max_batches: int | None = None) -> list[dict]:

@@ -133,7 +133,7 @@ class BatchIterator:
             raise ValueError(f"only {self.num_rows} chunks for a batch of {self.batch_size}; "
                              f"use more data or a smaller batch.")
         self.epoch, self.index = 0, 0
-        self._perm_epoch, self._perm = -1, None
+        self._perm_cache: dict = {}
 
     # -------------------------------------------------------------- state
     def get_state(self) -> dict:
@@ -150,11 +150,15 @@ class BatchIterator:
 
     # -------------------------------------------------------------- batches
     def _order(self, epoch: int) -> np.ndarray:
-        if self._perm_epoch != epoch:
-            self._perm = (np.random.default_rng((self.seed, epoch)).permutation(self.num_rows)
-                          if self.shuffle else np.arange(self.num_rows))
-            self._perm_epoch = epoch
-        return self._perm
+        # The two most recent epochs' orders (a prefetcher straddles an epoch boundary); the
+        # dict is replaced, never mutated, so worker threads always see a consistent one.
+        cache = self._perm_cache
+        if epoch not in cache:
+            order = (np.random.default_rng((self.seed, epoch)).permutation(self.num_rows)
+                     if self.shuffle else np.arange(self.num_rows))
+            keep = {e: o for e, o in cache.items() if e > epoch - 2 and e != epoch}
+            cache = self._perm_cache = {**dict(list(keep.items())[-1:]), epoch: order}
+        return cache[epoch]
 
     def batch_at(self, epoch: int, index: int) -> dict:
         """This process's part of global batch ``index`` of ``epoch`` (pure function)."""
@@ -182,3 +186,62 @@ class BatchIterator:
         batch = self.batch_at(self.epoch, self.index)
         self.index += 1
         return batch
+
+
+class Prefetcher:
+    """Batches of a :class:`BatchIterator` computed ahead in worker threads, returned in order.
+
+    ``BatchIterator.batch_at`` is a pure function of the position, so the next ``depth``
+    positions are computed by ``workers`` threads and the result is identical to iterating
+    ``it`` directly. Its use is to overlap batch preparation with a training step that waits
+    on the device; it is not a parallel speed-up: the objectives make many small numpy calls
+    that hold the GIL, and on a 16-core host 8 workers were 3.4x *slower* than none
+    (``benchmarks/input_pipeline.py``). Keep ``workers`` at 1-2.
+    ``get_state``/``set_state`` describe the next batch to be *returned* (not the next to be
+    computed), so checkpoints resume exactly.
+    """
+
+    def __init__(self, it: "BatchIterator", depth: int = 4, workers: int = 1):
+        import collections
+        from concurrent.futures import ThreadPoolExecutor
+        self.it, self.depth = it, max(1, int(depth))
+        self._pool = ThreadPoolExecutor(max_workers=max(1, int(workers)),
+                                        thread_name_prefix="batches")
+        self._queue = collections.deque()
+        self._next = (it.epoch, it.index)       # next position to return
+        self._scheduled = self._next            # next position to schedule
+
+    @staticmethod
+    def _normal(pos, per_epoch):
+        epoch, index = pos
+        return (epoch + 1, 0) if index >= per_epoch else (epoch, index)
+
+    def get_state(self) -> dict:
+        return {"epoch": self._next[0], "index": self._next[1]}
+
+    def set_state(self, state: dict) -> None:
+        self.it.set_state(state)
+        for f in self._queue:
+            f.cancel()
+        self._queue.clear()
+        self._next = self._scheduled = (self.it.epoch, self.it.index)
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> dict:
+        per_epoch = self.it.batches_per_epoch
+        while len(self._queue) < self.depth:
+            e, i = self._normal(self._scheduled, per_epoch)
+            self._queue.append(self._pool.submit(self.it.batch_at, e, i))
+            self._scheduled = (e, i + 1)
+        batch = self._queue.popleft().result()
+        e, i = self._normal(self._next, per_epoch)
+        self._next = (e, i + 1)
+        self.it.epoch, self.it.index = self._next
+        return batch
+
+    def close(self) -> None:
+        for f in self._queue:
+            f.cancel()
+        self._pool.shutdown(wait=False)

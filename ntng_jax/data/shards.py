@@ -281,8 +281,10 @@ def _resolve_input(input_path: str, *, tfds_data_dir: str | None = None,
     if not files or sum(s["bytes"] for s in sources) == 0:
         raise DataError(f"Input '{input_path}' contains no text ({len(files)} .txt/.jsonl "
                         f"file(s), all empty); pass a non-empty corpus.")
-    return (lambda: _limit(iter_documents(files), max_docs)), sources, sum(
-        s["bytes"] for s in sources)
+    total = sum(s["bytes"] for s in sources)
+    if max_docs:  # only a prefix is used: measure it, so the tokenizer sample spans it evenly
+        total = sum(len(d) for d in _limit(iter_documents(files), max_docs))
+    return (lambda: _limit(iter_documents(files), max_docs)), sources, total
 
 
 def _limit(docs: Iterator[str], max_docs: int) -> Iterator[str]:

@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ntng_jax.data.errors import DataError
+
 _SUFFIXES = (".txt", ".jsonl")
 
 
@@ -77,12 +79,12 @@ def read_text_lines(path: str | os.PathLike) -> list[str]:
 
     Raises:
       FileNotFoundError: the path does not exist.
-      ValueError: the path holds no readable text.
+      DataError (a ValueError): the path holds no readable text.
     """
     files = corpus_files(path)
     lines = list(iter_documents(files))
     if not lines:
-        raise ValueError(f"Corpus at '{path}' contains no text (no non-empty lines in "
+        raise DataError(f"Corpus at '{path}' contains no text (no non-empty lines in "
                          f"{len(files)} .txt/.jsonl file(s)); point data.path at a non-empty "
                          f"corpus.")
     return lines

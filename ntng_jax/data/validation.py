@@ -3,8 +3,8 @@
 A source is
 
 * ``'heldout'``: the in-domain split carved deterministically from the training source with
-  ``data.validation_fraction`` (``holdout_split`` for text/synthetic/shards; a hashed chunk
-  selection for streamed tfds data);
+  ``data.validation_fraction`` (``holdout_split`` for text/synthetic/shards; a hashed document
+  selection for streamed tfds data, see ``streaming.py``);
 * a text/jsonl file or directory: tokenised with the run's tokenizer and chunked exactly like
   the training data (cached under ``workdir/data_cache``);
 * a shards directory (``launch.prepare_data`` output, recognised by its ``manifest.json``): its

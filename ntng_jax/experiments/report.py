@@ -194,7 +194,7 @@ def aggregate(collected: dict, baseline: str = "baseline") -> dict:
   planned = collected["status"].get("methods", [])
   methods = _order({r["method"] for r in runs}, baseline, planned)
   budgets = sorted({r["budget_hours"] for r in runs})
-  metric_names = []
+  metric_names = ["train_loss", "validation_loss"] if runs else []  # tables even if none finished
   groups = {}
   for m in methods:
     for b in budgets:
@@ -244,10 +244,14 @@ def _sort_metrics(names: list[str]) -> list[str]:
 # -------------------------------------------------------------------------------------------------
 # Markdown.
 
-def _fmt(x: float | None) -> str:
+def _decimals(x: float) -> int:
+  return 2 if abs(x) >= 10 else 4
+
+
+def _fmt(x: float | None, decimals: int | None = None) -> str:
   if x is None or not math.isfinite(x):
     return "—"
-  return f"{x:.2f}" if abs(x) >= 10 else f"{x:.4f}"
+  return f"{x:.{_decimals(x) if decimals is None else decimals}f}"
 
 
 def _status_note(counts: dict) -> str:
@@ -266,12 +270,12 @@ def cell_text(group: dict | None, name: str) -> str:
     if counts.get(OK):
       return "—"  # ok runs without this metric (e.g. no fine-tuning yet)
     return f"**{note}**" if note else "—"
-  text = _fmt(cell["mean"])
+  d = _decimals(cell["mean"])
+  text = _fmt(cell["mean"], d)
   if cell["std"] is not None:
-    text += f" ± {_fmt(cell['std'])}"
+    text += f" ± {_fmt(cell['std'], d)}"
   if "delta" in cell:
-    text += f" (Δ {cell['delta']:+.4f})" if abs(cell["delta"]) < 10 else \
-        f" (Δ {cell['delta']:+.2f})"
+    text += f" (Δ {cell['delta']:+.{d}f})"
   if cell["n"] < total:
     text += f" [{cell['n']}/{total} seeds; {_status_note(counts)}]"
   return text
@@ -349,6 +353,7 @@ at 6/12/24 RST hours on BERT-base and T5-base:
   optimizers) are significantly worse on some downstream tasks at every budget.
 - Overall, no method consistently beats a baseline whose learning rate is fully decayed within the
   same RST budget.
+
 Tiny CPU sweeps only exercise the machinery; their numbers say nothing about these claims."""
 
 
@@ -368,6 +373,12 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
                f" {meta.get('date', '?')}), shared by every run  ")
   elif table:
     out.append(f"RST table: `{table}`, shared by every run  ")
+  il = status.get("il_model")
+  if il:
+    out.append(f"IL model for rho_loss: `{il.get('workdir')}` ({il.get('status', '?')}"
+               + (f"; losses `{il['il_path']}`" if il.get("il_path") else "")
+               + (f"; {il['error']}" if il.get("error") and il.get("status") == "failed" else "")
+               + ")  ")
   out.append(f"Generated: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
   out.append("")
   n = len(collected["runs"])
@@ -389,8 +400,8 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
         1 for x in agg["metric_names"] if x.startswith("validation_loss/")) < 2:
       continue  # one validation set: the same numbers as validation_loss
     out += ["", f"### {_title(name)}", ""] + metric_table(agg, name)
-  if not agg["metric_names"]:
-    out += ["", "No run has finished yet."]
+  if not collected["runs"]:
+    out += ["", "No runs found."]
   task_names = [n for n in agg["metric_names"] if "/" in n and not n.startswith("validation_loss")
                 and not n.endswith("/average")]
   if task_names:
@@ -553,15 +564,17 @@ def _points_vs_budget(agg: dict, names: list[str], titles: list[str], ylabels: l
   methods, budgets = agg["methods"], agg["budgets"]
   fig, axes = _panels(plt, len(names))
   colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-  width = 0.6 / max(len(methods), 1)
   for ax, name, title, ylabel in zip(axes, names, titles, ylabels):
-    for i, m in enumerate(methods):
+    shown = [m for m in methods if any(
+        (g := agg["groups"].get((m, b))) and name in g["metrics"] for b in budgets)]
+    width = 0.6 / max(len(shown), 1)
+    for i, m in enumerate(shown):
       xs, ys, es = [], [], []
       for j, b in enumerate(budgets):
         g = agg["groups"].get((m, b))
         cell = g["metrics"].get(name) if g else None
         if cell:
-          xs.append(j + (i - (len(methods) - 1) / 2) * width)
+          xs.append(j + (i - (len(shown) - 1) / 2) * width)
           ys.append(cell["mean"])
           es.append(cell["std"] or 0.0)
       if xs:

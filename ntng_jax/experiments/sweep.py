@@ -26,8 +26,8 @@ RHO-loss needs an irreducible-loss model: when `rho_loss` is among the methods (
 is given) the sweep first trains `method=il_model` (seed 0, the largest budget unless `il_budget`),
 then runs `python -m launch.extract_il --workdir=IL_RUN`, and passes
 `--config.method.il_path=IL_PATH` to every rho_loss run. IL_PATH is the last path extract_il
-reports on a line `Wrote PATH` (the house convention of `launch/calibrate_rst.py`), otherwise the
-IL run's workdir.
+reports on a line `Wrote PATH.` (the house convention of the launch scripts), otherwise its default
+output IL_RUN/il_losses (also what `--dry_run` prints).
 
 This module does not import jax: the subprocesses own the accelerators.
 """
@@ -41,6 +41,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -201,6 +202,11 @@ def il_run(spec: SweepSpec) -> Run:
   return Run(IL_METHOD, budget, 0, run_dir(spec.root, IL_METHOD, budget, 0))
 
 
+def default_il_path(spec: SweepSpec) -> str:
+  """Where `launch.extract_il --workdir=IL_RUN` writes by default (IL_RUN/il_losses)."""
+  return os.path.join(il_run(spec).workdir, "il_losses")
+
+
 def needs_il(spec: SweepSpec) -> bool:
   return "rho_loss" in spec.methods and not spec.il_path
 
@@ -231,7 +237,7 @@ def pretrain_command(spec: SweepSpec, run: Run, il_path: str | None = None,
          f"--config.train.budget_hours={format_budget(run.budget_hours)}",
          f"--config.rst.table={table_path(spec)}", f"--workdir={run.workdir}", *spec.extra]
   if run.method == "rho_loss":
-    cmd.append(f"--config.method.il_path={il_path or spec.il_path or il_run(spec).workdir}")
+    cmd.append(f"--config.method.il_path={il_path or spec.il_path or default_il_path(spec)}")
   return cmd
 
 
@@ -409,8 +415,9 @@ class Sweep:
 
   def execute(self, cmd: list[str], log_name: str) -> tuple[int, float, str, str]:
     """Runs `cmd`, appending its output to ROOT/logs/<log_name>.log; returns (exit code, wall
-    seconds, this execution's output, log path). Ctrl-C is passed on to the child (same process
-    group), which checkpoints and exits; then SweepInterrupted is raised."""
+    seconds, this execution's output, log path). Ctrl-C reaches the child too (same process group)
+    and SIGTERM is forwarded to it; the trainer then checkpoints and exits, and SweepInterrupted
+    is raised."""
     log_path = self._log_path(log_name)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.time()
@@ -418,9 +425,24 @@ class Sweep:
     with open(log_path, "a") as log:
       log.write(f"\n=== {_now()} $ {shlex.join(cmd)}\n")
       log.flush()
+      procs, interrupted = [], False
+
+      def forward(signum, frame):  # SIGTERM to the sweep: the run checkpoints and exits, as on ^C
+        nonlocal interrupted
+        del frame
+        interrupted = True
+        for p in procs:
+          if p.poll() is None:
+            p.send_signal(signum)
+      try:
+        old_handler = signal.signal(signal.SIGTERM, forward)
+      except ValueError:  # not the main thread
+        old_handler = None
       proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               bufsize=1)
-      interrupted = False
+      procs.append(proc)
+      if interrupted:  # a SIGTERM arrived before the child existed
+        proc.send_signal(signal.SIGTERM)
       try:
         while True:
           try:
@@ -439,6 +461,8 @@ class Sweep:
                      " abort).")
         proc.wait()
       finally:
+        if old_handler is not None:
+          signal.signal(signal.SIGTERM, old_handler)
         if proc.poll() is None:
           proc.kill()
           proc.wait()
@@ -502,7 +526,7 @@ class Sweep:
       self.say(f"  {reason}")
       return None, reason
     wrote = _wrote_path(text)
-    il_path = wrote if wrote and os.path.exists(wrote) else run.workdir
+    il_path = wrote if wrote and os.path.exists(wrote) else default_il_path(spec)
     il.update(status="done", il_path=il_path, log=log)
     il.pop("error", None)
     self.save_status()
@@ -517,17 +541,17 @@ class Sweep:
       summary = read_summary(run.workdir) or {}
       entry.update(status="done" if state == "complete" else "diverged",
                    stopped_because=summary.get("stopped_because"))
-      entry.pop("error", None)
-      self.say(f"  {run.label}: {'complete' if state == 'complete' else 'diverged (nan)'}"
-               " earlier, skipped.")
+      if state == "complete":
+        entry.pop("error", None)
+      self.say(f"  {'complete' if state == 'complete' else 'diverged (nan)'} earlier: skipped.")
       return entry["status"]
     if run.method == "rho_loss" and il_error:
       entry.update(status="failed", returncode=None, error=f"not started: {il_error}")
       self.save_status()
-      self.say(f"  {run.label}: not started ({il_error}).")
+      self.say(f"  not started: {il_error}")
       return "failed"
     cmd = pretrain_command(self.spec, run, il_path, self.python)
-    self.say(f"  {run.label}: {'resuming' if state == 'partial' else 'starting'} ...")
+    self.say(f"  {'resuming' if state == 'partial' else 'starting'}: {shlex.join(cmd[1:])}")
     entry.update(status="running", command=shlex.join(cmd), started=_now())
     self.save_status()
     try:
@@ -585,7 +609,10 @@ class Sweep:
                        finetune=list(spec.finetune), finetune_args=list(spec.finetune_args),
                        started=_now())
     for run in runs:  # every planned run is listed from the start, as pending until it is run
-      self._entry(run).setdefault("status", "pending")
+      entry = self._entry(run)
+      entry.setdefault("status", "pending")
+      if entry["status"] in ("done", "diverged") and entry.get("wall_seconds"):
+        self.eta.add(run.budget_hours, float(entry["wall_seconds"]))  # timings of earlier sweeps
     self.save_status()
     self.say(f"Sweep {spec.root}: {len(spec.methods)} methods x {len(spec.budgets)} budgets x"
              f" {len(spec.seeds)} seeds = {len(runs)} runs.")
@@ -605,8 +632,8 @@ class Sweep:
       if run in todo:
         todo.remove(run)
       entry = self.status["runs"][run.key]
-      if status == "failed":
-        self.say(f"  FAILED (exit {entry.get('returncode')}): {entry.get('error')}"
+      if status == "failed" and entry.get("returncode") is not None:
+        self.say(f"  FAILED (exit {entry['returncode']}): {entry.get('error')}"
                  f" (log: {entry.get('log', '-')})")
       elif "wall_seconds" in entry and entry.get("finished", "") >= self.status["started"]:
         self.say(f"  {status} ({entry.get('stopped_because')}) in"

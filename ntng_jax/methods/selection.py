@@ -455,9 +455,13 @@ def check_il_metadata(meta: dict, signature: dict, path: str) -> None:
 
 
 def il_table_paths(path: str) -> tuple[str, str]:
-  """(losses .npy, metadata .json) for a table directory or its .npy file."""
+  """(losses .npy, metadata .json) for a table directory, its .npy file, or the IL run's workdir
+  (whose `il_losses/` subdirectory holds the table)."""
   if path.endswith(".npy"):
     return path, os.path.join(os.path.dirname(path), IL_META_FILENAME)
+  if not os.path.exists(os.path.join(path, IL_FILENAME)) and os.path.exists(
+      os.path.join(path, "il_losses", IL_FILENAME)):
+    path = os.path.join(path, "il_losses")
   return os.path.join(path, IL_FILENAME), os.path.join(path, IL_META_FILENAME)
 
 
