@@ -37,10 +37,16 @@ def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.
       num_lines=s.get("num_lines", 40_000),  # size of the synthetic corpus (lines)
       corpus_seed=0,
       validation_fraction=0.02,  # held-out fraction of chunks for validation_loss
-      max_predictions=0,       # BERT masked positions per sequence (0 = round(0.15 * seq_len) + 1)
+      # {name: source}: 'heldout', a text/jsonl path, a shards dir or 'tfds:NAME[:SPLIT]'; add
+      # sets from the command line with --config.data.validation.NAME=SOURCE.
+      validation=ml_collections.ConfigDict({"heldout": "heldout"}),
+      max_predictions=0,       # BERT masked positions per sequence (0 = round(0.15 * seq_len))
       noise_density=0.15,      # T5 span corruption
       mean_noise_span_length=3.0,
       tokenizer_dir="",        # '' = train on the corpus and cache in the workdir
+      tfds_data_dir="",        # source=tfds: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      tfds_split="train",
+      tfds_text_key="text",
   ))
 
   c.train = ml_collections.ConfigDict(dict(

@@ -20,7 +20,8 @@ def maybe_initialize_distributed() -> None:
   """Starts `jax.distributed` when the environment describes a multi-process job.
 
   TPU VM pods and SLURM/OpenMPI GPU clusters are detected by JAX itself; a manual cluster sets
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; NTNG_DISTRIBUTED=auto (set by
+  launch/tpu_vm/run.sh) leaves the discovery to JAX in any environment.
   """
   import jax
   env = os.environ
@@ -28,8 +29,8 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
                                num_processes=int(env["JAX_NUM_PROCESSES"]),
                                process_id=int(env["JAX_PROCESS_ID"]))
-  elif env.get("TPU_WORKER_HOSTNAMES", "").count(",") or env.get("SLURM_NTASKS", "1") != "1" \
-      or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+  elif (env.get("NTNG_DISTRIBUTED") == "auto" or env.get("TPU_WORKER_HOSTNAMES", "").count(",")
+        or env.get("SLURM_NTASKS", "1") != "1" or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1):
     jax.distributed.initialize()
 
 

@@ -181,6 +181,9 @@ def run() -> dict:
   result = dict(result, pretrained=os.path.abspath(workdir), checkpoint_step=pretrained.step,
                 model=dict(pretrained.model_cfg))
   out = _OUTPUT.value or os.path.join(workdir, "finetune", f"{suite}.json")
+  import jax
+  if jax.process_index() != 0:
+    return result
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   tmp = out + ".tmp"
   with open(tmp, "w") as f:

@@ -5,6 +5,9 @@
   python -m launch.pretrain --config=configs/bert.py:size=base --config.data.source=text \
       --config.data.path=corpus.txt --config.train.budget_hours=24
 
+Extra validation sets: --config.data.validation.NAME=SOURCE (a text file, a shards directory or
+tfds:NAME[:SPLIT]); every set is evaluated at full depth and logged as validation_loss/NAME.
+
 Re-running the same command on the same workdir resumes from its last checkpoint.
 """
 
@@ -21,9 +24,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<f
                                "<method>-seed<seed>).")
 
 
+_VALIDATION_OVERRIDES = {}
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
+  from ntng_jax.data.validation import apply_validation_overrides
+  apply_validation_overrides(config, _VALIDATION_OVERRIDES)
   workdir = _WORKDIR.value or common.default_workdir(config)
   from ntng_jax.train.loop import train_and_evaluate
   summary = common.run_cleanly(lambda: train_and_evaluate(config, workdir))
@@ -31,4 +39,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # New keys cannot be added to a locked config by absl flags: take them out of argv first.
+  from ntng_jax.data.validation import pop_validation_overrides
+  sys.argv, overrides = pop_validation_overrides(sys.argv)
+  _VALIDATION_OVERRIDES.update(overrides)
   common.main(main)

@@ -11,13 +11,15 @@ import os
 
 import ml_collections
 
+from ntng_jax.errors import UserError
+
 METHODS = ("baseline", "stacking", "layer_drop", "selective_backprop", "rho_loss", "il_model",
            "lion", "sophia")
 DATA_SOURCES = ("synthetic", "text", "shards", "tfds")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config value is wrong; the message is one sentence naming the field and the fix."""
 
 

@@ -20,6 +20,8 @@ import json
 import os
 from typing import Mapping, NamedTuple, Sequence
 
+from ntng_jax.errors import UserError
+
 
 class Charge(NamedTuple):
   """One executed piece of work: `kind` in {'train', 'forward', 'extra'}; `layers` active layers
@@ -29,7 +31,7 @@ class Charge(NamedTuple):
   sequences: int
 
 
-class RSTTableError(ValueError):
+class RSTTableError(UserError, ValueError):
   """A table cannot price a step (missing kind, wrong config); the message says what to do."""
 
 

@@ -32,7 +32,6 @@ import math
 import time
 from typing import Any, Callable, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -49,7 +48,8 @@ from ntng_jax.train.step import set_learning_rate
 
 __all__ = ["FinetuneConfig", "paper_recipe", "cosine_warmup_lr", "warmup_steps_for",
            "default_mesh", "finetune_task", "run_suite", "subsample", "majority_rate",
-           "best_over_epochs", "suite_average"]
+           "best_over_epochs", "suite_average", "classifier_apply", "encoder_params", "predict",
+           "local_rows"]
 
 # Parameters of the pre-trained BERT that the encoder path does not use (the MLM head).
 _UNUSED_BERT_PARAMS = ("head",)
@@ -248,8 +248,17 @@ def _programs(model_cfg: ml_collections.FrozenConfigDict, num_classes: int, head
 # One task.
 
 
+def local_rows(batch: dict) -> dict:
+    """This process's contiguous share of a global host batch (all of it in one process), as
+    ``partitioning.global_batch`` expects."""
+    n, i = jax.process_count(), jax.process_index()
+    if n == 1:
+        return batch
+    return {k: v[i * (len(v) // n):(i + 1) * (len(v) // n)] for k, v in batch.items()}
+
+
 def _device_batch(mesh, batch: dict, keys: Sequence[str]) -> dict:
-    return partitioning.global_batch(mesh, {k: batch[k] for k in keys})
+    return partitioning.global_batch(mesh, local_rows({k: batch[k] for k in keys}))
 
 
 def predict(programs: _Programs, params, arrays: dict, batch_size: int, mesh,
@@ -313,8 +322,10 @@ def finetune_task(pretrained, task: str | TaskSpec, train_examples: Sequence,
     warmup = warmup_steps_for(total, cfg.warmup_fraction)
     rng = jax.random.PRNGKey(cfg.seed)
     shuffle = np.random.default_rng(cfg.seed)
+    enc = jax.device_put(encoder_params(pretrained.params),
+                         programs.state_shardings.params["encoder"])
     with partitioning.activate(mesh):
-        state = programs.init(encoder_params(pretrained.params), jax.random.fold_in(rng, 0))
+        state = programs.init(enc, jax.random.fold_in(rng, 0))
 
     epochs, step = [], 0
     for epoch in range(1, cfg.epochs + 1):
@@ -341,7 +352,8 @@ def finetune_task(pretrained, task: str | TaskSpec, train_examples: Sequence,
     for key, examples in (extra_dev or {}).items():
         arrays = encode_classification(examples, tok, cfg.max_length, C)
         preds = predict(programs, state.params, arrays, cfg.eval_batch_size, mesh, C)
-        extra[key] = {k: float(v) for k, v in compute_metrics(spec, arrays["labels"], preds).items()}
+        scores = compute_metrics(spec, arrays["labels"], preds)
+        extra[key] = {k: float(v) for k, v in scores.items()}
     best, best_epoch = best_over_epochs(epochs)
     result = dict(task=spec.name, suite=spec.suite, num_train=len(train_examples),
                   num_dev=len(dev_examples), steps=total, warmup_steps=warmup,
@@ -351,7 +363,6 @@ def finetune_task(pretrained, task: str | TaskSpec, train_examples: Sequence,
         cls, rate = majority_rate(train["labels"], dev["labels"])
         result.update(majority_class=cls, majority_rate=rate)
     result["seconds"] = time.time() - t0
-    del state
     return result
 
 

@@ -28,15 +28,17 @@ import jax
 import ml_collections
 import numpy as np
 
+from ntng_jax.errors import UserError
+
 __all__ = ["Pretrained", "PretrainedError", "SUITE_FAMILY", "load_pretrained",
-           "read_config", "find_tokenizer", "check_family"]
+           "read_config", "find_tokenizer", "check_family", "abstract_params"]
 
 # The model family each downstream suite fine-tunes.
 SUITE_FAMILY = {"glue": "bert", "superglue": "bert", "sni": "t5"}
 _FAMILY_NAME = {"bert": "BERT", "t5": "T5"}
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError, ValueError):
     """A pre-training workdir cannot be used as asked (one sentence)."""
 
 
@@ -98,27 +100,32 @@ def check_family(family: str, suite: str, workdir: str | os.PathLike = "") -> No
 
 
 def find_tokenizer(config, workdir: str | os.PathLike):
-    """The run's tokenizer: ``data.tokenizer_dir`` if the run named one, else the one that
-    ``build_dataset`` trained and cached under ``workdir/tokenizer/<key>/`` (the newest entry
-    of the model's kind and vocabulary size if there are several)."""
+    """The run's tokenizer, looked for in this order: ``workdir/tokenizer/`` itself (where
+    ``data.source='shards'`` installs it), the run's ``data.tokenizer_dir``, then the entries
+    that ``build_dataset`` trained and cached under ``workdir/tokenizer/<key>/`` (newest
+    first). A candidate must be of the model's family and emit at most ``model.vocab_size``
+    ids."""
     from ntng_jax.data.tokenizers import Tokenizer
 
     kind, vocab = config.model.family, int(config.model.vocab_size)
+    root = Path(workdir) / "tokenizer"
+    candidates = [root]
     tok_dir = config.data.get("tokenizer_dir", "") if "data" in config else ""
     if tok_dir:
-        return Tokenizer.load(tok_dir)
-    root = Path(workdir) / "tokenizer"
-    entries = sorted((p for p in root.glob("*/tokenizer.json")),
-                     key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
-    for meta_path in entries:
+        candidates.append(Path(tok_dir))
+    if root.is_dir():
+        candidates += sorted((p.parent for p in root.glob("*/tokenizer.json")),
+                             key=lambda p: p.stat().st_mtime, reverse=True)
+    for d in candidates:
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads((d / "tokenizer.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if meta.get("kind") == kind and int(meta.get("vocab_size", -1)) == vocab:
-            return Tokenizer.load(meta_path.parent)
-    raise FileNotFoundError(f"no {kind} tokenizer with vocabulary {vocab} under '{root}'; "
-                            f"the pre-training run did not finish building its data.")
+        if meta.get("kind") == kind and int(meta.get("vocab_size", 1 << 62)) <= vocab:
+            return Tokenizer.load(d)
+    raise FileNotFoundError(f"no {kind} tokenizer of at most {vocab} ids under '{root}'"
+                            + (f" or in '{tok_dir}'" if tok_dir else "")
+                            + "; the pre-training run did not finish building its data.")
 
 
 def _example_batch(model_cfg) -> dict:
@@ -172,7 +179,8 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None,
     mesh: a ``jax.sharding.Mesh`` to place the params on with their logical shardings
       (``ntng_jax.partitioning``); None puts them on the default device.
     The newest checkpoint whose files match their manifest and that can be read is used;
-    unusable newer ones are skipped with a warning, as the trainer does on resume.
+    unusable newer ones are skipped with a warning, as the trainer does on resume (if none is
+    usable: :class:`PretrainedError` naming why).
     """
     from ntng_jax.train.checkpoint import Checkpointer
     from ntng_jax.train.loop import model_at_depth
@@ -186,6 +194,7 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None,
     if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
         raise FileNotFoundError(f"'{work}' has no checkpoint; let its launch.pretrain run "
                                 f"finish (or resume it) before fine-tuning.")
+    tokenizer = find_tokenizer(config, work)
     import orbax.checkpoint as ocp
 
     ckpt = Checkpointer(str(work))
@@ -193,27 +202,24 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None,
         steps = ckpt.steps()
         reasons = []
         for step in reversed(steps):
-            reason = ckpt._intact(step)  # manifest check (sizes and sha256 of every file)
+            reason = ckpt.damage(step)
             if reason is None:
                 try:
                     loop = ckpt.manager.restore(step, args=ocp.args.Composite(
                         loop=ocp.args.JsonRestore())).loop
                     depth = int(loop["depth"]) if "depth" in loop else int(config.model.num_layers)
                     model = model_at_depth(config, depth)
-                    params = _restore_params(ckpt._step_dir(step), abstract_params(model, mesh))
+                    params = _restore_params(ckpt.step_dir(step), abstract_params(model, mesh))
                     model_cfg = config.model.copy_and_resolve_references()
                     model_cfg.num_layers = depth
-                    tokenizer = find_tokenizer(config, work)
+                    for skipped in reasons:  # only worth a warning when an older one is used
+                        logging.getLogger(__name__).warning(
+                            "skipped an unusable checkpoint (%s); using step %d.", skipped, step)
                     return Pretrained(config=config, model_cfg=model_cfg, params=params,
                                       tokenizer=tokenizer, step=int(step), workdir=str(work))
-                except FileNotFoundError:
-                    raise
                 except Exception as e:  # noqa: BLE001 -- unreadable: try the previous one
                     reason = f"reading it failed ({type(e).__name__}: " \
                              f"{str(e).splitlines()[0][:200] if str(e) else ''})"
-            logging.getLogger(__name__).warning(
-                "checkpoint %s is unusable because %s; trying an earlier one.",
-                ckpt._step_dir(step), reason)
             reasons.append(f"step {step}: {reason}")
     finally:
         ckpt.close()

@@ -30,6 +30,7 @@ import optax
 
 from ntng_jax import partitioning
 from ntng_jax.eval.encoding import encode_seq2seq, iterate_batches
+from ntng_jax.eval.finetune import default_mesh, local_rows, subsample
 from ntng_jax.eval.metrics import rouge_l
 from ntng_jax.eval.sni import load_sni
 from ntng_jax.models import build_model, greedy_decode, losses
@@ -69,10 +70,7 @@ class SNIConfig:
 
 
 def _mesh(mesh):
-    if mesh is not None:
-        return mesh
-    from ntng_jax.eval.finetune import default_mesh
-    return default_mesh()
+    return default_mesh() if mesh is None else mesh
 
 
 def load_sni_splits(data_dir, tokenizer, cfg: SNIConfig, tasks: Sequence[str] | None = None,
@@ -91,7 +89,6 @@ def load_sni_splits(data_dir, tokenizer, cfg: SNIConfig, tasks: Sequence[str] | 
             raise ValueError(f"Unknown SNI task(s) {', '.join(unknown)}; the tasks in {data_dir} "
                              f"are: {', '.join(known)}.")
         splits = {k: [ex for ex in v if ex["task"] in tasks] for k, v in splits.items()}
-    from ntng_jax.eval.finetune import subsample
     train = subsample(splits["train"], cfg.max_train_examples, cfg.seed)
     test = splits["test"]
     if cfg.max_eval_examples > 0:
@@ -107,6 +104,14 @@ def load_sni_splits(data_dir, tokenizer, cfg: SNIConfig, tasks: Sequence[str] | 
     if not test:
         raise ValueError(f"no SNI test instances in {data_dir} for the chosen tasks.")
     return {"train": train, "test": test}
+
+
+def _check_ids(tokenizer) -> None:
+    from ntng_jax.models import t5 as t5_lib
+    if tokenizer.pad_id != t5_lib.PAD_ID or tokenizer.eos_id != t5_lib.EOS_ID:
+        raise ValueError(f"the T5 tokenizer has pad id {tokenizer.pad_id} and EOS id "
+                         f"{tokenizer.eos_id}, but decoding starts from {t5_lib.PAD_ID} and stops "
+                         f"at {t5_lib.EOS_ID}; retrain it with pad_id=0, eos_id=1.")
 
 
 def _model(model_cfg, dropout_rate):
@@ -176,7 +181,8 @@ def _decode_program(model_cfg: ml_collections.FrozenConfigDict, max_decode_len: 
         return greedy_decode(model, params, encoder_input_ids, max_decode_len,
                              encoder_mask=encoder_mask, use_cache=use_cache)
 
-    return jax.jit(decode, in_shardings=(param_sh, batch_sh, batch_sh), out_shardings=rep)
+    return jax.jit(decode, in_shardings=(param_sh, batch_sh, batch_sh), out_shardings=rep), \
+        param_sh
 
 
 def _frozen(model_cfg) -> ml_collections.FrozenConfigDict:
@@ -196,19 +202,22 @@ def train_sni(pretrained, train_examples: Sequence, cfg: SNIConfig, mesh=None,
         raise ValueError(f"SNI fine-tuning needs a T5 checkpoint, not "
                          f"{pretrained.model_cfg.family}.")
     tok = pretrained.tokenizer
+    _check_ids(tok)
     arrays = encode_seq2seq(train_examples, tok, cfg.max_source_len, cfg.max_target_len,
                             pad_to_max=False)
-    init, train_step, _ = _train_program(_frozen(pretrained.model_cfg), cfg.dropout_rate,
-                                         cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mesh)
+    init, train_step, param_shardings = _train_program(
+        _frozen(pretrained.model_cfg), cfg.dropout_rate, cfg.b1, cfg.b2, cfg.eps,
+        cfg.weight_decay, mesh)
     rng = jax.random.PRNGKey(cfg.seed)
     shuffle = np.random.default_rng(cfg.seed)
     history, step = [], 0
     with partitioning.activate(mesh):
-        state = init(pretrained.params)
+        state = init(jax.device_put(pretrained.params, param_shardings))
         for epoch in range(1, cfg.epochs + 1):
             t0, epoch_losses = time.time(), []
             for batch in iterate_batches(arrays, cfg.batch_size, rng=shuffle, pad_last=True):
-                batch = partitioning.global_batch(mesh, {k: batch[k] for k in _TRAIN_KEYS})
+                batch = partitioning.global_batch(
+                    mesh, local_rows({k: batch[k] for k in _TRAIN_KEYS}))
                 state, metrics = train_step(state, batch, jax.random.fold_in(rng, step),
                                             np.float32(cfg.learning_rate))  # constant rate
                 epoch_losses.append(metrics["loss"])
@@ -236,15 +245,18 @@ def generate(pretrained, params, examples: Sequence, cfg: SNIConfig, mesh=None,
     for ``examples`` (``source`` fields), ``eval_batch_size`` at a time."""
     mesh = _mesh(mesh)
     tok = pretrained.tokenizer
+    _check_ids(tok)
     arrays = encode_seq2seq(examples, tok, cfg.max_source_len, cfg.max_target_len,
                             pad_to_max=False)
     arrays = {k: arrays[k] for k in ("encoder_input_ids", "encoder_mask")}
-    decode = _decode_program(_frozen(pretrained.model_cfg), cfg.max_target_len, use_cache, mesh)
+    decode, param_shardings = _decode_program(_frozen(pretrained.model_cfg), cfg.max_target_len,
+                                              use_cache, mesh)
+    params = jax.device_put(params, param_shardings)
     outs = []
     with partitioning.activate(mesh):
         for batch in iterate_batches(arrays, cfg.eval_batch_size, pad_last=True):
             dev_batch = partitioning.global_batch(
-                mesh, {k: batch[k] for k in ("encoder_input_ids", "encoder_mask")})
+                mesh, local_rows({k: batch[k] for k in ("encoder_input_ids", "encoder_mask")}))
             ids = decode(params, dev_batch["encoder_input_ids"], dev_batch["encoder_mask"])
             outs.append((ids, batch["example_mask"]))
     ids = np.concatenate([np.asarray(jax.device_get(i))[m > 0] for i, m in outs])

@@ -47,6 +47,8 @@ import sys
 import time
 from typing import Callable, Sequence, TextIO
 
+from ntng_jax.errors import UserError
+
 STATUS_FILE = "sweep_status.json"
 TABLE_FILE = "rst_table.json"
 COMPLETE = ("budget", "max_steps")   # stopped_because values of a finished run
@@ -58,7 +60,7 @@ _RESERVED = ("--config.train.budget_hours", "--config.rst.table", "--config.meth
              "--config.seed", "--workdir", "--config=", "--config.method.il_path")
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
   """The sweep cannot be planned or cannot go on; the message says what to change."""
 
 

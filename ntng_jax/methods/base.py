@@ -3,6 +3,8 @@
 A method is a small object of hooks with the baseline's behaviour as defaults. Host-side hooks
 decide from the RST clock; device-side work (growth, selection) is pure and jitted.
 
+- `prepare_dataset(dataset)`: the dataset this method trains on (the IL model swaps splits; RHO
+  checks its irreducible-loss table against it);
 - `initial_depth()`: layers of the first compiled program (stacking starts shallow);
 - `plan(rst_fraction, step) -> Plan`: the depth (static: a change recompiles once) and the keep
   vector (dynamic: layer dropping; never recompiles) of the next step, from the RST clock;
@@ -13,6 +15,8 @@ decide from the RST clock; device-side work (growth, selection) is pure and jitt
 - `init_method_state()` and `make_select_step(model, compute_dtype)`: the device-side method
   state (e.g. a loss-history buffer, part of `TrainState`) and a pure
   `select(state, mega_batch, rng) -> (state, batch, metrics)` that picks the training batch;
+- `wrap_train_step(train_step)`: the pure train step the trainer jits (layer dropping masks the
+  dropped layers' updates);
 - `charges(plan, batch_size)`: what the step executed, for the RST meter;
 - `host_state()` / `restore_host_state(d)`: a JSON-able dict saved in every checkpoint;
 - `metrics(plan)`: extra fields of each metrics record.
@@ -49,6 +53,9 @@ class Method:
     self.config = config
     self.num_layers = int(config.model.num_layers) if config is not None else 0
 
+  def prepare_dataset(self, dataset):
+    return dataset
+
   def initial_depth(self) -> int:
     return self.num_layers
 
@@ -69,6 +76,10 @@ class Method:
     """None, or a pure `select(state, mega_batch, rng) -> (state, batch, metrics)`."""
     del model, compute_dtype
     return None
+
+  def wrap_train_step(self, train_step):
+    """The pure `train_step(state, batch, rng, controls)` to jit, changed or as is."""
+    return train_step
 
   def charges(self, plan: Plan, batch_size: int) -> list[Charge]:
     return [Charge("train", plan.active_layers, batch_size)]

@@ -22,9 +22,8 @@ layer gets a zero gradient for the step. The paper's codebases then differ:
   `mask_dropped_updates=True`: the dropped layers' params AND optimizer state (moments) are left
   exactly unchanged for that step (`masked_update`); global scalars such as Adam's count advance.
 The default follows each family's paper code (BERT False, T5 True). Masking needs the train step
-to see the keep vector: `LayerDrop.wrap_train_step(train_step)` returns the step with
-`masked_update` applied after the optimizer update (the trainer must call it; see the docstring
-there).
+to see the keep vector: `LayerDrop.wrap_train_step(train_step)` (a `Method` hook the trainer
+calls before jitting) returns the step with `masked_update` applied after the optimizer update.
 
 T5 base uses the paper's peak LR 1e-2 for layer dropping (T5 README); tiny and small keep their
 size's LR (their LRs were already picked for a tiny model, not scaled from the paper's).
@@ -159,7 +158,5 @@ class LayerDrop(Method):
             "drop_level": float(getattr(plan, "drop_level", float("nan")))}
 
   def wrap_train_step(self, train_step: Callable) -> Callable:
-    """The train step with dropped layers' updates masked if `mask_dropped_updates`, else as is.
-
-    For the trainer: `train_step = method.wrap_train_step(train_step)` before jitting it."""
+    """The train step with dropped layers' updates masked if `mask_dropped_updates`, else as is."""
     return mask_dropped_train_step(train_step) if self.mask_dropped_updates else train_step

@@ -357,7 +357,6 @@ class ILModel(Method):
   def __init__(self, config):
     super().__init__(config)
     self.il_validation_sequences = int(_method_get(config, "il_validation_sequences", 10_000))
-    self._prepared = False
 
   @staticmethod
   def default_config(family: str, size: str) -> dict:
@@ -365,15 +364,7 @@ class ILModel(Method):
     return {"method": {"il_validation_sequences": 10_000}, "data": {"validation_fraction": 0.2}}
 
   def prepare_dataset(self, dataset):
-    self._prepared = True
     return il_model_dataset(dataset, self.il_validation_sequences)
-
-  def input_batch_size(self, batch_size: int) -> int:
-    if not self._prepared:
-      raise ConfigError("method il_model needs the trainer to pass its dataset through"
-                        " Method.prepare_dataset (to train on the held-out split); this trainer"
-                        " does not, so it would silently train on the main training split.")
-    return batch_size
 
 
 def il_model_dataset(dataset, il_validation_sequences: int = 10_000):

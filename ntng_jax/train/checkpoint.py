@@ -17,10 +17,12 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from ntng_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """No usable checkpoint could be restored although some exist."""
 
 
@@ -52,7 +54,8 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=False))
 
-  def _step_dir(self, step: int) -> str:
+  def step_dir(self, step: int) -> str:
+    """The directory of the checkpoint at `step` (its `state/` item is an orbax PyTree)."""
     return os.path.join(self.directory, str(step))
 
   def save(self, step: int, state, loop: dict) -> None:
@@ -64,7 +67,7 @@ class Checkpointer:
       os.makedirs(self.manifests, exist_ok=True)
       tmp = os.path.join(self.manifests, f"{step}.json.tmp")
       with open(tmp, "w") as f:
-        json.dump(_file_table(self._step_dir(step)), f)
+        json.dump(_file_table(self.step_dir(step)), f)
       os.replace(tmp, os.path.join(self.manifests, f"{step}.json"))
       kept = {str(s) for s in self.manager.all_steps()}
       for name in os.listdir(self.manifests):
@@ -74,14 +77,14 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def _intact(self, step: int) -> str | None:
-    """None if the step's files match its manifest, else a reason."""
+  def damage(self, step: int) -> str | None:
+    """None if the step's files match its manifest (sizes and sha256), else the reason not."""
     manifest = os.path.join(self.manifests, f"{step}.json")
     if not os.path.exists(manifest):
       return "it has no manifest (the save did not finish)"
     with open(manifest) as f:
       want = json.load(f)
-    have = _file_table(self._step_dir(step))
+    have = _file_table(self.step_dir(step))
     for name, (size, digest) in want.items():
       if name not in have:
         return f"file {name} is missing"
@@ -97,7 +100,7 @@ class Checkpointer:
     The trainer reads it first to learn the depth (and method state) to build before restoring
     the arrays themselves."""
     for step in reversed(self.steps()):
-      if self._intact(step) is None:
+      if self.damage(step) is None:
         try:
           return self.manager.restore(step, args=ocp.args.Composite(
               loop=ocp.args.JsonRestore())).loop
@@ -114,7 +117,7 @@ class Checkpointer:
     """
     steps = self.steps()
     for step in reversed(steps):
-      reason = self._intact(step)
+      reason = self.damage(step)
       if reason is None:
         try:
           restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -123,7 +126,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 -- any read failure means: try the previous one
           reason = f"reading it failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
       log.warning("checkpoint %s is unusable because %s; falling back to an earlier one.",
-                  self._step_dir(step), reason)
+                  self.step_dir(step), reason)
     if steps:
       raise CheckpointError(
           f"every checkpoint in {self.directory} is corrupt; move that directory away to start"

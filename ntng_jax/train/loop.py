@@ -80,6 +80,7 @@ def build_programs(config, model, tx, mesh, example_batch: dict, method=None) ->
   t = config.train
   train_step = step_lib.make_train_step(model, tx, t.batch_size // t.micro_batch_size,
                                         t.compute_dtype, mesh, hessian_micro_batches(config))
+  train_step = method.wrap_train_step(train_step)
   eval_step = step_lib.make_eval_step(model, t.compute_dtype)
   select = method.make_select_step(model, t.compute_dtype)
   if select is not None:
@@ -104,7 +105,10 @@ def init_state(built: Built, tx, mesh, example_batch: dict, seed: int, method=No
 
 def resolve_rst_table(config, workdir: str, calibrate_fn) -> rst.RSTTable:
   """`rst.table`: 'paper' (must match), a JSON path, or 'auto' (paper if it matches, else a table
-  calibrated on this machine and cached as `workdir/rst_table.json`)."""
+  calibrated on this machine and cached as `workdir/rst_table.json`).
+
+  In a multi-process job every process takes part in calibration (its programs are collective)
+  and then uses process 0's table, so all processes run on one clock."""
   choice = config.rst.table
   if choice == "paper":
     table = rst.paper_table_for(config)
@@ -119,13 +123,31 @@ def resolve_rst_table(config, workdir: str, calibrate_fn) -> rst.RSTTable:
   if table is not None:
     return table
   cached = os.path.join(workdir, "rst_table.json")
-  if os.path.exists(cached):
-    return rst.load_table(cached, config)
-  log.info("No built-in RST table matches this config; calibrating on this machine.")
-  table = calibrate_fn()
-  if jax.process_index() == 0:
+  have_cache = os.path.exists(cached)
+  if jax.process_count() > 1:  # calibration is collective: all processes calibrate, or none
+    from jax.experimental import multihost_utils
+    have_cache = bool(np.all(multihost_utils.process_allgather(np.int32(have_cache))))
+  if have_cache:
+    table = rst.load_table(cached, config)
+  else:
+    log.info("No built-in RST table matches this config; calibrating on this machine.")
+    table = calibrate_fn()
+  table = _table_of_process_zero(table)
+  if jax.process_index() == 0 and not have_cache:
     rst.save_table(table, cached)
   return table
+
+
+def _table_of_process_zero(table: rst.RSTTable) -> rst.RSTTable:
+  """Process 0's table on every process (identity in a one-process run)."""
+  if jax.process_count() == 1:
+    return table
+  from jax.experimental import multihost_utils
+  payload = json.dumps(table.to_json()).encode() if jax.process_index() == 0 else b""
+  buffer = np.zeros(1 << 16, np.uint8)
+  buffer[:len(payload)] = np.frombuffer(payload, np.uint8)
+  buffer = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+  return rst.RSTTable.from_json(json.loads(bytes(buffer).rstrip(b"\0")))
 
 
 def _tokens_per_sequence(batch: dict) -> int:
@@ -223,12 +245,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise config_lib.ConfigError(
         f"train.micro_batch_size ({t.micro_batch_size}) must be a multiple of the data×fsdp mesh"
         f" size ({divisor}) so every device gets whole examples.")
+  if divisor % jax.process_count():
+    raise config_lib.ConfigError(
+        f"the data×fsdp mesh size ({divisor}) must be a multiple of the process count"
+        f" ({jax.process_count()}) so every process reads whole rows; set config.mesh so that"
+        " data×fsdp spans every host.")
 
   # ---------------------------------------------------------------------------------------------
   # Method and data: this process's rows of every global (mega-)batch; fixed validation batches.
   method = build_method(config)
   dataset = data_lib.build_dataset(config.data, config.model.family, config.model.vocab_size,
                                    workdir)
+  dataset = method.prepare_dataset(dataset)
   nproc, pidx = jax.process_count(), jax.process_index()
   train_iter = dataset.train_iterator(method.input_batch_size(t.batch_size), seed=config.seed,
                                       process_index=pidx, process_count=nproc)
@@ -329,6 +357,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logger.write(record)
     return record
 
+  def stop_requested() -> bool:
+    """A signal stops every process at the same step: in a multi-process job the processes
+    agree at log steps (a signal may reach only some hosts)."""
+    if nproc == 1:
+      return stop.reason is not None
+    if step % t.log_every_steps:
+      return False
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.int32(stop.reason is not None))))
+
   # ---------------------------------------------------------------------------------------------
   # The loop.
   with _StopFlag() as stop:
@@ -349,8 +387,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         charges = method.charges(plan, t.batch_size) + optimizer_charges(
             config, table, step, t.batch_size, plan.active_layers)
         cost = rst.step_cost(table, charges)
-        if stop.reason:
-          stopped_because = stop.reason
+        if stop_requested():
+          stopped_because = "interrupt"
           break
         if rst_seconds + cost > budget * (1 + 1e-12):  # tolerance: float rounding of the sum
           stopped_because = "budget"

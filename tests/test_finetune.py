@@ -1,0 +1,380 @@
+"""Downstream evaluation end to end: pretrain tiny BERT/T5 with `launch.pretrain`, fine-tune them
+with `launch.finetune` on the real GLUE tasks and on SNI, and check the pieces in between.
+
+The subprocesses run concurrently (both pre-trainings, then the fine-tuning runs and the error
+cases as soon as their checkpoint exists) so the file stays within a few minutes on 2 cores.
+Tiny models learn little in a few steps, so the fine-tuning runs override the paper's learning
+rate (4e-5 / 5e-5 are for the 16-layer model) and use short sequences; the recipe itself is
+checked in the unit tests below.
+"""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+GLUE = SHARED / "glue"
+SNI = SHARED / "sni"
+CORPUS = SHARED / "text" / "tinyshakespeare" / "train.txt"
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte", "wnli")
+SNI_TASKS = ("task1155_bard_analogical_reasoning_trash_or_treasure",
+             "task1158_bard_analogical_reasoning_manipulating_items")
+STEP_SECONDS = 0.1   # RST seconds per step in the fixed test tables
+PRETRAIN_STEPS = 20  # a small RST budget: 20 steps (a longer tiny run collapses to unigram
+                     # statistics and makes SST-2 slower to learn, see the report)
+
+needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"{GLUE} is absent")
+needs_sni = pytest.mark.skipif(not (SNI / "tasks").is_dir(), reason=f"{SNI} is absent")
+
+
+def _fixed_table(family: str, path: Path) -> str:
+  """A deterministic RST table, so the budget means the same number of steps everywhere."""
+  from ntng_jax import rst
+  config = tiny_config(family)
+  L, mb = config.model.num_layers, config.train.micro_batch_size
+  table = rst.RSTTable(name="test-fixed", unit_sequences=mb,
+                       train={n: STEP_SECONDS * n / L for n in range(1, L + 1)},
+                       fingerprint=rst.step_shape_fingerprint(config))
+  rst.save_table(table, str(path))
+  return str(path)
+
+
+class _Job:
+  """A `python -m module args` subprocess whose result is collected once."""
+
+  def __init__(self, *args: str):
+    self.args = args
+    self.proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    self._result = None
+
+  def result(self, timeout: float = 900) -> subprocess.CompletedProcess:
+    if self._result is None:
+      out, err = self.proc.communicate(timeout=timeout)
+      self._result = subprocess.CompletedProcess(self.args, self.proc.returncode, out, err)
+    return self._result
+
+  def ok(self) -> subprocess.CompletedProcess:
+    r = self.result()
+    assert r.returncode == 0, (f"{' '.join(self.args)} failed ({r.returncode}):\n"
+                               f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+  def kill(self):
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.communicate()
+
+
+class _Jobs:
+  """Starts both pre-trainings at once, and every dependent run as soon as it can start."""
+
+  def __init__(self, root: Path):
+    self.root = root
+    self.corpus = ["--config.data.source=text", f"--config.data.path={CORPUS}"] \
+        if CORPUS.is_file() else []
+    self.dirs = {"bert": root / "bert", "t5": root / "t5"}
+    self.pretrain = {
+        family: _Job("launch.pretrain", f"--config={cfg}", f"--workdir={self.dirs[family]}",
+                     f"--config.rst.table={_fixed_table(family, root / f'{family}.json')}",
+                     f"--config.train.budget_hours={PRETRAIN_STEPS * STEP_SECONDS / 3600}",
+                     "--config.train.validation_batches=2", *self.corpus)
+        for family, cfg in (("bert", "configs/bert.py:size=tiny"),
+                            ("t5", "configs/t5.py:size=tiny"))}
+    self.runs: dict[str, _Job] = {}
+    self._ready: set[str] = set()
+
+  def workdir(self, family: str) -> Path:
+    if family not in self._ready:
+      self.pretrain[family].ok()
+      self._ready.add(family)
+      self._start_dependents(family)
+    return self.dirs[family]
+
+  def _finetune(self, name: str, *args: str):
+    self.runs[name] = _Job("launch.finetune", *args)
+
+  def _start_dependents(self, family: str):
+    bert, t5 = self.dirs["bert"], self.dirs["t5"]
+    if family == "bert" and GLUE.is_dir():
+      self._finetune("glue6", f"--pretrained={bert}", "--suite=glue", f"--data_dir={GLUE}",
+                     f"--tasks={','.join(GLUE_TASKS)}", "--epochs=1", "--max_train_examples=320",
+                     "--max_length=64", "--batch_size=32", "--learning_rate=2e-3",
+                     "--eval_batch_size=256", f"--output={self.root / 'glue6.json'}")
+      # SST-2 needs a few hundred steps before a tiny model leaves the majority class.
+      self._finetune("sst2", f"--pretrained={bert}", "--suite=glue", f"--data_dir={GLUE}",
+                     "--tasks=sst2", "--epochs=1", "--max_train_examples=8000",
+                     "--max_length=32", "--batch_size=32", "--learning_rate=2e-3",
+                     "--eval_batch_size=256", f"--output={self.root / 'sst2.json'}")
+      bad = self.root / "bad_glue"
+      (bad / "CoLA").mkdir(parents=True)
+      (bad / "CoLA" / "train.tsv").write_text("gj04\t1\t\tA fine sentence .\ngj04\t0\t*\n")
+      (bad / "CoLA" / "dev.tsv").write_text("gj04\t1\t\tAnother one .\n")
+      self._finetune("malformed", f"--pretrained={bert}", "--suite=glue", f"--data_dir={bad}",
+                     "--tasks=cola")
+      self._finetune("unknown_task", f"--pretrained={bert}", "--suite=glue",
+                     f"--data_dir={GLUE}", "--tasks=cola,nosuchtask")
+    if family == "t5" and (SNI / "tasks").is_dir():
+      sni = self.root / "sni"
+      (sni / "tasks").mkdir(parents=True)
+      (sni / "splits" / "default").mkdir(parents=True)
+      for task in SNI_TASKS:
+        shutil.copyfile(SNI / "tasks" / f"{task}.json", sni / "tasks" / f"{task}.json")
+      # Every task on the test side: load_sni then splits each task's instances in two.
+      (sni / "splits" / "default" / "test_tasks.txt").write_text("\n".join(SNI_TASKS) + "\n")
+      self._finetune("sni", f"--pretrained={t5}", "--suite=sni", f"--data_dir={sni}",
+                     "--max_instances=60", "--max_eval_examples=16", "--max_source_len=320",
+                     "--max_target_len=8", "--epochs=3", "--learning_rate=2e-3",
+                     f"--output={self.root / 'sni.json'}")
+    if self._ready == {"bert", "t5"}:
+      if SNI.is_dir():
+        self._finetune("bert_on_sni", f"--pretrained={bert}", "--suite=sni",
+                       f"--data_dir={SNI}")
+      if GLUE.is_dir():
+        self._finetune("t5_on_glue", f"--pretrained={t5}", "--suite=glue",
+                       f"--data_dir={GLUE}")
+
+  def run(self, name: str) -> _Job:
+    if name not in self.runs:
+      pytest.skip(f"the {name} run needs data that is absent")
+    return self.runs[name]
+
+  def close(self):
+    for job in [*self.pretrain.values(), *self.runs.values()]:
+      job.kill()
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+  j = _Jobs(tmp_path_factory.mktemp("finetune"))
+  yield j
+  j.close()
+
+
+def _one_sentence_error(result: subprocess.CompletedProcess) -> str:
+  assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
+  assert len(errors) == 1, result.stderr
+  message = errors[0][len("error: "):]
+  assert message.endswith(".") and "\n" not in message
+  return message
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a pre-training workdir.
+
+
+def test_load_pretrained_restores_the_saved_params(jobs, tmp_path):
+  import orbax.checkpoint as ocp
+  from ntng_jax.eval.pretrained import PretrainedError, load_pretrained
+
+  workdir = jobs.workdir("bert")
+  config, model_cfg, params, tokenizer = load_pretrained(workdir, suite="glue")
+  assert config.model.family == "bert" and model_cfg.num_layers == config.model.num_layers
+  assert tokenizer.kind == "bert" and tokenizer.vocab_size <= model_cfg.vocab_size
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  with ocp.PyTreeCheckpointer() as ckptr, warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # "sharding info not provided": fine on one device
+    saved = ckptr.restore(workdir / "checkpoints" / str(steps[-1]) / "state")["params"]
+  flat_saved = {k: np.asarray(v) for k, v in _flatten(saved).items()}
+  flat_loaded = {k: np.asarray(v) for k, v in _flatten(params).items()}
+  assert flat_saved.keys() == flat_loaded.keys()
+  for k in flat_saved:
+    np.testing.assert_array_equal(flat_loaded[k], flat_saved[k], err_msg=k)
+
+  with pytest.raises(PretrainedError, match="is a BERT model, but sni fine-tuning needs a T5"):
+    load_pretrained(workdir, suite="sni")
+  empty = tmp_path / "no_ckpt"
+  empty.mkdir()
+  shutil.copyfile(workdir / "config.json", empty / "config.json")
+  with pytest.raises(FileNotFoundError, match="has no checkpoint"):
+    load_pretrained(empty)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    load_pretrained(tmp_path / "missing")
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def test_classifier_masks_padding_and_drops_the_mlm_head(jobs):
+  import jax
+  import jax.numpy as jnp
+  from ntng_jax.eval import finetune as F
+  from ntng_jax.eval.encoding import encode_classification
+  from ntng_jax.eval.heads import ClassificationHead
+  from ntng_jax.eval.pretrained import load_pretrained
+  from ntng_jax.models import build_model
+
+  pre = load_pretrained(jobs.workdir("bert"), suite="glue")
+  bert = build_model(F._frozen(pre.model_cfg, 0.1)).module
+  head = ClassificationHead(num_classes=3)
+  params = {"encoder": F.encoder_params(pre.params),
+            "head": head.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, pre.model_cfg.hidden_size)))
+            ["params"]}
+  assert "head" not in params["encoder"]  # the MLM head is not part of the classifier
+  apply = jax.jit(lambda p, a, m, deterministic, rng: F.classifier_apply(
+      bert, head, p, a, m, deterministic, rng), static_argnums=3)
+  examples = [{"texts": ("the movie was fine .", "a second text"), "label": 1}]
+  short, long = (encode_classification(examples, pre.tokenizer, n, 3) for n in (16, 48))
+  key = jax.random.PRNGKey(1)
+  logits = [apply(params, a["input_ids"], a["attention_mask"], True, key) for a in (short, long)]
+  np.testing.assert_allclose(np.asarray(logits[0]), np.asarray(logits[1]), atol=1e-5)
+  # Dropout is active in training mode: two dropout keys give different logits.
+  train = [apply(params, short["input_ids"], short["attention_mask"], False,
+                 jax.random.PRNGKey(i)) for i in (1, 2)]
+  assert not np.allclose(np.asarray(train[0]), np.asarray(train[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# SNI: decoding with the KV cache equals decoding without it, with fine-tuned params.
+
+
+@needs_sni
+def test_sni_decoding_with_cache_equals_without(jobs):
+  from ntng_jax.eval import sni_finetune as S
+  from ntng_jax.eval.pretrained import load_pretrained
+
+  pre = load_pretrained(jobs.workdir("t5"), suite="sni")
+  cfg = S.SNIConfig(learning_rate=2e-3, epochs=1, max_source_len=320, max_target_len=8,
+                    max_instances=8, eval_batch_size=8)
+  splits = S.load_sni_splits(jobs.root / "sni", pre.tokenizer, cfg)
+  params, history = S.train_sni(pre, splits["train"], cfg, log=None)
+  assert history[0]["steps"] == math.ceil(len(splits["train"]) / cfg.batch_size)
+  assert np.isfinite(history[0]["train_loss"])
+  test = splits["test"][:8]
+  with_cache, ids_cache = S.generate(pre, params, test, cfg, use_cache=True, return_ids=True)
+  without, ids_plain = S.generate(pre, params, test, cfg, use_cache=False, return_ids=True)
+  np.testing.assert_array_equal(ids_cache, ids_plain)
+  assert with_cache == without
+  assert ids_cache.shape == (len(test), cfg.max_target_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end through launch.finetune.
+
+
+@needs_glue
+def test_glue_six_tasks_end_to_end(jobs):
+  from ntng_jax.eval.tasks import get_task
+
+  jobs.workdir("bert")
+  r = jobs.run("glue6").ok()
+  result = json.loads((jobs.root / "glue6.json").read_text())
+  assert list(result["tasks"]) == list(GLUE_TASKS)
+  for name in GLUE_TASKS:
+    spec, t = get_task(name, suite="glue"), result["tasks"][name]
+    assert len(t["epochs"]) == 1 and t["num_train"] == 320
+    assert set(t["epochs"][0]["metrics"]) == set(spec.metrics) == set(t["best"])
+    assert all(v is not None and math.isfinite(v) for v in t["best"].values()), t["best"]
+    assert t["steps"] == t["num_train"] // 32
+    assert t["warmup_steps"] == math.ceil(0.1 * t["steps"])  # this task's own warmup
+    if spec.is_regression:
+      assert "majority_rate" not in t
+    else:
+      assert 0 < t["majority_rate"] < 1
+    assert f"| {name} | {spec.metrics[0]} |" in r.stdout
+  avg = result["average"]
+  assert set(avg["components"]) == {"cola/mcc", "sst2/accuracy", "mrpc/f1", "stsb/pearson",
+                                    "rte/accuracy"}
+  assert avg["average"] == pytest.approx(np.mean(list(avg["components"].values())))
+  assert "| **average** |" in r.stdout
+  print("\n" + r.stdout[r.stdout.index("| task |"):])
+
+
+@needs_glue
+def test_sst2_beats_the_majority_class(jobs):
+  jobs.workdir("bert")
+  r = jobs.run("sst2").ok()
+  t = json.loads((jobs.root / "sst2.json").read_text())["tasks"]["sst2"]
+  accuracy, majority = t["best"]["accuracy"], t["majority_rate"]
+  print(f"\nSST-2 dev accuracy {accuracy:.4f} vs majority-class rate {majority:.4f} "
+        f"({t['num_train']} training examples, {t['steps']} steps)")
+  assert majority == pytest.approx(444 / 872, abs=1e-9)  # the dev set's positive share
+  assert accuracy > majority + 0.03, r.stdout[-2000:]
+
+
+@needs_sni
+def test_sni_end_to_end(jobs):
+  jobs.workdir("t5")
+  r = jobs.run("sni").ok()
+  result = json.loads((jobs.root / "sni.json").read_text())
+  assert set(result["tasks"]) == set(SNI_TASKS)
+  assert all(t["num_examples"] == 16 for t in result["tasks"].values())
+  assert result["num_test"] == 32 and len(result["epochs"]) == 3
+  assert 0 < result["rouge_l"] <= 100
+  assert result["rouge_l"] == pytest.approx(np.mean([t["rouge_l"] for t in
+                                                     result["tasks"].values()]))
+  assert "| **all** |" in r.stdout
+  print(f"\nSNI Rouge-L {result['rouge_l']:.2f}: "
+        + ", ".join(f"{k} {v['rouge_l']:.2f}" for k, v in result["tasks"].items()))
+
+
+@needs_glue
+def test_user_errors_are_one_sentence(jobs):
+  jobs.workdir("bert")
+  jobs.workdir("t5")
+  msg = _one_sentence_error(jobs.run("t5_on_glue").result())
+  assert "is a T5 model, but glue fine-tuning needs a BERT checkpoint" in msg
+  if "bert_on_sni" in jobs.runs:
+    msg = _one_sentence_error(jobs.run("bert_on_sni").result())
+    assert "is a BERT model, but sni fine-tuning needs a T5 checkpoint" in msg
+  msg = _one_sentence_error(jobs.run("unknown_task").result())
+  assert "unknown glue task 'nosuchtask'" in msg and "sst2" in msg
+  msg = _one_sentence_error(jobs.run("malformed").result())
+  assert "train.tsv, line 2: expected 4 tab-separated columns, found 3" in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe.
+
+
+def test_paper_recipes_and_per_task_warmup():
+  from ntng_jax.eval.finetune import cosine_warmup_lr, paper_recipe, warmup_steps_for
+  from ntng_jax.eval.sni_finetune import SNIConfig
+
+  glue, sg = paper_recipe("glue"), paper_recipe("superglue")
+  assert (glue.learning_rate, glue.epochs, glue.batch_size, glue.max_length) == (4e-5, 5, 16, 128)
+  assert (sg.learning_rate, sg.epochs) == (5e-5, 10)
+  assert (glue.b1, glue.b2, glue.eps, glue.weight_decay, glue.warmup_fraction) == \
+      (0.9, 0.98, 1e-6, 0.0, 0.1)
+  assert paper_recipe("glue", epochs=1, learning_rate=None).epochs == 1
+  sni = SNIConfig()
+  assert (sni.learning_rate, sni.epochs, sni.batch_size, sni.max_source_len,
+          sni.max_target_len) == (5e-5, 2, 8, 1024, 128)
+  # CoLA (8551 // 16 * 5 steps) and RTE (2490 // 16 * 5) each get 10 % of their own steps
+  # (the original reused CoLA's warmup for every later task).
+  cola, rte = 8551 // 16 * 5, 2490 // 16 * 5
+  assert warmup_steps_for(cola, 0.1) == 267 and warmup_steps_for(rte, 0.1) == 78
+  lrs = [cosine_warmup_lr(s, rte, 78, 4e-5) for s in range(rte)]
+  assert np.argmax(lrs) in (77, 78) and max(lrs) == pytest.approx(4e-5, rel=1e-3)
+  assert all(b > a for a, b in zip(lrs[:78], lrs[1:78]))
+  assert all(b <= a for a, b in zip(lrs[78:], lrs[79:]))
+  assert 0 < lrs[0] < 1e-6 and 0 < lrs[-1] < 1e-9
+
+
+def test_best_metric_is_the_max_over_epochs():
+  from ntng_jax.eval.finetune import best_over_epochs, majority_rate
+
+  epochs = [dict(epoch=1, metrics={"mcc": 0.1, "accuracy": 0.8}),
+            dict(epoch=2, metrics={"mcc": 0.3, "accuracy": 0.7}),
+            dict(epoch=3, metrics={"mcc": float("nan"), "accuracy": 0.75})]
+  best, best_epoch = best_over_epochs(epochs)
+  assert best == {"mcc": 0.3, "accuracy": 0.8} and best_epoch == {"mcc": 2, "accuracy": 1}
+  assert majority_rate([0, 1, 1, 1], [0, 0, 1]) == (1, pytest.approx(1 / 3))
