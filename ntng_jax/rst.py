@@ -125,9 +125,11 @@ def step_shape_fingerprint(config) -> str:
   """Hash of everything that sets the cost of one step: model, sequence shape, micro-batch, dtype.
 
   The method, optimizer hyper-parameters, budget and seed are excluded on purpose: every method of a
-  sweep must be priced by the same table.
+  sweep must be priced by the same table. So is `model.remat`: it trades memory for recomputation
+  in how a step is run, not what the step computes (layer dropping turns it on).
   """
-  key = dict(model=config.model.to_dict(), seq_len=config.data.seq_len,
+  model = {k: v for k, v in config.model.to_dict().items() if k != "remat"}
+  key = dict(model=model, seq_len=config.data.seq_len,
              micro_batch_size=config.train.micro_batch_size,
              compute_dtype=config.train.compute_dtype)
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -66,7 +66,12 @@ def test_table_json_round_trip_and_fingerprint_check(tmp_path):
 def test_fingerprint_ignores_method_and_budget():
   a = tiny_config("bert", "size=tiny,method=baseline")
   b = tiny_config("bert", "size=tiny,method=lion", **{"train.budget_hours": 3.0})
+  c = tiny_config("bert", "size=tiny,method=layer_drop")   # turns on remat
+  assert c.model.remat and not a.model.remat
   assert rst.step_shape_fingerprint(a) == rst.step_shape_fingerprint(b)
+  assert rst.step_shape_fingerprint(a) == rst.step_shape_fingerprint(c)
+  d = tiny_config("bert", "size=tiny", **{"model.num_layers": 3})
+  assert rst.step_shape_fingerprint(a) != rst.step_shape_fingerprint(d)
 
 
 def test_triangle_schedule():

@@ -354,20 +354,30 @@ def test_selection_on_a_corpus_with_noise(tmp_path):
 # End to end through the launch scripts.
 
 def _run_args(config, workdir, table, method, *extra):
-  return [f"--config=configs/bert.py:size=tiny,method={method}", f"--workdir={workdir}",
-          f"--config.rst.table={table}", f"--config.train.budget_hours={config.train.budget_hours}",
-          "--config.data.num_lines=2000", "--config.train.validation_batches=2", *extra]
+  """Tiny runs on the synthetic corpus, validated on its held-out split and on a second corpus."""
+  return [f"--config=configs/{config.model.family}.py:size=tiny,method={method}",
+          f"--workdir={workdir}", f"--config.rst.table={table}",
+          f"--config.train.budget_hours={config.train.budget_hours}",
+          "--config.data.num_lines=2000", "--config.train.validation_batches=2",
+          f"--config.data.validation.other={workdir.parent / 'other.txt'}", *extra]
 
 
-@pytest.fixture(scope="module")
-def e2e(tmp_path_factory):
-  root = tmp_path_factory.mktemp("e2e")
-  config = tiny_config("bert", **{"data.num_lines": 2000})
+@pytest.fixture(scope="module", params=["bert", "t5"])
+def e2e(tmp_path_factory, request):
+  root = tmp_path_factory.mktemp(f"e2e-{request.param}")
+  config = tiny_config(request.param, **{"data.num_lines": 2000})
   config.train.budget_hours = 24 * STEP_SECONDS / 3600
   table = fixed_table(config, root / "table.json")
+  other = data_lib.SyntheticCorpus(seed=7).lines(300)   # the second validation set's text
+  (root / "other.txt").write_text("\n".join(other) + "\n")
   env = {"JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),   # the runs share programs
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   return root, config, table, env
+
+
+def _check_two_validation_sets(summary):
+  losses = summary["final_validation_losses"]
+  assert set(losses) == {"heldout", "other"} and all(np.isfinite(v) for v in losses.values())
 
 
 def _summary(workdir):
@@ -381,7 +391,7 @@ def test_end_to_end_selective_backprop(e2e):
   s = _summary(root / "sb")
   expected = int(24 * STEP_SECONDS / (STEP_SECONDS * (1 + 2 / 3)) + 1e-9)   # 14 < 24 baseline
   assert s["steps"] == expected and s["stopped_because"] == "budget"
-  assert np.isfinite(s["final_validation_loss"])
+  _check_two_validation_sets(s)
   records = [json.loads(line) for line in (root / "sb" / "metrics.jsonl").open()]
   assert any("sb_keep_probability_mean" in r for r in records)
   # Extracting IL losses from a run that is not an IL model: one sentence, no traceback.
@@ -404,7 +414,7 @@ def test_end_to_end_il_model_extract_and_rho(e2e):
                                            f"--config.method.il_path={root / 'il'}"), env=env)
   rho = _summary(root / "rho")
   assert rho["steps"] < il["steps"] and rho["stopped_because"] == "budget"
-  assert np.isfinite(rho["final_validation_loss"])
+  _check_two_validation_sets(rho)
   # Other data than the table was made for: one sentence, no traceback.
   proc = run_module("launch.pretrain", *_run_args(
       config, root / "rho_bad", table, "rho_loss",

@@ -361,3 +361,32 @@ def test_prepare_data_cli(tmp_path, corpus):
         assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], lines
     p = run("--model=bert")
     assert p.returncode == 2 and "--input, --output is required" in p.stderr
+
+
+# ----------------------------------------------------------------------------- end to end
+@needs_text
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_pretrain_on_real_text_shards_with_two_domains(tmp_path, family):
+    """launch.prepare_data on one domain's train.txt, then launch.pretrain from the shards under an
+    RST budget, validated on the in-domain held-out split and on the other domain."""
+    from conftest import run_module
+    shards = tmp_path / "shards"
+    run_module("launch.prepare_data", f"--model={family}", "--vocab_size=2048", "--seq_len=64",
+               f"--input={TEXT / 'tinyshakespeare' / 'train.txt'}", f"--output={shards}")
+    assert (shards / "manifest.json").is_file() and (shards / "spm.model").is_file()
+    run = tmp_path / "run"
+    run_module("launch.pretrain", f"--config=configs/{family}.py:size=tiny", f"--workdir={run}",
+               "--config.data.source=shards", f"--config.data.path={shards}",
+               f"--config.data.validation.wikipedia={TEXT / 'wikipedia_en' / 'validation.txt'}",
+               "--config.train.budget_hours=0.004", "--config.train.validation_batches=4")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r["train_loss"] for r in records if "train_loss" in r]
+    assert np.mean(train[-5:]) < np.mean(train[:5]) - 0.5
+    evals = [r for r in records if "validation_loss/wikipedia" in r]
+    assert len(evals) >= 2 and all("validation_loss/heldout" in r for r in evals)
+    for name in ("heldout", "wikipedia"):
+        assert evals[-1][f"validation_loss/{name}"] < evals[0][f"validation_loss/{name}"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_because"] == "budget"
+    assert set(summary["final_validation_losses"]) == {"heldout", "wikipedia"}

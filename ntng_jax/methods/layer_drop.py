@@ -25,6 +25,13 @@ The default follows each family's paper code (BERT False, T5 True). Masking need
 to see the keep vector: `LayerDrop.wrap_train_step(train_step)` (a `Method` hook the trainer
 calls before jitting) returns the step with `masked_update` applied after the optimizer update.
 
+Remat is on by default (`model.remat=True`). Under `jax.grad` a layer's `lax.cond` must return
+the union of both branches' residuals, so without remat a dropped layer still writes zero-filled
+activations (attention probabilities included) into the scan's residuals and reads them back in
+the backward pass: on this CPU a small-BERT step with 2 of 4 layers kept took 0.74 of the full
+step without remat and 0.63 with it, while remat itself costs about nothing at full depth there
+(benchmarks/layer_drop_stacking.py, BENCHMARKS.md). With remat only each layer's input is saved.
+
 T5 base uses the paper's peak LR 1e-2 for layer dropping (T5 README); tiny and small keep their
 size's LR (their LRs were already picked for a tiny model, not scaled from the paper's).
 """
@@ -124,7 +131,8 @@ class LayerDrop(Method):
   @staticmethod
   def default_config(family: str, size: str) -> dict[str, Any]:
     out = {"method": dict(theta_bar=0.5, gamma_factor=GAMMA_FACTOR[family],
-                          mask_dropped_updates=(family == "t5"))}
+                          mask_dropped_updates=(family == "t5")),
+           "model": {"remat": True}}
     if family == "t5" and size == "base":
       out["optim"] = {"learning_rate": 1e-2}
     return out

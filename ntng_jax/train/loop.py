@@ -304,6 +304,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   base_rng = jax.random.PRNGKey(config.seed)
   eval_every = t.eval_every_rst_minutes * 60.0
   ckpt_every = t.checkpoint_every_rst_minutes * 60.0
+  # Plain Python values for the per-step code (ConfigDict lookups are slow).
+  batch_size, max_steps, log_every = int(t.batch_size), int(t.max_steps), int(t.log_every_steps)
+  peak_lr = float(config.optim.learning_rate)
   step, rst_seconds, tokens = int(loop["step"]), float(loop["rst_seconds"]), int(loop["tokens"])
   wall_before = float(loop["wall_seconds"])
   next_eval = (math.floor(rst_seconds / eval_every) + 1) * eval_every
@@ -316,11 +319,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def wall():
     return wall_before + time.time() - t_start
 
-  def sync():
-    """Fetches pending step metrics, writes records, stops on a non-finite loss."""
+  def sync(keep_last: int = 0):
+    """Fetches pending step metrics, writes records, stops on a non-finite loss.
+
+    `keep_last=1` leaves the newest step pending: the host then does not wait for the step it
+    has just dispatched, so the device never idles on a log step."""
     nonlocal pending
-    fetched = jax.device_get([m for _, m in pending])
-    for (record, _), m in zip(pending, fetched):
+    ready, pending = (pending[:-keep_last], pending[-keep_last:]) if keep_last else (pending, [])
+    logged = None
+    for (record, _), m in zip(ready, jax.device_get([m for _, m in ready])):
       record.update({k: float(v) for k, v in m.items()})
       if not math.isfinite(record["train_loss"]):
         pending = []
@@ -331,11 +338,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       last["train_loss"] = record["train_loss"]
       if record.pop("_log"):
         logger.write(record)
-    if pending and is_main:
-      r = pending[-1][0]
-      progress.update(r["step"], r["train_loss"], r["rst_seconds"], r["tokens"],
-                      extra=f" | lr {r['learning_rate']:.2e}")
-    pending = []
+        logged = record
+    if logged is not None and is_main:
+      progress.update(logged["step"], logged["train_loss"], logged["rst_seconds"],
+                      logged["tokens"], extra=f" | lr {logged['learning_rate']:.2e}")
 
   def save():
     checkpointer.save(step, state, dict(step=step, rst_seconds=rst_seconds, tokens=tokens,
@@ -362,7 +368,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     agree at log steps (a signal may reach only some hosts)."""
     if nproc == 1:
       return stop.reason is not None
-    if step % t.log_every_steps:
+    if step % log_every:
       return False
     from jax.experimental import multihost_utils
     return bool(np.any(multihost_utils.process_allgather(np.int32(stop.reason is not None))))
@@ -384,8 +390,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           built = build_programs(config, model_at_depth(config, depth), tx, mesh, example_batch,
                                  method)
           state = jax.device_put(state, built.shardings)
-        charges = method.charges(plan, t.batch_size) + optimizer_charges(
-            config, table, step, t.batch_size, plan.active_layers)
+        charges = method.charges(plan, batch_size) + optimizer_charges(
+            config, table, step, batch_size, plan.active_layers)
         cost = rst.step_cost(table, charges)
         if stop_requested():
           stopped_because = "interrupt"
@@ -393,10 +399,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if rst_seconds + cost > budget * (1 + 1e-12):  # tolerance: float rounding of the sum
           stopped_because = "budget"
           break
-        if t.max_steps and step >= t.max_steps:
+        if max_steps and step >= max_steps:
           stopped_because = "max_steps"
           break
-        lr = config.optim.learning_rate * schedule((rst_seconds + 0.5 * cost) / budget)
+        lr = peak_lr * schedule((rst_seconds + 0.5 * cost) / budget)
         controls = {"learning_rate": np.float32(lr)}
         if plan.keep is not None:
           controls["keep"] = np.asarray(plan.keep, bool)
@@ -414,10 +420,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         tokens += tokens_per_step
         record = dict(step=step, learning_rate=lr, tokens=tokens, rst_seconds=rst_seconds,
                       rst_budget_fraction=rst_seconds / budget, wall_seconds=wall(),
-                      _log=step % t.log_every_steps == 0 or step == 1, **method.metrics(plan))
+                      _log=step % log_every == 0 or step == 1, **method.metrics(plan))
         pending.append((record, step_metrics))
-        if step % t.log_every_steps == 0:
-          sync()
+        if step % log_every == 0:
+          sync(keep_last=1)
         if rst_seconds >= next_eval:
           sync()
           validate()

@@ -102,9 +102,9 @@ class Progress:
   budget (an exponential average, so a one-off compile does not distort it for long).
   """
 
-  def __init__(self, budget_seconds: float, stream=sys.stdout):
+  def __init__(self, budget_seconds: float, stream=None):
     self.budget = budget_seconds
-    self.stream = stream
+    self.stream = stream  # None: sys.stdout at print time (so redirect_stdout works)
     self._last = None  # (wall, rst, tokens)
     self._rst_rate = None
     self._tok_rate = None
@@ -124,5 +124,5 @@ class Progress:
     line = (f"step {step:>7d} | loss {loss:8.4f} | RST {format_duration(rst_seconds)}"
             f" / {format_duration(self.budget)} ({pct:5.1f}%) | "
             f"{(self._tok_rate or 0):,.0f} tok/s | ETA {format_duration(eta)}{extra}")
-    print(line, file=self.stream, flush=True)
+    print(line, file=self.stream or sys.stdout, flush=True)
     return line
