@@ -20,7 +20,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/calibration", "Scratch dir (toke
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = common.parsed_config(_CONFIG)
 
   def run():
     from ntng_jax import config as config_lib, data as data_lib, partitioning, rst

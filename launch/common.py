@@ -11,6 +11,19 @@ _USER_ERRORS = ("ConfigError", "RSTTableError", "CheckpointError", "FileNotFound
                 "DataError")
 
 
+# `--config.data.validation.NAME=SOURCE` flags, taken out of argv before absl parses it (a locked
+# config cannot gain keys from flags) and applied by `parsed_config`.
+_VALIDATION_OVERRIDES: dict[str, str] = {}
+
+
+def parsed_config(config_flag):
+  """The config of a `config_flags.DEFINE_config_file` flag, with the validation-set flags."""
+  from ntng_jax.data.validation import apply_validation_overrides
+  config = config_flag.value
+  apply_validation_overrides(config, _VALIDATION_OVERRIDES)
+  return config
+
+
 def default_workdir(config) -> str:
   return os.path.join("runs", f"{config.model.family}-{config.model.size}-{config.method.name}"
                       f"-seed{config.seed}")
@@ -85,6 +98,9 @@ def _fail(message: str) -> None:
 def main(fn, check_config: bool = True):
   """absl.app.run with quiet logging and distributed start-up; config errors as one sentence."""
   if check_config:
+    from ntng_jax.data.validation import pop_validation_overrides
+    sys.argv, found = pop_validation_overrides(sys.argv)
+    _VALIDATION_OVERRIDES.update(found)
     preflight_config(sys.argv[1:])
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

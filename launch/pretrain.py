@@ -24,14 +24,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<f
                                "<method>-seed<seed>).")
 
 
-_VALIDATION_OVERRIDES = {}
-
-
 def main(argv):
   del argv
-  config = _CONFIG.value
-  from ntng_jax.data.validation import apply_validation_overrides
-  apply_validation_overrides(config, _VALIDATION_OVERRIDES)
+  config = common.parsed_config(_CONFIG)
   workdir = _WORKDIR.value or common.default_workdir(config)
   from ntng_jax.train.loop import train_and_evaluate
   summary = common.run_cleanly(lambda: train_and_evaluate(config, workdir))
@@ -39,8 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # New keys cannot be added to a locked config by absl flags: take them out of argv first.
-  from ntng_jax.data.validation import pop_validation_overrides
-  sys.argv, overrides = pop_validation_overrides(sys.argv)
-  _VALIDATION_OVERRIDES.update(overrides)
   common.main(main)
