@@ -43,3 +43,19 @@ def tiny_config(family: str = "bert", arg: str = "size=tiny", **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def fixed_table(config, path, step_seconds: float) -> str:
+  """Writes a deterministic RST table for `config` and returns its path: a full-depth train step of
+  `train.batch_size` sequences costs `step_seconds`, proportionally less with fewer active layers,
+  and scoring a micro-batch costs a third of training it. Runs priced by it take the same number
+  of steps on any machine."""
+  from ntng_jax import rst
+  L, mb = config.model.num_layers, config.train.micro_batch_size
+  per_micro = step_seconds / (config.train.batch_size // mb)
+  table = rst.RSTTable(name="test-fixed", unit_sequences=mb,
+                       train={n: per_micro * n / L for n in range(1, L + 1)},
+                       forward={n: per_micro / 3 * n / L for n in range(1, L + 1)},
+                       fingerprint=rst.step_shape_fingerprint(config))
+  rst.save_table(table, str(path))
+  return str(path)

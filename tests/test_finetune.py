@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO, fixed_table, tiny_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GLUE = SHARED / "glue"
@@ -34,18 +34,6 @@ PRETRAIN_STEPS = 20  # a small RST budget: 20 steps (a longer tiny run collapses
 
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"{GLUE} is absent")
 needs_sni = pytest.mark.skipif(not (SNI / "tasks").is_dir(), reason=f"{SNI} is absent")
-
-
-def _fixed_table(family: str, path: Path) -> str:
-  """A deterministic RST table, so the budget means the same number of steps everywhere."""
-  from ntng_jax import rst
-  config = tiny_config(family)
-  L, mb = config.model.num_layers, config.train.micro_batch_size
-  table = rst.RSTTable(name="test-fixed", unit_sequences=mb,
-                       train={n: STEP_SECONDS * n / L for n in range(1, L + 1)},
-                       fingerprint=rst.step_shape_fingerprint(config))
-  rst.save_table(table, str(path))
-  return str(path)
 
 
 class _Job:
@@ -83,9 +71,10 @@ class _Jobs:
     self.corpus = ["--config.data.source=text", f"--config.data.path={CORPUS}"] \
         if CORPUS.is_file() else []
     self.dirs = {"bert": root / "bert", "t5": root / "t5"}
+    table = {f: fixed_table(tiny_config(f), root / f"{f}.json", STEP_SECONDS) for f in self.dirs}
     self.pretrain = {
         family: _Job("launch.pretrain", f"--config={cfg}", f"--workdir={self.dirs[family]}",
-                     f"--config.rst.table={_fixed_table(family, root / f'{family}.json')}",
+                     f"--config.rst.table={table[family]}",
                      f"--config.train.budget_hours={PRETRAIN_STEPS * STEP_SECONDS / 3600}",
                      "--config.train.validation_batches=2", *self.corpus)
         for family, cfg in (("bert", "configs/bert.py:size=tiny"),

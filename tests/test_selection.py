@@ -16,22 +16,9 @@ from ntng_jax.optim import build_optimizer
 from ntng_jax.train import state as state_lib
 from ntng_jax.train import step as step_lib
 
-from conftest import run_module, tiny_config
+from conftest import fixed_table, run_module, tiny_config
 
 STEP_SECONDS = 0.02  # RST seconds per full-depth baseline step in the fixed test table
-
-
-def fixed_table(config, path) -> str:
-  """Deterministic RST table: a B-sequence train step costs STEP_SECONDS, scoring a micro-batch
-  costs a third of training it (so a 2× mega-batch costs 1 + 2/3 steps)."""
-  L, mb = config.model.num_layers, config.train.micro_batch_size
-  nm = config.train.batch_size // mb
-  table = rst.RSTTable(name="test-fixed", unit_sequences=mb,
-                       train={n: STEP_SECONDS / nm * n / L for n in range(1, L + 1)},
-                       forward={n: STEP_SECONDS / nm / 3 * n / L for n in range(1, L + 1)},
-                       fingerprint=rst.step_shape_fingerprint(config))
-  rst.save_table(table, str(path))
-  return str(path)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -367,7 +354,7 @@ def e2e(tmp_path_factory, request):
   root = tmp_path_factory.mktemp(f"e2e-{request.param}")
   config = tiny_config(request.param, **{"data.num_lines": 2000})
   config.train.budget_hours = 24 * STEP_SECONDS / 3600
-  table = fixed_table(config, root / "table.json")
+  table = fixed_table(config, root / "table.json", STEP_SECONDS)
   other = data_lib.SyntheticCorpus(seed=7).lines(300)   # the second validation set's text
   (root / "other.txt").write_text("\n".join(other) + "\n")
   env = {"JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),   # the runs share programs

@@ -379,7 +379,8 @@ def test_pretrain_on_real_text_shards_with_two_domains(tmp_path, family):
     run_module("launch.pretrain", f"--config=configs/{family}.py:size=tiny", f"--workdir={run}",
                "--config.data.source=shards", f"--config.data.path={shards}",
                f"--config.data.validation.wikipedia={TEXT / 'wikipedia_en' / 'validation.txt'}",
-               "--config.train.budget_hours=0.004", "--config.train.validation_batches=4")
+               "--config.train.budget_hours=0.004", "--config.train.validation_batches=4",
+               "--config.train.eval_every_rst_minutes=0.08")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r["train_loss"] for r in records if "train_loss" in r]
     assert np.mean(train[-5:]) < np.mean(train[:5]) - 0.5

@@ -27,24 +27,13 @@ from ntng_jax.optim import build_optimizer
 from ntng_jax.train import loop as loop_lib
 from ntng_jax.train import state as state_lib
 
-from conftest import REPO, run_module, tiny_config
+from conftest import REPO, fixed_table, run_module, tiny_config
 
 STEP_SECONDS = 0.02   # RST seconds per full-depth step in the fixed tables below
 E2E_STEPS = 24        # budget = this many full-depth steps
 
 
 # ---- helpers shared with test_layer_drop.py -------------------------------------------------------
-
-def fixed_table(config, path) -> str:
-  """A deterministic RST table whose cost is proportional to the active layers."""
-  L, mb = config.model.num_layers, config.train.micro_batch_size
-  nm = config.train.batch_size // mb
-  table = rst.RSTTable(name="test-fixed-linear", unit_sequences=mb,
-                       train={n: STEP_SECONDS / nm * n / L for n in range(1, L + 1)},
-                       fingerprint=rst.step_shape_fingerprint(config))
-  rst.save_table(table, str(path))
-  return str(path)
-
 
 def run_config(family, method, directory, num_layers=None, steps=E2E_STEPS, **overrides):
   """Tiny config of `method` with a budget of `steps` full-depth steps on a fixed table."""
@@ -56,7 +45,7 @@ def run_config(family, method, directory, num_layers=None, steps=E2E_STEPS, **ov
   config.train.budget_hours = steps * STEP_SECONDS / 3600
   os.makedirs(directory, exist_ok=True)
   config.rst.table = fixed_table(config, os.path.join(
-      directory, f"table-{family}-{config.model.num_layers}.json"))
+      directory, f"table-{family}-{config.model.num_layers}.json"), STEP_SECONDS)
   return config
 
 

@@ -14,28 +14,16 @@ from ntng_jax import rst
 from ntng_jax.train import checkpoint as ckpt_lib
 from ntng_jax.train import loop as loop_lib
 
-from conftest import REPO, run_module, tiny_config
+from conftest import REPO, fixed_table, run_module, tiny_config
 
 STEP_SECONDS = 0.02  # RST seconds per full-depth step in the fixed test table
-
-
-def fixed_table(config, path) -> str:
-  """A deterministic RST table for `config` (so runs do not depend on this machine's timing)."""
-  L, mb = config.model.num_layers, config.train.micro_batch_size
-  nm = config.train.batch_size // mb
-  table = rst.RSTTable(name="test-fixed", unit_sequences=mb,
-                       train={n: STEP_SECONDS / nm * n / L for n in range(1, L + 1)},
-                       forward={n: STEP_SECONDS / nm / 3 * n / L for n in range(1, L + 1)},
-                       fingerprint=rst.step_shape_fingerprint(config))
-  rst.save_table(table, str(path))
-  return str(path)
 
 
 def small_run_config(tmp_path, family="bert", steps=40, **overrides):
   config = tiny_config(family, **{"data.num_lines": 4000, "train.log_every_steps": 1,
                                   "train.validation_batches": 2, **overrides})
   config.train.budget_hours = steps * STEP_SECONDS / 3600
-  config.rst.table = fixed_table(config, tmp_path / f"table-{family}.json")
+  config.rst.table = fixed_table(config, tmp_path / f"table-{family}.json", STEP_SECONDS)
   return config
 
 
