@@ -16,8 +16,10 @@ PER_SIZE = {
                   eval_every_rst_minutes=3.0, checkpoint_every_rst_minutes=3.0, learning_rate=2e-3,
                   lr_lion=2e-4, lr_sophia=2e-3,
                   log_every_steps=20),
-    # base: the paper's recipe (1536 sequences = 12 x 128 per step, 24 RST hours).
+    # base: the paper's recipe (1536 sequences = 12 x 128 per step, 24 RST hours), in mixed
+    # precision as the paper (AMP fp16 there; bf16 here, which its optimizer comparison used too).
     "base": dict(seq_len=128, batch_size=1536, micro_batch_size=128, budget_hours=24.0,
+                 compute_dtype="bfloat16",
                  eval_every_rst_minutes=360.0, checkpoint_every_rst_minutes=60.0, learning_rate=1e-3,
                  log_every_steps=50, validation_batches=80),
 }

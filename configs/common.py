@@ -53,7 +53,7 @@ def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.
       budget_hours=s["budget_hours"],   # RST hours
       batch_size=s["batch_size"],       # sequences per optimizer step
       micro_batch_size=s["micro_batch_size"],
-      compute_dtype="float32",          # float32 | bfloat16 (params stay float32)
+      compute_dtype=s.get("compute_dtype", "float32"),  # float32 | bfloat16 (params stay float32)
       log_every_steps=s.get("log_every_steps", 10),
       eval_every_rst_minutes=s["eval_every_rst_minutes"],
       checkpoint_every_rst_minutes=s["checkpoint_every_rst_minutes"],
