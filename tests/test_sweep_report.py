@@ -150,8 +150,10 @@ elif module == "launch.finetune":
   s = json.load(open(os.path.join(wd, "summary.json")))
   score = 80.0 - 10 * s["final_train_loss"]
   os.makedirs(os.path.join(wd, "finetune"), exist_ok=True)
-  json.dump({"average": score, "components": {"rte/accuracy": score - 1, "mrpc/f1": score + 1},
-             "missing": ["cola/mcc"]}, open(os.path.join(wd, "finetune", suite + ".json"), "w"))
+  json.dump({"average": {"average": score, "missing": ["cola/mcc"]},
+             "best": {"rte": {"accuracy": score - 1}, "mrpc": {"f1": score + 1}},
+             "tasks": {"rte": {"majority_rate": 50.0}}},
+            open(os.path.join(wd, "finetune", suite + ".json"), "w"))
 else:
   sys.exit("unknown module " + module)
 '''

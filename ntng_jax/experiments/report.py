@@ -5,7 +5,7 @@ Reads, under a sweep root (layout in `ntng_jax/experiments/sweep.py`):
   ROOT/sweep_status.json                    planned runs, failures (optional: a grid run by hand or
                                             from `--dry_run` commands is found by its directories)
   ROOT/<method>/budget-<B>/seed-<S>/summary.json, metrics.jsonl
-  ROOT/<method>/budget-<B>/seed-<S>/finetune/<suite>.json   ({'average': ..., per-task metrics})
+  ROOT/<method>/budget-<B>/seed-<S>/finetune/<suite>.json   (`launch.finetune` results)
 Writes:
   ROOT/report.md, ROOT/report.json (the same numbers, machine-readable) and PNG figures
   ROOT/fig_train_loss.png        training loss vs RST, one panel per budget, mean over seeds
@@ -62,28 +62,30 @@ def _number(x) -> float | None:
 
 
 def read_finetune(path: str) -> dict | None:
-  """{'average': float|None, 'tasks': {'task/metric': float}, 'missing': [...]} from a
-  `launch.finetune` result, tolerant of its exact layout: per-task metrics are taken from
-  'components' ({'cola/mcc': ..}) if present, else from 'tasks'/'results' or top-level dicts
-  ({'cola': {'mcc': ..}})."""
+  """{'average': float|None, 'tasks': {'task/metric': float}, 'missing': [...]} from the JSON that
+  `launch.finetune` writes (`ntng_jax/eval`): the suite's score (GLUE/SuperGLUE: the paper's
+  average of the best dev scores, `average.average`; SNI: `rouge_l`), each task's best dev score
+  per metric (`best`), and each classification task's majority-class rate (`tasks`), so that a
+  table shows whether a task beat the majority class."""
   d = sweep_lib.read_json(path)
   if not isinstance(d, dict):
     return None
+  average, missing = d.get("average"), []
+  if isinstance(average, dict):
+    missing = list(average.get("missing") or [])
+    average = average.get("average")
+  if average is None:
+    average = d.get("rouge_l")
   tasks = OrderedDict()
-  if isinstance(d.get("components"), dict):
-    for k, v in d["components"].items():
-      if _number(v) is not None:
-        tasks[k] = _number(v)
-  else:
-    source = d.get("tasks") if isinstance(d.get("tasks"), dict) else (
-        d.get("results") if isinstance(d.get("results"), dict) else d)
-    for task, v in source.items():
-      if isinstance(v, dict):
-        for metric, x in v.items():
-          if _number(x) is not None:
-            tasks[f"{task}/{metric}"] = _number(x)
-  return dict(average=_number(d.get("average")), tasks=dict(tasks),
-              missing=list(d.get("missing") or []))
+  for task, metrics in (d.get("best") or {}).items():
+    for metric, x in (metrics or {}).items():
+      if _number(x) is not None:
+        tasks[f"{task}/{metric}"] = _number(x)
+  for task, info in (d.get("tasks") or {}).items():
+    for key in ("majority_rate", "rouge_l"):
+      if isinstance(info, dict) and _number(info.get(key)) is not None:
+        tasks[f"{task}/{key}"] = _number(info[key])
+  return dict(average=_number(average), tasks=dict(tasks), missing=missing)
 
 
 def _run_status(summary: dict | None, entry: dict, has_metrics: bool) -> str:
