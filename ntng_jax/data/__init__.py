@@ -246,7 +246,10 @@ def _tfds_options(cfg_data) -> dict:
                 text_key=_get(cfg_data, "tfds_text_key", "text"))
 
 
-def _load_or_train_tokenizer(cfg_data, kind, vocab_size, lines, work) -> Tokenizer:
+def _load_or_train_tokenizer(cfg_data, kind, vocab_size, lines, work,
+                             **train_kwargs) -> Tokenizer:
+    """``data.tokenizer_dir``'s tokenizer (checked against the model), or one trained on
+    ``lines`` and cached under ``work/tokenizer``."""
     tok_dir = _get(cfg_data, "tokenizer_dir", "")
     if tok_dir:
         tok = Tokenizer.load(tok_dir)
@@ -256,7 +259,7 @@ def _load_or_train_tokenizer(cfg_data, kind, vocab_size, lines, work) -> Tokeniz
                             f"data.tokenizer_dir or set it to '' to train one.")
         return tok
     return train_tokenizer(lines, kind, vocab_size,
-                           cache_dir=work / "tokenizer" if work else None)
+                           cache_dir=work / "tokenizer" if work else None, **train_kwargs)
 
 
 def _build_in_memory(cfg_data, kind: str, vocab_size: int, work: Path | None) -> Dataset:

@@ -31,10 +31,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ntng_jax.data import Dataset, _get, make_objective
+from ntng_jax.data import Dataset, _get, _load_or_train_tokenizer, make_objective
 from ntng_jax.data.errors import DataError
 from ntng_jax.data.pipeline import iter_chunk_blocks, unigram_entropy_nats
-from ntng_jax.data.tokenizers import Tokenizer, train_tokenizer
 from ntng_jax.data.validation import fixed_batches
 
 _U64 = float(1 << 64)
@@ -230,20 +229,13 @@ def build_stream_dataset(cfg_data, kind: str, vocab_size: int, work, *,
     frac = float(_get(cfg_data, "validation_fraction", 0.02))
     hseed = 0
 
-    def training_docs():
-        return (d for d in share_docs(0, 1, 0) if d and not is_heldout(d, frac, hseed))
+    def training_docs():  # a generator: the stream is opened only when the docs are read
+        for d in share_docs(0, 1, 0):
+            if d and not is_heldout(d, frac, hseed):
+                yield d
 
-    tok_dir = _get(cfg_data, "tokenizer_dir", "")
-    if tok_dir:
-        tok = Tokenizer.load(tok_dir)
-        if tok.kind != kind or tok.vocab_size > vocab_size:
-            raise DataError(f"Tokenizer in '{tok_dir}' is {tok.kind} with {tok.vocab_size} ids, "
-                            f"but the model needs {kind} with at most {vocab_size}; fix "
-                            f"data.tokenizer_dir or set it to '' to train one.")
-    else:
-        tok = train_tokenizer(training_docs(), kind, vocab_size,
-                              cache_dir=work / "tokenizer" if work else None,
-                              max_train_chars=tokenizer_train_chars)
+    tok = _load_or_train_tokenizer(cfg_data, kind, vocab_size, training_docs(), work,
+                                   max_train_chars=tokenizer_train_chars)
     objective, lay = make_objective(cfg_data, kind, tok)
     chunk_len, append = lay["chunk_len"], lay["append_ids"]
     sample = take_chunks(itertools.islice(training_docs(), entropy_docs), tok.encode_batch,
