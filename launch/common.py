@@ -6,6 +6,16 @@ import sys
 
 from absl import app
 
+
+def _shipped_config(name: str) -> str:
+  """Absolute path of a shipped config (`configs/<name>`), found from any working directory."""
+  import configs
+  return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), name)
+
+
+# The default `--config` of the entry points (absolute: absl parses flag defaults at import).
+DEFAULT_CONFIG = _shipped_config("bert.py")
+
 # Errors a user can fix from the command line: printed as one sentence, no traceback.
 _USER_ERRORS = ("ConfigError", "RSTTableError", "CheckpointError", "FileNotFoundError",
                 "DataError")
@@ -54,6 +64,11 @@ def run_cleanly(fn):
   except Exception as e:  # noqa: BLE001
     if type(e).__name__ in _USER_ERRORS or isinstance(e, ValueError) and _is_ours(e):
       _fail(str(e))
+    if isinstance(e, OSError) and e.filename:
+      from ntng_jax.config import workdir_problem
+      problem = workdir_problem(str(e.filename), e)
+      if problem:
+        _fail(problem)
     raise
 
 
@@ -66,28 +81,67 @@ def _is_ours(e: Exception) -> bool:
   return f"{os.sep}ntng_jax{os.sep}" in filename or f"{os.sep}configs{os.sep}" in filename
 
 
-def preflight_config(argv: list[str], default: str = "configs/bert.py") -> None:
-  """Builds the `--config=FILE[:ARGS]` config once before absl does, so that a bad file or argument
-  ends in one sentence (ml_collections would print a traceback inside a flag-parsing error)."""
+def preflight_config(argv: list[str], default: str = DEFAULT_CONFIG) -> list[str]:
+  """Builds the `--config=FILE[:ARGS]` config once before absl does, so that a bad file, argument
+  or `--config.X=...` field ends in one sentence (ml_collections would print a traceback inside a
+  flag-parsing error). Returns argv with the config file resolved relative to the installed
+  `configs` package when it is not found from the working directory, and made explicit when
+  absent (so the default config works from any directory)."""
   import importlib.util
-  value = default
+  from ntng_jax.config import check_overrides, resolve_config_path
+  argv = list(argv)
+  value, where = default, None
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
+      value, where = arg.split("=", 1)[1], (i, "=")
     elif arg == "--config" and i + 1 < len(argv):
-      value = argv[i + 1]
-  path, _, config_arg = value.partition(":")
-  if not os.path.exists(path):
+      value, where = argv[i + 1], (i + 1, " ")
+  path, colon, config_arg = value.partition(":")
+  resolved = resolve_config_path(path)
+  if not os.path.exists(resolved):
     _fail(f"config file {path!r} does not exist; pass --config=configs/bert.py or configs/t5.py.")
-  spec = importlib.util.spec_from_file_location("_preflight_config", path)
+  spec = importlib.util.spec_from_file_location("_preflight_config", resolved)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-    module.get_config(config_arg or None)
+    config = module.get_config(config_arg or None)
+    check_overrides(config, argv)
   except Exception as e:  # noqa: BLE001
     if type(e).__name__ in _USER_ERRORS:
       _fail(str(e))
     raise
+  new_value = resolved + colon + config_arg
+  if where is None:  # before any --config.X override (absl requires the file first)
+    argv.insert(0, f"--config={new_value}")
+  elif where[1] == "=":
+    argv[where[0]] = f"--config={new_value}"
+  else:
+    argv[where[0]] = new_value
+  return argv
+
+
+_PREFLIGHT_DONE = []
+
+
+def _preflight_argv() -> None:
+  """Takes the validation-set flags out of sys.argv and preflights the config (once)."""
+  if _PREFLIGHT_DONE:
+    return
+  from ntng_jax.data.validation import pop_validation_overrides
+  sys.argv, found = pop_validation_overrides(sys.argv)
+  _VALIDATION_OVERRIDES.update(found)
+  sys.argv[1:] = preflight_config(sys.argv[1:])
+  _PREFLIGHT_DONE.append(True)
+
+
+def define_config_flag():
+  """`--config=FILE[:ARGS]` (a locked config file flag), defined after the command line has been
+  preflighted: absl parses a config flag's default and overrides at definition, so a bad file or
+  field would otherwise end in a traceback before `main` runs. Call at import of an entry point."""
+  from ml_collections import config_flags
+  _preflight_argv()
+  return config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file[:args] (a shipped"
+                                         " config is found from any directory).", lock_config=True)
 
 
 def _fail(message: str) -> None:
@@ -98,10 +152,7 @@ def _fail(message: str) -> None:
 def main(fn, check_config: bool = True):
   """absl.app.run with quiet logging and distributed start-up; config errors as one sentence."""
   if check_config:
-    from ntng_jax.data.validation import pop_validation_overrides
-    sys.argv, found = pop_validation_overrides(sys.argv)
-    _VALIDATION_OVERRIDES.update(found)
-    preflight_config(sys.argv[1:])
+    _preflight_argv()
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

@@ -69,18 +69,30 @@ def extract(workdir: str, output: str | None = None, mask_seed: int = 0,
   divisor = partitioning.batch_divisor(mesh)
   batch_size = -(-batch_size // divisor) * divisor
 
-  checkpointer = ckpt_lib.Checkpointer(workdir)
-  saved = checkpointer.latest_loop()
-  if saved is None:
-    raise ckpt_lib.CheckpointError(f"{workdir} has no usable checkpoint; train the IL model first.")
   tx = build_optimizer(config.optim)
   example = {k: np.asarray(v) for k, v in
              next(iter(dataset.train_iterator(config.train.micro_batch_size, seed=0))).items()}
   method = build_method(config)
-  built = loop_lib.build_programs(config, loop_lib.model_at_depth(config, int(saved["depth"])),
-                                  tx, mesh, example, method)
-  step, state, loop = checkpointer.restore_latest(built.abstract)
-  checkpointer.close()
+  built_at = {}
+
+  def abstract_for(loop):  # the programs of the depth saved with the checkpoint
+    depth = int(loop["depth"])
+    if depth not in built_at:
+      built_at[depth] = loop_lib.build_programs(config, loop_lib.model_at_depth(config, depth),
+                                                tx, mesh, example, method)
+    return built_at[depth].abstract
+
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  try:
+    restored = checkpointer.restore_latest(abstract_for)  # read-only: moves nothing aside
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoint; train the IL model first.")
+  step, state, loop = restored
+  built = built_at[int(loop["depth"])]
+  print(f"Using the checkpoint of step {step} in {checkpointer.directory}, the newest intact"
+        " one.", flush=True)
 
   score = jax.jit(step_lib.make_score_step(built.model, config.train.compute_dtype),
                   in_shardings=(built.shardings.params, partitioning.batch_sharding(mesh)),

@@ -6,6 +6,10 @@
   python -m launch.prepare_data --model=t5 --input=tfds:c4/en:3.1.0 --max_docs=1000000 \
       --tokenizer=spiece.model --output=/data/c4_t5          # needs tensorflow-datasets
 
+Check shards that may have been damaged (sizes and sha256 checksums recorded in the manifest):
+
+  python -m launch.prepare_data --verify=/data/shards_bert
+
 then pre-train from it with
 
   python -m launch.pretrain --config.data.source=shards --config.data.path=/data/shards_bert
@@ -27,7 +31,7 @@ from absl import flags
 
 from launch import common
 
-_MODEL = flags.DEFINE_enum("model", None, ["bert", "t5"], "Model family the chunks are for.")
+_MODEL = flags.DEFINE_enum("model", None, ["bert", "t5", "gpt"], "Model family the chunks are for.")
 _INPUT = flags.DEFINE_string("input", None, "Corpus file or directory, or tfds:NAME[:SPLIT].")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
 _VOCAB = flags.DEFINE_integer("vocab_size", None, "Tokenizer ids (BERT default 32768; T5 "
@@ -49,10 +53,17 @@ _MAX_DOCS = flags.DEFINE_integer("max_docs", 0, "Stop after this many documents 
 _TFDS_DIR = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir ('' = $TFDS_DATA_DIR).")
 _TFDS_KEY = flags.DEFINE_string("tfds_text_key", "text", "Text feature of the TFDS dataset.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing shards in --output.")
+_VERIFY = flags.DEFINE_string("verify", "", "Check the shards in this directory against their "
+                              "manifest's sizes and sha256 checksums, then exit (nothing else "
+                              "runs).")
 
 
 def main(argv):
   del argv
+  if _VERIFY.value:
+    from ntng_jax.data.shards import verify_shards
+    common.run_cleanly(lambda: verify_shards(_VERIFY.value, log=lambda s: print(s, flush=True)))
+    return
   missing = [f"--{f.name}" for f in (_MODEL, _INPUT, _OUTPUT) if not f.value]
   if missing:
     print(f"error: {', '.join(missing)} is required; see python -m launch.prepare_data --help.",

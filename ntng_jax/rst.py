@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 from typing import Mapping, NamedTuple, Sequence
 
@@ -72,11 +73,64 @@ class RSTTable:
     return d
 
   @classmethod
-  def from_json(cls, d: dict) -> "RSTTable":
+  def from_json(cls, d: dict, source: str = "RST table") -> "RSTTable":
+    """The table of a JSON object; a malformed one raises RSTTableError naming `source` and the
+    field. Every cost must be a positive number (an `extra` may be 0)."""
+    def fail(what: str) -> RSTTableError:
+      return RSTTableError(f"{source} {what}; recalibrate it with `python -m launch.calibrate_rst"
+                           " --config=... --output=FILE` or restore the file.")
+    if not isinstance(d, dict):
+      raise fail(f"holds a JSON {type(d).__name__}, not an object with 'name', 'unit_sequences'"
+                 " and 'train'")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    missing = [k for k in ("name", "unit_sequences", "train") if k not in d]
+    if missing:
+      raise fail(f"has no field {', '.join(repr(k) for k in missing)}")
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise fail(f"has unknown field(s) {', '.join(map(repr, unknown))} (known: "
+                 f"{', '.join(sorted(fields))})")
     d = dict(d)
-    d["train"] = {int(k): float(v) for k, v in d["train"].items()}
-    d["forward"] = {int(k): float(v) for k, v in d.get("forward", {}).items()}
+    units = d["unit_sequences"]
+    if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
+      raise fail(f"field 'unit_sequences' is {units!r}, not a positive integer")
+
+    def prices(name: str, keys_are_layers: bool, allow_zero: bool = False) -> dict:
+      value = d.get(name, {})
+      if not isinstance(value, dict):
+        raise fail(f"field {name!r} is {type(value).__name__}, not an object of costs")
+      out = {}
+      for k, v in value.items():
+        if keys_are_layers:
+          try:
+            key = int(k)
+          except (TypeError, ValueError):
+            raise fail(f"field {name}[{k!r}] is not indexed by a layer count") from None
+        else:
+          key = k
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+          raise fail(f"field {name}[{k!r}] is {v!r}, not a number of seconds")
+        if v < 0 or (v == 0 and not allow_zero):
+          raise fail(f"field {name}[{k!r}] is {v!r}; every cost must be positive (a zero or"
+                     " negative price would let a run train forever)")
+        out[key] = float(v)
+      return out
+    d["train"] = prices("train", True)
+    if not d["train"]:
+      raise fail("field 'train' is empty")
+    d["forward"] = prices("forward", True)
+    d["extra"] = prices("extra", False, allow_zero=True)
+    for name in ("applies_to", "meta"):
+      if not isinstance(d.get(name, {}), dict):
+        raise fail(f"field {name!r} is not an object")
+    if d.get("fingerprint") is not None and not isinstance(d["fingerprint"], str):
+      raise fail(f"field 'fingerprint' is {d['fingerprint']!r}, not a string")
     return cls(**d)
+
+  def check(self, source: str | None = None) -> "RSTTable":
+    """Returns self if every cost is a positive number; else RSTTableError naming the field."""
+    return RSTTable.from_json(json.loads(json.dumps(self.to_json())),
+                              source or f"RST table {self.name!r}")
 
 
 def charge(rst_seconds: float, table: RSTTable, charges: Sequence[Charge]) -> float:
@@ -89,7 +143,7 @@ def step_cost(table: RSTTable, charges: Sequence[Charge]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Built-in tables: the paper's measurements (paper-facts §1.2-1.3).
+# Built-in tables: the paper's measurements (docs/paper.md §1.2-1.3).
 
 # BERT, RTX 3090, seconds per 128-sequence micro-batch (seq 128), indexed by active layers 1..16.
 # Correction: the paper's table lists 0.01052 s for 7 layers, a dropped digit (its neighbours are
@@ -121,15 +175,30 @@ PAPER_TABLES = {
 }
 
 
-def step_shape_fingerprint(config) -> str:
-  """Hash of everything that sets the cost of one step: model, sequence shape, micro-batch, dtype.
+# The model fields that set what one step computes (and so its cost). Everything else is left out
+# of the step-shape fingerprint: how a step is run (`remat`, `attention_impl`, `layer_loop`, any
+# implementation switch added later), initialisation constants, and the config's size name.
+_STEP_SHAPE_FIELDS = ("family", "num_layers", "hidden_size", "num_heads", "head_dim",
+                      "intermediate_size", "vocab_size", "max_length",
+                      "relative_attention_num_buckets", "relative_attention_max_distance")
+# Fields that add work only away from their neutral value (a dropout rate of 0 adds none).
+_NEUTRAL_MODEL_FIELDS = {"dropout_rate": 0.0, "attention_dropout_rate": 0.0}
 
-  The method, optimizer hyper-parameters, budget and seed are excluded on purpose: every method of a
-  sweep must be priced by the same table. So is `model.remat`: it trades memory for recomputation
-  in how a step is run, not what the step computes (layer dropping turns it on).
+
+def step_shape_fingerprint(config) -> str:
+  """Hash of everything that sets the cost of one step: the model's shape, the sequence shape,
+  the micro-batch and the compute dtype.
+
+  The method, optimizer hyper-parameters, budget and seed are excluded on purpose: every method of
+  a sweep must be priced by the same table. So are the model's implementation switches (`remat`,
+  which layer dropping turns on, `attention_impl`, `layer_loop`): they change how a step is run,
+  not what it computes. Dropout rates enter only when non-zero.
   """
-  model = {k: v for k, v in config.model.to_dict().items() if k != "remat"}
-  key = dict(model=model, seq_len=config.data.seq_len,
+  model = config.model.to_dict()
+  shape = {k: model[k] for k in _STEP_SHAPE_FIELDS if k in model}
+  shape.update({k: model[k] for k, neutral in _NEUTRAL_MODEL_FIELDS.items()
+                if k in model and model[k] != neutral})
+  key = dict(model=shape, seq_len=config.data.seq_len,
              micro_batch_size=config.train.micro_batch_size,
              compute_dtype=config.train.compute_dtype)
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -147,12 +216,26 @@ def paper_table_for(config) -> RSTTable | None:
 
 
 def load_table(path: str, config=None) -> RSTTable:
-  """Loads a JSON table; with `config`, checks its fingerprint matches the config's step shape."""
+  """Loads a JSON table; with `config`, checks its fingerprint matches the config's step shape.
+
+  A missing, unreadable or malformed file, or a non-positive cost, raises RSTTableError naming the
+  file and the field."""
   if not os.path.exists(path):
     raise RSTTableError(f"RST table file {path!r} does not exist; create it with"
                         f" `python -m launch.calibrate_rst --config=... --output={path}`.")
-  with open(path) as f:
-    table = RSTTable.from_json(json.load(f))
+  try:
+    with open(path, encoding="utf-8") as f:
+      raw = json.load(f)
+  except json.JSONDecodeError as e:
+    raise RSTTableError(f"RST table {path!r} is not valid JSON ({e.msg} at line {e.lineno},"
+                        f" column {e.colno}; truncated?); recalibrate it with `python -m"
+                        f" launch.calibrate_rst --config=... --output={path}` or restore the"
+                        " file.") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise RSTTableError(f"RST table {path!r} cannot be read ({e.__class__.__name__}:"
+                        f" {getattr(e, 'strerror', None) or e}); pass a readable JSON table"
+                        " file.") from None
+  table = RSTTable.from_json(raw, source=f"RST table {path!r}")
   if config is not None and table.fingerprint is not None:
     want = step_shape_fingerprint(config)
     if table.fingerprint != want:
@@ -161,6 +244,48 @@ def load_table(path: str, config=None) -> RSTTable:
           f" config's is {want} (model, seq_len, micro_batch_size or compute_dtype differ);"
           " recalibrate with `python -m launch.calibrate_rst`.")
   return table
+
+
+# -------------------------------------------------------------------------------------------------
+# Built-in reference tables of the shipped configs (package data `ntng_jax/rst_tables/*.json`),
+# measured once with `launch.calibrate_rst` (machine, date, jax version and method in each `meta`).
+# A table applies to exactly the configs with its step-shape fingerprint, so a run of a shipped
+# config takes the same steps on any machine, on any day.
+
+BUILTIN_TABLE_DIR = "rst_tables"
+
+
+def builtin_tables() -> dict[str, RSTTable]:
+  """{file name: table} of the package's reference tables."""
+  from importlib import resources
+  out = {}
+  root = resources.files("ntng_jax").joinpath(BUILTIN_TABLE_DIR)
+  if not root.is_dir():
+    return out
+  for entry in sorted(root.iterdir(), key=lambda e: e.name):
+    if entry.name.endswith(".json"):
+      source = f"built-in RST table 'ntng_jax/{BUILTIN_TABLE_DIR}/{entry.name}'"
+      try:
+        raw = json.loads(entry.read_text(encoding="utf-8"))
+      except ValueError as e:
+        raise RSTTableError(f"{source} is not valid JSON ({e}); reinstall ntng_jax.") from None
+      out[entry.name] = RSTTable.from_json(raw, source=source)
+  return out
+
+
+def builtin_table_for(config) -> RSTTable | None:
+  """The built-in reference table whose fingerprint is this config's step shape, else None."""
+  want = step_shape_fingerprint(config)
+  for table in builtin_tables().values():
+    if table.fingerprint == want:
+      return table
+  return None
+
+
+def reference_table_for(config) -> RSTTable | None:
+  """The paper's table for the paper's shapes, else the built-in table of a shipped shape, else
+  None."""
+  return paper_table_for(config) or builtin_table_for(config)
 
 
 def save_table(table: RSTTable, path: str) -> None:

@@ -19,11 +19,12 @@ def shared_data():
 
 
 def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 600,
-               check: bool = True) -> subprocess.CompletedProcess:
-  """Runs `python -m module args...` from the repo root and returns the completed process."""
+               check: bool = True, cwd=None) -> subprocess.CompletedProcess:
+  """Runs `python -m module args...` from the repo root (or `cwd`) and returns the completed
+  process."""
   full_env = dict(os.environ)
   full_env.update(env or {})
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n"

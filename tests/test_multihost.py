@@ -90,7 +90,7 @@ def test_two_processes_match_one_process(tmp_path):
   assert [r["process_count"] for r in first] == [2, 2, 1]
   assert all(r["device_count"] == 8 for r in first)
   assert [r["summary"]["stopped_because"] for r in first] == ["max_steps", "max_steps", "budget"]
-  assert os.path.exists(os.path.join(multi, "checkpoints", "manifests", "4.json"))
+  assert os.path.exists(os.path.join(multi, "checkpoints", "4", "manifest.json"))
 
   # Phase 2: two fresh processes resume from the checkpoint both wrote, to the end of the budget.
   second = _wait_all(_two_processes(tmp_path, table, multi, "resume", 0), deadline)

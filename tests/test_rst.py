@@ -1,5 +1,6 @@
 """The RST meter, built-in tables and schedules."""
 
+import dataclasses
 import math
 
 import pytest
@@ -92,21 +93,104 @@ def test_t5_cosine_schedule():
   assert math.isclose(f(0.999), max(1e-5, f(0.999)))
 
 
-def test_calibrated_tiny_bert_table_is_monotone_in_layers():
-  """`launch.calibrate_rst`'s measurement on this machine: more active layers cost more."""
+SHIPPED = [(f, s) for f in ("bert", "t5") for s in ("tiny", "small")]
+
+
+@pytest.mark.parametrize("family, size", SHIPPED)
+def test_builtin_reference_tables_cover_the_shipped_configs(family, size):
+  """Every shipped config has a built-in table, recorded like the paper's (machine, date, jax
+  version, method), with positive costs that grow with depth."""
+  config = tiny_config(family, f"size={size}")
+  table = rst.builtin_table_for(config)
+  assert table is not None, f"no built-in RST table for {family} {size}"
+  assert rst.reference_table_for(config) == table
+  assert table.fingerprint == rst.step_shape_fingerprint(config)
+  assert table.unit_sequences == config.train.micro_batch_size
+  assert {"machine", "date", "jax_version", "statistic", "method"} <= set(table.meta)
+  L = config.model.num_layers
+  train = [table.train[n] for n in range(1, L + 1)]
+  assert all(v > 0 for v in train) and all(b > a for a, b in zip(train, train[1:])), train
+  assert sorted(table.forward) == list(range(1, L + 1))
+
+
+@pytest.mark.parametrize("family, size", SHIPPED)
+def test_methods_and_remat_share_the_builtin_table(family, size):
+  """The fingerprint is of the step shape: every method of a shipped size (layer dropping turns on
+  remat, stacking starts shallower, Lion/Sophia change the optimizer) is priced by one table, and
+  so is any implementation switch (attention, layer loop) or a field added to the model later."""
+  base = rst.builtin_table_for(tiny_config(family, f"size={size}"))
+  for method in ("stacking", "layer_drop", "lion", "sophia", "selective_backprop", "rho_loss"):
+    config = tiny_config(family, f"size={size},method={method}")
+    assert rst.builtin_table_for(config) is not None
+    assert rst.builtin_table_for(config).name == base.name, method
+  assert rst.builtin_table_for(tiny_config(family, f"size={size}", **{"model.remat": True})) \
+      .name == base.name
+  config = tiny_config(family, f"size={size}")
+  for field, value in (("attention_impl", "einsum"), ("layer_loop", "unroll"),
+                       ("init_std", 0.5), ("attention_dropout_rate", 0.0), ("some_new_switch", 1)):
+    config.model[field] = value
+  assert rst.step_shape_fingerprint(config) == base.fingerprint
+  config.model.dropout_rate = 0.1   # dropout adds work: another shape
+  assert rst.step_shape_fingerprint(config) != base.fingerprint
+  for field, value in (("model.num_layers", 3), ("model.vocab_size", 4096),
+                       ("train.micro_batch_size", 16), ("data.seq_len", 32),
+                       ("train.compute_dtype", "bfloat16")):
+    assert rst.builtin_table_for(tiny_config(family, f"size={size}", **{field: value})) is None
+
+
+def _no_calibration():
+  raise AssertionError("calibrated although a reference table matches")
+
+
+def test_auto_uses_the_builtin_table_and_records_it(tmp_path):
+  from ntng_jax.train import rst_choice
+  config = tiny_config("bert")
+  table = rst_choice.resolve_rst_table(config, str(tmp_path), _no_calibration)
+  assert table == rst.builtin_table_for(config)
+  assert rst.load_table(str(tmp_path / "rst_table.json"), config) == table
+  # Resuming keeps the run's clock, even if the built-in table changed since.
+  other = dataclasses.replace(table, name="older", train={n: 2 * v for n, v in table.train.items()})
+  rst.save_table(other, str(tmp_path / "rst_table.json"))
+  assert rst_choice.resolve_rst_table(config, str(tmp_path), _no_calibration) == other
+  config.rst.table = "paper"
+  from ntng_jax.config import ConfigError
+  with pytest.raises(ConfigError, match="rst.table='paper' only prices"):
+    rst_choice.resolve_rst_table(config, str(tmp_path / "p"), _no_calibration)
+
+
+def test_auto_calibration_for_a_shape_without_reference_table(tmp_path, capsys):
+  """The one test of start-up calibration: it asserts only what machine load cannot change (which
+  entries exist, that they are positive, the fingerprint, the record, the cache on resume)."""
   from ntng_jax import data as data_lib, partitioning
-  from ntng_jax.train import calibrate
-  import tempfile
-  config = tiny_config("bert", **{"model.num_layers": 4, "model.hidden_size": 128,
-                                  "model.intermediate_size": 512, "model.head_dim": 64, "data.num_lines": 2000,
-                                  "rst.repeats": 7})
-  with tempfile.TemporaryDirectory() as workdir:
-    ds = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, workdir)
-    table = calibrate.calibrate(config, partitioning.make_mesh(config.mesh), lambda: next(iter(
+  from ntng_jax.train import calibrate, rst_choice
+  config = tiny_config("bert", **{"model.num_layers": 3, "data.num_lines": 500,
+                                  "rst.repeats": 2, "rst.warmup": 1})
+  assert rst.reference_table_for(config) is None
+  ds = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, str(tmp_path))
+  calls = []
+
+  def calibrate_fn():
+    calls.append(1)
+    return calibrate.calibrate(config, partitioning.make_mesh(config.mesh), lambda: next(iter(
         ds.train_iterator(config.train.batch_size, seed=0))))
-  train = [table.train[n] for n in range(1, 5)]
-  forward = [table.forward[n] for n in range(1, 5)]
-  assert all(b > a for a, b in zip(train, train[1:])), train
-  assert forward[-1] > forward[0], forward
+  table = rst_choice.resolve_rst_table(config, str(tmp_path), calibrate_fn)
+  out = capsys.readouterr().out
+  assert calls == [1] and "No reference RST table matches" in out
+  assert "launch.calibrate_rst" in out and "--config.rst.table=TABLE.json" in out
+  assert sorted(table.train) == sorted(table.forward) == [1, 2, 3]
+  assert all(v > 0 for v in [*table.train.values(), *table.forward.values()])
   assert table.fingerprint == rst.step_shape_fingerprint(config)
   assert {"machine", "date", "jax_version"} <= set(table.meta)
+  assert rst_choice.resolve_rst_table(config, str(tmp_path), _no_calibration) == table
+  assert calls == [1]
+
+
+def test_combined_calibrations_keep_each_minimum():
+  from ntng_jax.train import calibrate
+  a = rst.RSTTable(name="a", unit_sequences=32, train={1: 1.0, 2: 3.0}, forward={1: 0.5},
+                   fingerprint="f", meta=dict(date="d1", repeats=5))
+  b = dataclasses.replace(a, train={1: 2.0, 2: 2.5}, forward={1: 0.4}, meta=dict(date="d2",
+                                                                                 repeats=5))
+  c = calibrate.combine_runs([a, b], name="both")
+  assert c.name == "both" and c.train == {1: 1.0, 2: 2.5} and c.forward == {1: 0.4}
+  assert c.meta["runs"] == 2 and "minimum over 2 runs" in c.meta["statistic"]

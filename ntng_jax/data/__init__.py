@@ -25,11 +25,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ntng_jax.data.errors import DataError
-from ntng_jax.data.objectives import (compute_input_and_target_lengths, default_max_predictions,
+from ntng_jax.data.objectives import (causal_lm, compute_input_and_target_lengths,
+                                      default_max_predictions,
                                       mask_for_mlm, reconstruct_from_span_corruption,
                                       span_corruption)
-from ntng_jax.data.pipeline import (BatchIterator, Prefetcher, chunk_token_stream,
-                                    holdout_split, iter_chunk_blocks, unigram_entropy_nats)
+from ntng_jax.data.pipeline import (BatchIterator, Prefetcher, chunk_token_stream, epochs_seen,
+                                    holdout_split, iter_chunk_blocks, limit_unique_tokens,
+                                    unigram_entropy_nats)
 from ntng_jax.data.sources import read_text_lines
 from ntng_jax.data.synthetic import SyntheticCorpus
 from ntng_jax.data.tokenizers import Tokenizer, default_num_sentinels, train_tokenizer
@@ -44,7 +46,7 @@ __all__ = ["BatchIterator", "DataError", "Prefetcher", "Dataset", "SyntheticCorp
            "reconstruct_from_span_corruption", "span_corruption", "train_tokenizer",
            "unigram_entropy_nats", "validation_spec"]
 
-_FAMILY_KIND = {"bert": "bert", "t5": "t5"}
+_FAMILY_KIND = {"bert": "bert", "t5": "t5", "gpt": "gpt"}
 SOURCES = ("synthetic", "text", "shards", "tfds")
 
 
@@ -138,7 +140,11 @@ def make_objective(cfg_data, kind: str, tok: Tokenizer) -> tuple[Callable, dict]
     seq_len = int(_get(cfg_data, "seq_len", 128))
     nd = float(_get(cfg_data, "noise_density", 0.15))
     msl = float(_get(cfg_data, "mean_noise_span_length", 3.0))
-    if kind == "bert":
+    if kind == "gpt":  # chunks of seq_len + 1 tokens: inputs [:-1], next-token targets [1:]
+        objective = causal_lm
+        layout = dict(chunk_len=seq_len + 1, targets_length=None, max_predictions=None,
+                      append_ids=(tok.eos_id,))
+    elif kind == "bert":
         max_pred = int(_get(cfg_data, "max_predictions", 0)) or default_max_predictions(seq_len)
         objective = functools.partial(
             mask_for_mlm, special_ids=tuple(sorted(tok.special_ids)), mask_id=tok.mask_id,
@@ -217,7 +223,7 @@ def build_dataset(cfg_data, model_family: str, vocab_size: int,
     validation files are cached under ``workdir/data_cache``.
     """
     if model_family not in _FAMILY_KIND:
-        raise ValueError(f"model_family must be 'bert' or 't5', got {model_family!r}.")
+        raise ValueError(f"model_family must be 'bert', 't5' or 'gpt', got {model_family!r}.")
     kind = _FAMILY_KIND[model_family]
     work = Path(workdir) if workdir else None
     source = _get(cfg_data, "source", "synthetic")
@@ -231,6 +237,7 @@ def build_dataset(cfg_data, model_family: str, vocab_size: int,
         ds = tfds_source.build_tfds_dataset(cfg_data, kind, vocab_size, work)
     else:
         ds = _build_in_memory(cfg_data, kind, vocab_size, work)
+    ds = limit_unique_tokens(ds, int(_get(cfg_data, "unique_tokens", 0)))
     ds.validation_sources = spec
     if ds.resolver is None:
         ds.resolver = ValidationResolver(

@@ -1,6 +1,6 @@
-"""Pre-training objectives on host numpy: BERT masked LM and T5 span corruption.
+"""Pre-training objectives on host numpy: BERT masked LM, T5 span corruption, GPT causal LM.
 
-Both take a ``np.random.Generator`` and an int token array ``[B, L]`` and return a batch dict
+Each takes a ``np.random.Generator`` and an int token array ``[B, L]`` and returns a batch dict
 following ``docs/architecture.md`` (all integer arrays int32, weights float32). Vectorised
 over the batch (no Python loops over examples).
 """
@@ -218,3 +218,19 @@ def reconstruct_from_span_corruption(encoder_input_ids: np.ndarray, targets: np.
             out.extend(spans[t] if t in sentinel_set else (t,))
         rows.append(out)
     return np.asarray(rows, dtype=np.int32)
+
+
+# ---------------------------------------------------------------------------- GPT
+def causal_lm(rng: np.random.Generator, tokens: np.ndarray) -> dict:
+    """Next-token prediction on packed chunks of ``seq_len + 1`` tokens (documents joined by
+    EOS, no attention reset at document boundaries, as GPT-2). ``rng`` is unused (the batch is
+    a pure function of the chunk).
+
+    Returns: ``input_ids`` int32 [B, S] = tokens[:, :-1]; ``targets`` int32 [B, S] =
+    tokens[:, 1:]; ``target_weights`` float32 [B, S] (all ones: every position predicts).
+    """
+    del rng
+    tokens = np.asarray(tokens)
+    return dict(input_ids=tokens[:, :-1].astype(np.int32),
+                targets=tokens[:, 1:].astype(np.int32),
+                target_weights=np.ones((tokens.shape[0], tokens.shape[1] - 1), np.float32))

@@ -245,3 +245,53 @@ class Prefetcher:
         for f in self._queue:
             f.cancel()
         self._pool.shutdown(wait=False)
+
+
+# -------------------------------------------------------------- multi-epoch regime
+def limit_unique_tokens(dataset, unique_tokens: int):
+    """The dataset restricted to a fixed prefix of its training split (``data.unique_tokens``).
+
+    The first ``unique_tokens // chunk_len`` training chunks in corpus order (training ids are
+    sorted) are kept; the batch iterator then repeats them epoch after epoch, reshuffled each
+    epoch, for as long as the RST budget lasts. Held-out / validation data are unchanged.
+    ``unique_tokens <= 0`` returns ``dataset`` as is.
+
+    Raises:
+      DataError: a streamed source, a prefix of no chunk, or more tokens than the split holds.
+    """
+    import dataclasses
+
+    from ntng_jax.data.errors import DataError
+    unique_tokens = int(unique_tokens or 0)
+    if unique_tokens <= 0:
+        return dataset
+    if dataset.train_chunks is None:
+        raise DataError("data.unique_tokens needs a chunked source (synthetic, text or shards), "
+                        "not a streamed one; set data.unique_tokens=0 or prepare shards.")
+    chunk_len = int(dataset.train_chunks.shape[1])
+    available = len(dataset.train_ids)
+    n = unique_tokens // chunk_len
+    if n < 1 or n > available:
+        raise DataError(f"data.unique_tokens={unique_tokens} gives {n} chunks of {chunk_len} "
+                        f"tokens but the training split has {available} (1 to "
+                        f"{available * chunk_len} tokens); pick a value in that range or 0.")
+    chunks = dataset.train_chunks
+    if hasattr(chunks, "base") and hasattr(chunks, "rows"):      # shards.RowView: stay lazy
+        chunks = type(chunks)(chunks.base, chunks.rows[:n])
+    else:
+        chunks = chunks[:n]
+    meta = dict(dataset.meta, unique_tokens=unique_tokens, num_unique_chunks=n,
+                num_train_before_limit=available)
+    return dataclasses.replace(dataset, train_chunks=chunks,
+                               train_ids=np.asarray(dataset.train_ids)[:n], meta=meta)
+
+
+def epochs_seen(iterator) -> float | None:
+    """Epochs of training data consumed so far by a (prefetching) batch iterator, fractional:
+    ``epoch + index / batches_per_epoch``; None for iterators without epochs (streams)."""
+    base = getattr(iterator, "it", iterator)
+    per = getattr(base, "batches_per_epoch", None)
+    state = iterator.get_state()
+    if not per or "epoch" not in state or "index" not in state:
+        return None
+    return float(state["epoch"]) + float(state["index"]) / float(per)

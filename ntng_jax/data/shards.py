@@ -19,7 +19,9 @@ fraction and seed used at preparation, training uses ``data.validation_fraction`
 Manifest fields: ``format``, ``family``, ``sources`` (``[{path, bytes, sha256}]`` or a tfds
 description), ``tokenizer`` (fingerprint, kind, vocab_size, num_pieces, num_sentinels, files),
 ``seq_len``, ``chunk_len``, ``targets_length`` (T5), ``noise_density``,
-``mean_noise_span_length``, ``append_ids``, ``dtype``, ``shards`` (``[{file, num_chunks}]``),
+``mean_noise_span_length``, ``append_ids``, ``dtype``, ``shards`` (``[{file, num_chunks, bytes,
+sha256}]``: sizes are checked whenever the shards are opened, token ids whenever rows are read,
+checksums by ``verify_shards`` / ``launch.prepare_data --verify=DIR``),
 ``num_docs``, ``num_tokens`` (tokens in chunks), ``dropped_tokens``, ``num_chunks``,
 ``holdout`` (``{fraction, seed, num_heldout}``), ``unigram_entropy_nats`` (over all chunks;
 BERT excludes special ids), ``created``, ``prepare_seconds``.
@@ -46,9 +48,9 @@ from ntng_jax.data.tokenizers import (Tokenizer, _META_FILE, _MODEL_FILE, defaul
 
 MANIFEST = "manifest.json"
 FORMAT = "ntng_jax.shards/1"
-DEFAULT_VOCAB = {"bert": 32768, "t5": 32100}  # t5: 32000 pieces + 100 sentinels
-DEFAULT_SEQ_LEN = {"bert": 128, "t5": 512}
-_PREPARE_HINT = "python -m launch.prepare_data --model=bert|t5 --input=CORPUS --output=DIR"
+DEFAULT_VOCAB = {"bert": 32768, "t5": 32100, "gpt": 50304}  # t5: 32000 pieces + 100 sentinels
+DEFAULT_SEQ_LEN = {"bert": 128, "t5": 512, "gpt": 1024}
+_PREPARE_HINT = "python -m launch.prepare_data --model=bert|t5|gpt --input=CORPUS --output=DIR"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -59,13 +61,17 @@ class ShardedChunks:
     (only the requested rows are read; returned as a new ``np.ndarray``).
     """
 
-    def __init__(self, arrays: list[np.ndarray]):
+    def __init__(self, arrays: list[np.ndarray], max_id: int | None = None,
+                 files: list[str] | None = None):
         if not arrays:
             raise ValueError("ShardedChunks needs at least one array.")
         widths = {a.shape[1] for a in arrays}
         if len(widths) != 1:
             raise ValueError(f"shards have different chunk lengths {sorted(widths)}.")
         self.arrays = arrays
+        # Rows read are checked to hold token ids < max_id (cheap): damaged shard bytes then stop
+        # the run with the file's name instead of a NaN loss a few steps later.
+        self.max_id, self.files = max_id, files
         self.offsets = np.cumsum([0] + [a.shape[0] for a in arrays])
         self.shape = (int(self.offsets[-1]), widths.pop())
         self.dtype = arrays[0].dtype
@@ -82,7 +88,7 @@ class ShardedChunks:
         if idx.ndim != 1:
             raise IndexError("ShardedChunks takes an int, a slice or a 1-D int array.")
         if len(self.arrays) == 1:
-            return np.asarray(self.arrays[0][idx])
+            return self._checked(np.asarray(self.arrays[0][idx]), idx)
         if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
             raise IndexError(f"row index out of range [0, {self.shape[0]}).")
         out = np.empty((idx.size, self.shape[1]), self.dtype)
@@ -90,7 +96,19 @@ class ShardedChunks:
         for s in np.unique(shard):
             sel = np.nonzero(shard == s)[0]
             out[sel] = self.arrays[s][idx[sel] - self.offsets[s]]
-        return out
+        return self._checked(out, idx)
+
+    def _checked(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        if self.max_id is None or not rows.size or int(rows.max()) < self.max_id:
+            return rows
+        bad = int(np.nonzero((rows >= self.max_id).any(axis=1))[0][0])
+        row = int(idx[bad])
+        s = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        where = f"'{self.files[s]}'" if self.files else f"shard {s}"
+        raise DataError(f"Shard file {where} holds token id {int(rows[bad].max())} in chunk "
+                        f"{row - int(self.offsets[s])}, outside the tokenizer's {self.max_id} ids "
+                        f"(the file is damaged); check the shards with `python -m "
+                        f"launch.prepare_data --verify=DIR` and rebuild them.")
 
 
 class RowView:
@@ -120,10 +138,12 @@ def chunk_layout(family: str, seq_len: int, noise_density: float = 0.15,
     length and target length for ``seq_len`` encoder inputs (512 -> (568, 114))."""
     if family == "bert":
         return int(seq_len), None
+    if family == "gpt":  # causal LM: seq_len inputs and their seq_len next-token targets
+        return int(seq_len) + 1, None
     if family == "t5":
         return compute_input_and_target_lengths(int(seq_len), float(noise_density),
                                                 float(mean_noise_span_length))
-    raise ValueError(f"family must be 'bert' or 't5', got {family!r}.")
+    raise ValueError(f"family must be 'bert', 't5' or 'gpt', got {family!r}.")
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -165,6 +185,10 @@ def open_shards(directory: str | os.PathLike) -> tuple[dict, Tokenizer, ShardedC
         if not f.is_file():
             raise DataError(f"Shard file '{f}' listed in the manifest is missing; rebuild the "
                             f"shards.")
+        size = f.stat().st_size
+        if "bytes" in s and size != s["bytes"]:
+            raise DataError(f"Shard file '{f}' has {size} bytes but the manifest says "
+                            f"{s['bytes']} (truncated or overwritten); rebuild the shards.")
         try:
             a = np.load(f, mmap_mode="r")
         except ValueError as e:
@@ -177,7 +201,44 @@ def open_shards(directory: str | os.PathLike) -> tuple[dict, Tokenizer, ShardedC
     if not arrays:
         raise DataError(f"Shards directory '{directory}' holds no chunks; prepare it from a "
                         f"larger corpus.")
-    return m, tok, ShardedChunks(arrays)
+    return m, tok, ShardedChunks(arrays, max_id=int(m["tokenizer"]["vocab_size"]),
+                                 files=[str(d / s["file"]) for s in m["shards"]])
+
+
+def verify_shards(directory: str | os.PathLike, log: Callable[[str], None] | None = None) -> dict:
+    """Checks every shard file of a shards directory against the sizes and sha256 checksums in its
+    manifest (reads every byte; ``python -m launch.prepare_data --verify=DIR``); returns the
+    manifest, or raises a one-sentence :class:`DataError` naming the first damaged file."""
+    log = log or (lambda s: None)
+    m, _, _ = open_shards(directory)   # manifest, tokenizer, sizes and headers
+    d = Path(directory).expanduser()
+    unchecked = [s["file"] for s in m["shards"] if "sha256" not in s]
+    if unchecked:
+        raise DataError(f"The manifest of '{directory}' records no checksums (shards prepared by "
+                        f"an older version); rebuild the shards with {_PREPARE_HINT} to be able "
+                        f"to verify them.")
+    for s in m["shards"]:
+        digest = file_digest(d / s["file"])
+        if digest["sha256"] != s["sha256"]:
+            raise DataError(f"Shard file '{d / s['file']}' does not match the checksum in the "
+                            f"manifest (its bytes were changed after preparation); rebuild the "
+                            f"shards with {_PREPARE_HINT}.")
+        log(f"  {s['file']}: {s['num_chunks']:,} chunks, {digest['bytes']:,} bytes, sha256 ok")
+    log(f"All {len(m['shards'])} shard file(s) in {d} match their manifest.")
+    return m
+
+
+def nonfinite_loss_hint(cfg_data, step: int, first_steps: int = 20) -> str:
+    """What to suspect besides the optimizer when the loss turns non-finite at `step` (a clause
+    for the trainer's message; '' if nothing): damaged shards early in a run from shards."""
+    if step > first_steps or _get(cfg_data, "source") != "shards":
+        return ""
+    return (f"; a non-finite loss this early can also mean damaged data: check the shards with "
+            f"`python -m launch.prepare_data --verify={_get(cfg_data, 'path')}`")
+
+
+def _get(cfg, key):
+    return cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
 
 
 def check_compatible(manifest: dict, directory, family: str, seq_len: int, model_vocab: int,
@@ -241,7 +302,9 @@ class _ShardWriter:
             np.save(f, self.buf[:self.fill])
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.dir / name)
-        self.shards.append({"file": name, "num_chunks": int(self.fill)})
+        digest = file_digest(self.dir / name)
+        self.shards.append({"file": name, "num_chunks": int(self.fill),
+                            "bytes": digest["bytes"], "sha256": digest["sha256"]})
         self.fill = 0
 
     def close(self) -> list[dict]:
@@ -321,8 +384,8 @@ def prepare_shards(input_path: str, output_dir: str | os.PathLike, family: str, 
     """
     t0 = time.time()
     log = log or (lambda s: None)
-    if family not in ("bert", "t5"):
-        raise DataError(f"--model must be 'bert' or 't5', got {family!r}.")
+    if family not in ("bert", "t5", "gpt"):
+        raise DataError(f"--model must be 'bert', 't5' or 'gpt', got {family!r}.")
     out = Path(output_dir).expanduser()
     if (out / MANIFEST).exists() and not overwrite:
         raise DataError(f"'{out}' already holds shards ({MANIFEST}); pass --overwrite or choose "
@@ -454,4 +517,5 @@ def copy_manifest(directory: str | os.PathLike, workdir: str | os.PathLike) -> N
 
 __all__ = ["DEFAULT_SEQ_LEN", "DEFAULT_VOCAB", "MANIFEST", "RowView", "ShardedChunks",
            "check_compatible", "chunk_layout", "copy_manifest", "install_tokenizer",
-           "open_shards", "prepare_shards", "read_manifest", "default_num_sentinels"]
+           "open_shards", "prepare_shards", "read_manifest", "default_num_sentinels",
+           "verify_shards", "nonfinite_loss_hint"]

@@ -17,26 +17,47 @@ from ntng_jax.data.errors import DataError
 _SUFFIXES = (".txt", ".jsonl")
 
 
+def _not_utf8(f: Path, e: UnicodeDecodeError, offset: int, line: int) -> DataError:
+    bad = e.object[e.start:e.start + 1].hex()
+    return DataError(f"Corpus file '{f}' is not UTF-8 text (byte 0x{bad} at offset "
+                     f"{offset + e.start}, line {line}); convert it to UTF-8 (e.g. `iconv -f "
+                     f"latin1 -t utf-8 IN > OUT` for Latin-1 text) or remove it from the corpus.")
+
+
+def _lines(f: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file (a leading byte-order mark is dropped); a byte
+    sequence that is not UTF-8 raises a one-sentence :class:`DataError` (no silent U+FFFD)."""
+    offset = 0
+    with f.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(f, e, offset, n) from None
+            if n == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            offset += len(raw)
+            yield n, text
+
+
 def _iter_file(f: Path) -> Iterator[str]:
     if f.suffix == ".jsonl":
-        with f.open(encoding="utf-8") as fh:
-            for n, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    text = json.loads(raw)["text"]
-                    text = text.strip()
-                except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                    raise ValueError(f"{f}:{n} is not a JSON object with a 'text' string ({e}); "
-                                     f"fix the record or remove the file.") from None
-                if text:
-                    yield text
+        for n, raw in _lines(f):
+            if not raw.strip():
+                continue
+            try:
+                text = json.loads(raw)["text"]
+                text = text.strip()
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise DataError(f"{f}:{n} is not a JSON object with a 'text' string ({e}); "
+                                f"fix the record or remove the file.") from None
+            if text:
+                yield text
         return
-    with f.open(encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            s = line.strip()
-            if s:
-                yield s
+    for _, line in _lines(f):
+        s = line.strip()
+        if s:
+            yield s
 
 
 def corpus_files(path: str | os.PathLike, what: str = "Corpus path",

@@ -4,7 +4,7 @@ Id layout (``vocab_size`` is the number of ids the tokenizer may emit, at most t
 embedding rows):
 
 * ``kind='bert'``: the paper trains a WordPiece vocabulary of 32768 on the corpus (lower-cased,
-  whitespace pre-tokenised, specials ``<pad> <s> </s> <unk> <cls> <sep> <mask>``; paper-facts
+  whitespace pre-tokenised, specials ``<pad> <s> </s> <unk> <cls> <sep> <mask>``; docs/paper.md
   §3.1). Our implementation is a **SentencePiece BPE** model standing in for WordPiece: pieces
   never cross whitespace (SentencePiece's default ``split_by_whitespace``, the analogue of the
   whitespace pre-tokenizer), normalisation is NFKC + case folding (lower-cases; unlike the
@@ -13,6 +13,8 @@ embedding rows):
   A SentencePiece model trained elsewhere (:meth:`Tokenizer.from_sentencepiece`) keeps its own
   ids; ``pad cls sep mask`` are looked up as ``<name>`` or ``[NAME]`` and, if absent, appended
   right after its pieces.
+* ``kind='gpt'``: as 't5' (unigram, ``<pad>=0 </s>=1 <unk>=2``, case kept) without sentinels;
+  ``</s>`` separates the packed documents of the causal-LM objective.
 * ``kind='t5'``: SentencePiece unigram with NFKC normalisation (case kept),
   ``<pad>=0 </s>=1 <unk>=2`` (no BOS). ``num_sentinels`` ids at the top of the vocabulary are
   sentinels: ``<extra_id_i>`` = ``vocab_size - 1 - i``. They are not SentencePiece pieces; the
@@ -37,6 +39,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -66,8 +69,8 @@ class Tokenizer:
     """
 
     def __init__(self, model_proto: bytes, kind: str, vocab_size: int, num_sentinels: int = 0):
-        if kind not in ("bert", "t5"):
-            raise ValueError(f"Tokenizer kind must be 'bert' or 't5', got {kind!r}.")
+        if kind not in ("bert", "t5", "gpt"):
+            raise ValueError(f"Tokenizer kind must be 'bert', 't5' or 'gpt', got {kind!r}.")
         self.kind, self.model_proto = kind, bytes(model_proto)
         self.sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
         self.num_pieces = int(self.sp.get_piece_size())
@@ -128,7 +131,7 @@ class Tokenizer:
         probe = cls(proto, "bert", 1 << 30) if kind == "bert" else None
         if kind == "bert":
             return cls(proto, "bert", probe.num_pieces + len(probe.appended_specials))
-        n = 100 if num_sentinels is None else int(num_sentinels)
+        n = (0 if kind == "gpt" else 100) if num_sentinels is None else int(num_sentinels)
         pieces = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
         return cls(proto, kind, pieces + n, n)
 
@@ -237,6 +240,26 @@ def _sample_lines(lines: Iterable[str], max_chars: int) -> list[str]:
     return out
 
 
+def _training_error(e: RuntimeError, kind: str, vocab_size: int, num_sentinels: int,
+                    num_lines: int) -> Exception:
+    """One sentence for a corpus SentencePiece cannot train on (the cause and the fix)."""
+    from ntng_jax.data.errors import DataError
+    text = str(e)
+    m = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", text)
+    if m:
+        need = int(m.group(2)) + num_sentinels
+        return DataError(
+            f"SentencePiece cannot train a {kind} tokenizer of {vocab_size} ids on this corpus: "
+            f"it has about {m.group(2)} distinct characters (pieces it must keep), more than "
+            f"the {m.group(1)} pieces the vocabulary holds; raise the vocabulary size "
+            f"(model.vocab_size, or --vocab_size of launch.prepare_data) above {need}, or "
+            f"train on text with fewer distinct characters.")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return DataError(f"SentencePiece cannot train a {kind} tokenizer of {vocab_size} ids on this "
+                     f"corpus ({num_lines} sampled lines; {first[:200]}); check that the corpus "
+                     f"is natural-language text with enough distinct words for the vocabulary.")
+
+
 def train_tokenizer(lines: Iterable[str], kind: str = "bert", vocab_size: int = 32768,
                     cache_dir: str | os.PathLike | None = None, num_sentinels: int | None = None,
                     max_train_chars: int = 4_000_000) -> Tokenizer:
@@ -252,9 +275,9 @@ def train_tokenizer(lines: Iterable[str], kind: str = "bert", vocab_size: int = 
       num_sentinels: T5 only; default :func:`default_num_sentinels`.
       max_train_chars: training-text budget in characters (a few MB trains in seconds).
     """
-    if kind not in ("bert", "t5"):
-        raise ValueError(f"kind must be 'bert' or 't5', got {kind!r}.")
-    n_sent = 0 if kind == "bert" else (default_num_sentinels(vocab_size)
+    if kind not in ("bert", "t5", "gpt"):
+        raise ValueError(f"kind must be 'bert', 't5' or 'gpt', got {kind!r}.")
+    n_sent = 0 if kind != "t5" else (default_num_sentinels(vocab_size)
                                        if num_sentinels is None else int(num_sentinels))
     sample = [s for s in _sample_lines(lines, max_train_chars) if s]
     if not sample:
@@ -271,16 +294,19 @@ def train_tokenizer(lines: Iterable[str], kind: str = "bert", vocab_size: int = 
                   vocab_size=int(vocab_size) - n_sent, character_coverage=0.9995,
                   hard_vocab_limit=False, num_threads=max(1, os.cpu_count() or 1),
                   minloglevel=2, input_sentence_size=0, shuffle_input_sentence=False)
-    if kind == "bert":
-        spm.SentencePieceTrainer.train(
-            model_type="bpe", normalization_rule_name="nmt_nfkc_cf", pad_id=0, bos_id=1,
-            eos_id=2, unk_id=3, pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
-            unk_piece="<unk>", control_symbols=list(BERT_SPECIALS[4:]), **common)
-    else:
-        spm.SentencePieceTrainer.train(
-            model_type="unigram", normalization_rule_name="nmt_nfkc", pad_id=0, eos_id=1,
-            unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
-            **common)
+    try:
+        if kind == "bert":
+            spm.SentencePieceTrainer.train(
+                model_type="bpe", normalization_rule_name="nmt_nfkc_cf", pad_id=0, bos_id=1,
+                eos_id=2, unk_id=3, pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
+                unk_piece="<unk>", control_symbols=list(BERT_SPECIALS[4:]), **common)
+        else:
+            spm.SentencePieceTrainer.train(
+                model_type="unigram", normalization_rule_name="nmt_nfkc", pad_id=0, eos_id=1,
+                unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+                **common)
+    except RuntimeError as e:
+        raise _training_error(e, kind, int(vocab_size), n_sent, len(sample)) from None
     tok = Tokenizer(buf.getvalue(), kind, vocab_size, n_sent)
     if entry is not None:
         tok.save(entry)

@@ -35,7 +35,7 @@ __all__ = ["Pretrained", "PretrainedError", "SUITE_FAMILY", "load_pretrained",
 
 # The model family each downstream suite fine-tunes.
 SUITE_FAMILY = {"glue": "bert", "superglue": "bert", "sni": "t5"}
-_FAMILY_NAME = {"bert": "BERT", "t5": "T5"}
+_FAMILY_NAME = {"bert": "BERT", "t5": "T5", "gpt": "GPT"}
 
 
 class PretrainedError(UserError, ValueError):
@@ -132,6 +132,8 @@ def _example_batch(model_cfg) -> dict:
     if model_cfg.family == "bert":
         return dict(input_ids=np.zeros((1, 8), np.int32),
                     mlm_positions=np.zeros((1, 2), np.int32))
+    if model_cfg.family == "gpt":
+        return dict(input_ids=np.zeros((1, 8), np.int32))
     return dict(encoder_input_ids=np.zeros((1, 8), np.int32),
                 decoder_input_ids=np.zeros((1, 4), np.int32))
 
@@ -178,11 +180,12 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None,
     suite: 'glue' | 'superglue' (need BERT) | 'sni' (needs T5) | None (no check).
     mesh: a ``jax.sharding.Mesh`` to place the params on with their logical shardings
       (``ntng_jax.partitioning``); None puts them on the default device.
-    The newest checkpoint whose files match their manifest and that can be read is used;
-    unusable newer ones are skipped with a warning, as the trainer does on resume (if none is
-    usable: :class:`PretrainedError` naming why).
+    The newest checkpoint whose files match their manifest and that can be read is used and
+    named on stdout; unusable newer ones are skipped and named (never moved or deleted: the
+    workdir may belong to a running job). If none is usable: :class:`PretrainedError` naming
+    why.
     """
-    from ntng_jax.train.checkpoint import Checkpointer
+    from ntng_jax.train.checkpoint import CheckpointError, Checkpointer
     from ntng_jax.train.loop import model_at_depth
 
     work = Path(workdir).resolve()
@@ -195,36 +198,31 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None,
         raise FileNotFoundError(f"'{work}' has no checkpoint; let its launch.pretrain run "
                                 f"finish (or resume it) before fine-tuning.")
     tokenizer = find_tokenizer(config, work)
-    import orbax.checkpoint as ocp
+
+    def read(step, loop):
+        depth = int(loop["depth"]) if "depth" in loop else int(config.model.num_layers)
+        model = model_at_depth(config, depth)
+        return depth, _restore_params(ckpt.step_dir(step), abstract_params(model, mesh))
 
     ckpt = Checkpointer(str(work))
     try:
-        steps = ckpt.steps()
-        reasons = []
-        for step in reversed(steps):
-            reason = ckpt.damage(step)
-            if reason is None:
-                try:
-                    loop = ckpt.manager.restore(step, args=ocp.args.Composite(
-                        loop=ocp.args.JsonRestore())).loop
-                    depth = int(loop["depth"]) if "depth" in loop else int(config.model.num_layers)
-                    model = model_at_depth(config, depth)
-                    params = _restore_params(ckpt.step_dir(step), abstract_params(model, mesh))
-                    model_cfg = config.model.copy_and_resolve_references()
-                    model_cfg.num_layers = depth
-                    for skipped in reasons:  # only worth a warning when an older one is used
-                        logging.getLogger(__name__).warning(
-                            "skipped an unusable checkpoint (%s); using step %d.", skipped, step)
-                    return Pretrained(config=config, model_cfg=model_cfg, params=params,
-                                      tokenizer=tokenizer, step=int(step), workdir=str(work))
-                except Exception as e:  # noqa: BLE001 -- unreadable: try the previous one
-                    reason = f"reading it failed ({type(e).__name__}: " \
-                             f"{str(e).splitlines()[0][:200] if str(e) else ''})"
-            reasons.append(f"step {step}: {reason}")
+        step, got, skipped = ckpt.newest_usable(read)
+    except CheckpointError as e:
+        raise PretrainedError(str(e)) from None
     finally:
         ckpt.close()
-    if not steps:
+    if step is None:
         raise FileNotFoundError(f"'{work}' has no finished checkpoint; let its launch.pretrain "
                                 f"run finish (or resume it) before fine-tuning.")
-    raise PretrainedError(f"no checkpoint in '{ckpt_dir}' is usable ("
-                          + "; ".join(reasons) + ").")
+    depth, params = got
+    model_cfg = config.model.copy_and_resolve_references()
+    model_cfg.num_layers = depth
+    finished = (work / "summary.json").is_file()
+    note = "" if finished else " (the run has not finished: no summary.json)"
+    if skipped:
+        note += "; skipped newer unusable ones: " + "; ".join(
+            f"step {s} ({r})" for s, r in skipped)
+    print(f"Using the checkpoint of step {step} in {ckpt_dir}, the newest intact one{note}.",
+          flush=True)
+    return Pretrained(config=config, model_cfg=model_cfg, params=params,
+                      tokenizer=tokenizer, step=int(step), workdir=str(work))

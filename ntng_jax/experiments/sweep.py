@@ -54,7 +54,7 @@ TABLE_FILE = "rst_table.json"
 COMPLETE = ("budget", "max_steps")   # stopped_because values of a finished run
 DIVERGED = "nan"
 IL_METHOD = "il_model"
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_]+)?$")
 # Flags the sweep sets itself; passing them through --extra would break the grid.
 _RESERVED = ("--config.train.budget_hours", "--config.rst.table", "--config.method.name",
              "--config.seed", "--workdir", "--config=", "--config.method.il_path")
@@ -150,10 +150,20 @@ def split_flags(values: Sequence[str]) -> list[str]:
   return out
 
 
+def known_methods() -> tuple[str, ...]:
+  """The method names a run accepts (checked for every method before a sweep starts anything)."""
+  from ntng_jax.config import METHODS  # no jax: the config module only knows the names
+  return tuple(METHODS)
+
+
 def validate(spec: SweepSpec) -> None:
   path, _, args = spec.config.partition(":")
   if not path:
     raise SweepError("--config must name a config file, e.g. configs/bert.py:size=tiny.")
+  from ntng_jax.config import resolve_config_path
+  if not os.path.exists(resolve_config_path(path)):
+    raise SweepError(f"config file {path!r} does not exist; pass --config=configs/bert.py or"
+                     " configs/t5.py (shipped configs are found from any directory).")
   for item in filter(None, args.split(",")):
     key = item.partition("=")[0].strip()
     if key in ("method", "seed"):
@@ -164,7 +174,22 @@ def validate(spec: SweepSpec) -> None:
   for m in spec.methods:
     if not _NAME.match(m):
       raise SweepError(f"method name {m!r} has characters other than letters, digits, '_', '.'"
-                       " and '-'.")
+                       " and '-' (and one ':' in a 'module:Class' import path).")
+  methods = known_methods()
+  for m in spec.methods:  # a user's 'module:Class': imported now, so a bad one starts nothing
+    if ":" in m:
+      from ntng_jax.config import ConfigError, check_method_name
+      try:
+        check_method_name(m)
+      except ConfigError as e:
+        raise SweepError(f"--methods: {str(e).rstrip('.')} (nothing was started).") from None
+  unknown = [m for m in spec.methods if m not in methods and ":" not in m]
+  if unknown:
+    import difflib
+    close = difflib.get_close_matches(unknown[0], methods, n=1)
+    raise SweepError(f"--methods names unknown method(s) {', '.join(unknown)} (nothing was"
+                     f" started); {'did you mean ' + close[0] + '? ' if close else ''}the methods"
+                     f" are {', '.join(m for m in methods if m != IL_METHOD)}.")
   if len(set(spec.methods)) != len(spec.methods):
     raise SweepError(f"--methods lists a method twice: {','.join(spec.methods)}.")
   if IL_METHOD in spec.methods:

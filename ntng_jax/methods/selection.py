@@ -9,12 +9,12 @@ array keeps a static shape: the kept rows are gathered from every key of the bat
 step compiles once. Selection runs on device inside the trainer's jitted
 `select(state, mega_batch, rng) -> (state, batch, metrics)`.
 
-RST (paper-facts §1.4, §7.4): each step is charged `Charge('forward', L, M)` for the scoring pass
+RST (docs/paper.md §1.4, §7.4): each step is charged `Charge('forward', L, M)` for the scoring pass
 plus `Charge('train', L, B)`; `method.free_scoring=True` is the paper's ablation in which
 forward passes cost nothing. With the paper's BERT table and M = 2B this is 1.82× the baseline's
 cost per step.
 
-Selective backprop (paper-facts §4.3)
+Selective backprop (docs/paper.md §4.3)
 -------------------------------------
 The M losses are appended to a ring buffer of the last `method.history_size` (5000) losses (in
 `TrainState.method_state`, so it is checkpointed and a resumed run selects exactly as an
@@ -48,7 +48,7 @@ probability exactly π_i and never twice). Why this and not the alternatives:
   step agrees with the paper's on average. For β ≠ 1 (or factor ≠ 1/E[pct^β]) the batch is
   rescaled to size B instead of varying the number of candidates scored.
 
-RHO-loss (paper-facts §4.4)
+RHO-loss (docs/paper.md §4.4)
 ---------------------------
 `RhoLoss` picks the top-B candidates by reducible loss = train loss − IL loss (exact sort,
 `lax.top_k`), the IL loss looked up by the sequence's stable `example_id` in a table written by
@@ -477,9 +477,19 @@ def read_il_table(path: str) -> tuple[np.ndarray, dict]:
     if not os.path.exists(p):
       raise FileNotFoundError(f"IL table file {p} does not exist; create it with `python -m"
                               " launch.extract_il --workdir=IL_RUN` and pass method.il_path.")
-  with open(js) as f:
-    meta = json.load(f)
-  losses = np.load(npy)
+  fix = "re-run `python -m launch.extract_il --workdir=IL_RUN` to write it again."
+  try:
+    with open(js) as f:
+      meta = json.load(f)
+  except (ValueError, OSError) as e:
+    raise ValueError(f"IL table metadata {js} is unreadable or not valid JSON ({e});"
+                     f" {fix}") from None
+  if not isinstance(meta, dict):
+    raise ValueError(f"IL table metadata {js} is not a JSON object; {fix}")
+  try:
+    losses = np.load(npy, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    raise ValueError(f"IL table {npy} is truncated or not a .npy array ({e}); {fix}") from None
   if losses.dtype != np.float32 or losses.ndim != 1 or meta.get("losses_sha256") != _sha(losses):
     raise ValueError(f"IL table {npy} is corrupt or does not belong to {js}; re-run"
                      " `python -m launch.extract_il`.")

@@ -16,6 +16,8 @@ baseline and stacking; layer dropping is charged the n-layer price, as in the pa
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import platform
 import time
 
@@ -84,5 +86,34 @@ def calibrate(config, mesh, example_batch_fn) -> rst.RSTTable:
       meta=dict(machine=platform.node(), processor=platform.processor() or platform.machine(),
                 device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
                 num_devices=jax.device_count(), date=rst.now_iso(), jax_version=jax.__version__,
-                repeats=int(config.rst.repeats), statistic="median, compile excluded"))
+                repeats=int(config.rst.repeats), statistic="median, compile excluded",
+                load_average=_load_average()))
 
+
+def _load_average() -> float | None:
+  """The machine's 1-minute load average when the table was measured (other jobs slow it)."""
+  try:
+    return round(os.getloadavg()[0], 2)
+  except (AttributeError, OSError):
+    return None
+
+
+
+def combine_runs(tables: list[rst.RSTTable], name: str | None = None) -> rst.RSTTable:
+  """One table from several calibrations of one config: each entry the minimum over runs of the
+  per-run medians (load from other processes only ever adds time, so the least disturbed run is
+  the best estimate of the machine's own speed)."""
+  first = tables[0]
+  if len(tables) == 1:
+    return dataclasses.replace(first, name=name or first.name)
+  if any(t.fingerprint != first.fingerprint or t.unit_sequences != first.unit_sequences
+         for t in tables):
+    raise ValueError("combine_runs needs calibrations of one config.")
+  pick = lambda kind: {k: min(getattr(t, kind)[k] for t in tables) for k in getattr(first, kind)}
+  meta = dict(first.meta, runs=len(tables),
+              statistic=f"minimum over {len(tables)} runs of the median of"
+                        f" {first.meta.get('repeats')} interleaved timings; compile excluded",
+              run_dates=[t.meta.get("date") for t in tables],
+              run_load_averages=[t.meta.get("load_average") for t in tables])
+  return dataclasses.replace(first, name=name or first.name, train=pick("train"),
+                             forward=pick("forward"), meta=meta)

@@ -24,13 +24,17 @@ import numpy as np
 from ntng_jax import config as config_lib
 from ntng_jax import data as data_lib
 from ntng_jax import partitioning, rst, schedules
+from ntng_jax.data.shards import nonfinite_loss_hint
 from ntng_jax.methods.base import Method, build_method
 from ntng_jax.models import build_model
-from ntng_jax.optim import build_optimizer
+from ntng_jax.optim import build_optimizer, optimizer_hook
 from ntng_jax.train import checkpoint as ckpt_lib
 from ntng_jax.train import metrics as metrics_lib
+from ntng_jax.train import rst_choice
+from ntng_jax.train import run_identity
 from ntng_jax.train import state as state_lib
 from ntng_jax.train import step as step_lib
+from ntng_jax.train import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,8 @@ def model_at_depth(config, depth: int):
 
 
 def hessian_micro_batches(config) -> int:
-  """Micro-batches of each step used as Sophia-G's Hessian batch (0 for other optimizers)."""
-  if config.optim.name != "sophia":
-    return 0
-  num_micro = config.train.batch_size // config.train.micro_batch_size
-  return max(1, round(config.optim.get("hessian_batch_fraction", 1.0) * num_micro))
+  """Fresh micro-batches the optimizer reads per refresh (Sophia-G's Hessian batch; 0 for others)."""
+  return optimizer_hook(config).aux_micro_batches
 
 
 def _create_state(model, tx, method, example_batch, rng):
@@ -79,7 +80,7 @@ def build_programs(config, model, tx, mesh, example_batch: dict, method=None) ->
                           nn.unbox(abstract_boxed), shardings)
   t = config.train
   train_step = step_lib.make_train_step(model, tx, t.batch_size // t.micro_batch_size,
-                                        t.compute_dtype, mesh, hessian_micro_batches(config))
+                                        t.compute_dtype, mesh, optimizer_hook(config))
   train_step = method.wrap_train_step(train_step)
   eval_step = step_lib.make_eval_step(model, t.compute_dtype)
   select = method.make_select_step(model, t.compute_dtype)
@@ -101,53 +102,6 @@ def init_state(built: Built, tx, mesh, example_batch: dict, seed: int, method=No
     return nn.unbox(_create_state(built.model, tx, method, example_batch, rng))
   with partitioning.activate(mesh):
     return jax.jit(init, out_shardings=built.shardings)(jax.random.PRNGKey(seed))
-
-
-def resolve_rst_table(config, workdir: str, calibrate_fn) -> rst.RSTTable:
-  """`rst.table`: 'paper' (must match), a JSON path, or 'auto' (paper if it matches, else a table
-  calibrated on this machine and cached as `workdir/rst_table.json`).
-
-  In a multi-process job every process takes part in calibration (its programs are collective)
-  and then uses process 0's table, so all processes run on one clock."""
-  choice = config.rst.table
-  if choice == "paper":
-    table = rst.paper_table_for(config)
-    if table is None:
-      raise config_lib.ConfigError(
-          "rst.table='paper' only prices the paper's base models at their sequence length;"
-          " use rst.table=auto to calibrate a table for this config.")
-    return table
-  if choice != "auto":
-    return rst.load_table(choice, config)
-  table = rst.paper_table_for(config)
-  if table is not None:
-    return table
-  cached = os.path.join(workdir, "rst_table.json")
-  have_cache = os.path.exists(cached)
-  if jax.process_count() > 1:  # calibration is collective: all processes calibrate, or none
-    from jax.experimental import multihost_utils
-    have_cache = bool(np.all(multihost_utils.process_allgather(np.int32(have_cache))))
-  if have_cache:
-    table = rst.load_table(cached, config)
-  else:
-    log.info("No built-in RST table matches this config; calibrating on this machine.")
-    table = calibrate_fn()
-  table = _table_of_process_zero(table)
-  if jax.process_index() == 0 and not have_cache:
-    rst.save_table(table, cached)
-  return table
-
-
-def _table_of_process_zero(table: rst.RSTTable) -> rst.RSTTable:
-  """Process 0's table on every process (identity in a one-process run)."""
-  if jax.process_count() == 1:
-    return table
-  from jax.experimental import multihost_utils
-  payload = json.dumps(table.to_json()).encode() if jax.process_index() == 0 else b""
-  buffer = np.zeros(1 << 16, np.uint8)
-  buffer[:len(payload)] = np.frombuffer(payload, np.uint8)
-  buffer = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
-  return rst.RSTTable.from_json(json.loads(bytes(buffer).rstrip(b"\0")))
 
 
 def _tokens_per_sequence(batch: dict) -> int:
@@ -197,23 +151,11 @@ class _StopFlag:
 
 
 def optimizer_charges(config, table: rst.RSTTable, step: int, batch_size: int,
-                      active_layers: int) -> list[rst.Charge]:
-  """What the optimizer adds to a step's bill.
-
-  A table with the optimizer's own per-step entry (the paper's T5 Lion/Sophia times) charges it
-  every step, as the paper did. Otherwise Sophia-G is charged its extra sampled-label forward and
-  backward pass on Hessian-refresh steps, unless `optim.free_updates` (the paper's ablation)."""
-  name = config.optim.name
-  if name in table.extra:
-    return [rst.Charge("extra", name, batch_size)]
-  if name != "sophia" or config.optim.get("free_updates", False):
-    return []
-  from ntng_jax.optim import is_hessian_refresh_step
-  if not is_hessian_refresh_step(step, int(config.optim.get("update_interval", 10)),
-                                 bool(config.optim.get("refresh_at_zero", True))):
-    return []
-  hessian_sequences = hessian_micro_batches(config) * config.train.micro_batch_size
-  return [rst.Charge("train", active_layers, hessian_sequences)]
+                      depth: int) -> list[rst.Charge]:
+  """What the optimizer adds to a step's bill (`ntng_jax.optim.OptimizerHook.charges`): its own
+  per-step entry where the table has one (the paper's T5 Lion/Sophia times); Sophia-G's Hessian
+  micro-batches at full `depth` on refresh steps unless `optim.free_updates`."""
+  return optimizer_hook(config).charges(table, step, batch_size, depth)
 
 
 def _validation_sets(dataset, batch_size: int, max_batches: int, nproc: int, pidx: int) -> dict:
@@ -227,8 +169,34 @@ def _validation_sets(dataset, batch_size: int, max_batches: int, nproc: int, pid
           for name, batches in sets.items()}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Pre-trains `config` into `workdir` (resuming if it holds a checkpoint); returns the summary."""
+def train_and_evaluate(config, workdir: str, restart: bool = False) -> dict:
+  """Pre-trains `config` into `workdir` (resuming if it holds a checkpoint); returns the summary.
+
+  One process per workdir (`run.lock`); a resume must keep the run's identity (`run.json`, see
+  `run_identity`); `restart=True` first moves a previous run's files to `workdir/previous/`."""
+  config_lib.validate(config)
+  ckpt_lib.check_keep(config.train.keep_checkpoints)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise config_lib.ConfigError(f"cannot create the workdir {workdir} ({e.strerror}); pass a"
+                                 " writable --workdir.") from None
+  lock = workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0)
+  with lock:
+    if lock.took_over:
+      print(f"Took over {lock.path} from a run that is no longer running (pid"
+            f" {lock.took_over.get('pid')} on {lock.took_over.get('host')}).", flush=True)
+    if restart:
+      moved = run_identity.set_aside(workdir) if jax.process_index() == 0 else None
+      ckpt_lib._sync("ntng_restart")  # noqa: SLF001
+      if moved:
+        print(f"Restarting: the previous run's files are now in {moved}.", flush=True)
+    elif run_identity.has_run(workdir):
+      run_identity.check(workdir, config)
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   config_lib.validate(config)
   t = config.train
   os.makedirs(workdir, exist_ok=True)
@@ -271,29 +239,44 @@ def train_and_evaluate(config, workdir: str) -> dict:
     from ntng_jax.train import calibrate as calibrate_lib
     return calibrate_lib.calibrate(config, mesh, example_batch_fn=lambda: next(iter(
         dataset.train_iterator(t.batch_size, seed=0))))
-  table = resolve_rst_table(config, workdir, calibrate)
+  table = rst_choice.resolve_rst_table(config, workdir, calibrate)
+  if run_identity.has_run(workdir):
+    run_identity.check(workdir, config, table)
   budget = t.budget_hours * 3600.0
   schedule = schedules.get(config.optim.schedule)
 
   # ---------------------------------------------------------------------------------------------
   # Optimizer, programs at the checkpoint's (or the method's first) depth, and the state.
   tx = build_optimizer(config.optim)
+  opt_hook = optimizer_hook(config)  # extra data and RST charges of the optimizer
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
-  saved_loop = checkpointer.latest_loop()
-  depth = int(saved_loop["depth"]) if saved_loop else method.initial_depth()
-  built = build_programs(config, model_at_depth(config, depth), tx, mesh, example_batch, method)
-  restored = checkpointer.restore_latest(built.abstract) if saved_loop else None
+  built_at = {}
+
+  def programs(depth):
+    if depth not in built_at:
+      built_at[depth] = build_programs(config, model_at_depth(config, depth), tx, mesh,
+                                       example_batch, method)
+    return built_at[depth]
+
+  # The newest usable checkpoint, restored at the depth saved with it; newer unusable ones are
+  # moved to checkpoints/corrupt/; CheckpointError if some exist and none is usable.
+  restored = checkpointer.restore_latest(lambda saved: programs(int(saved["depth"])).abstract,
+                                         move_aside=True)
   if restored is None:
+    depth = method.initial_depth()
+    built = programs(depth)
     state = init_state(built, tx, mesh, example_batch, config.seed, method)
     loop = dict(step=0, rst_seconds=0.0, tokens=0, wall_seconds=0.0, depth=depth,
                 data=train_iter.get_state(), method=method.host_state())
+    if is_main:
+      run_identity.record(workdir, config, table)
     print(f"Starting a new run in {workdir} (RST table: {table.name}).", flush=True)
   else:
     _, state, loop = restored
-    if int(loop["depth"]) != depth:  # the newest checkpoint was unusable; rebuild for its depth
-      depth = int(loop["depth"])
-      built = build_programs(config, model_at_depth(config, depth), tx, mesh, example_batch, method)
-      _, state, loop = checkpointer.restore_latest(built.abstract)
+    depth = int(loop["depth"])
+    built = programs(depth)
+    if is_main and run_identity.TABLE_KEY not in (run_identity.recorded(workdir) or {}):
+      run_identity.add_table(workdir, table)  # a workdir from before run.json
     train_iter.set_state(loop["data"])
     method.restore_host_state(loop["method"])
     print(f"Resuming from step {loop['step']} at RST {loop['rst_seconds']:.1f} s.", flush=True)
@@ -312,7 +295,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   next_eval = (math.floor(rst_seconds / eval_every) + 1) * eval_every
   next_ckpt = (math.floor(rst_seconds / ckpt_every) + 1) * ckpt_every
   pending = []          # (record without losses, device metrics) since the last host sync
-  last = {"train_loss": float("nan"), "validation_loss": None}
+  last = {"train_loss": float(loop.get("train_loss", float("nan"))),  # the saved run's, on resume
+          "validation_loss": loop.get("validation_loss")}
   stopped_because = None
   t_start = time.time()
 
@@ -331,10 +315,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
       record.update({k: float(v) for k, v in m.items()})
       if not math.isfinite(record["train_loss"]):
         pending = []
+        kept = checkpointer.steps()
         raise NonFiniteLossError(
             f"the training loss became {record['train_loss']} at step {record['step']} (RST"
-            f" {record['rst_seconds']:.1f} s); the last good checkpoint is kept — lower"
-            " optim.learning_rate or use train.compute_dtype=float32 and rerun.")
+            f" {record['rst_seconds']:.1f} s); "
+            + (f"the last good checkpoint (step {kept[-1]}) is kept" if kept else
+               "no checkpoint had been saved yet")
+            + " — lower optim.learning_rate"
+            + (" or use train.compute_dtype=float32" if t.compute_dtype != "float32" else "")
+            + " and rerun with --restart (a changed config cannot resume this run)"
+            + nonfinite_loss_hint(config.data, record["step"]) + ".")
       last["train_loss"] = record["train_loss"]
       if record.pop("_log"):
         logger.write(record)
@@ -347,12 +337,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpointer.save(step, state, dict(step=step, rst_seconds=rst_seconds, tokens=tokens,
                                          wall_seconds=wall(), depth=depth,
                                          data=train_iter.get_state(),
-                                         method=method.host_state(), rst_table=table.name))
+                                         method=method.host_state(), rst_table=table.name,
+                                         train_loss=last["train_loss"],
+                                         validation_loss=last["validation_loss"]))
 
   def validate():
     """Full-depth validation on every named set; `validation_loss` is the first (in-domain)."""
     record = dict(step=step, rst_seconds=rst_seconds, rst_budget_fraction=rst_seconds / budget,
-                  tokens=tokens, wall_seconds=wall())
+                  tokens=tokens, wall_seconds=wall(), epoch=data_lib.epochs_seen(train_iter))
     for i, (name, batches) in enumerate(val_sets.items()):
       result = evaluate(built, state.params, batches, mesh)
       record[f"validation_loss/{name}"] = result["validation_loss"]
@@ -390,12 +382,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
           built = build_programs(config, model_at_depth(config, depth), tx, mesh, example_batch,
                                  method)
           state = jax.device_put(state, built.shardings)
-        charges = method.charges(plan, batch_size) + optimizer_charges(
-            config, table, step, batch_size, plan.active_layers)
+        charges = method.charges(plan, batch_size) + opt_hook.charges(
+            table, step, batch_size, plan.depth)
         cost = rst.step_cost(table, charges)
         if stop_requested():
           stopped_because = "interrupt"
           break
+        if step == 0:  # a budget that buys no step is a config error, not a run of 0 steps
+          rst_choice.check_budget_buys_a_step(config, table, cost)
         if rst_seconds + cost > budget * (1 + 1e-12):  # tolerance: float rounding of the sum
           stopped_because = "budget"
           break
@@ -406,7 +400,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         controls = {"learning_rate": np.float32(lr)}
         if plan.keep is not None:
           controls["keep"] = np.asarray(plan.keep, bool)
-        batch = partitioning.global_batch(mesh, next(train_iter))
+        controls.update(method.controls(plan))
+        aux = next(train_iter) if opt_hook.draws_fresh(step) else None  # before the step's batch
+        batch = partitioning.global_batch(mesh, opt_hook.with_aux(next(train_iter), aux))
         rng = jax.random.fold_in(base_rng, step)
         with partitioning.activate(mesh):
           if built.select_step is not None:
@@ -420,6 +416,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         tokens += tokens_per_step
         record = dict(step=step, learning_rate=lr, tokens=tokens, rst_seconds=rst_seconds,
                       rst_budget_fraction=rst_seconds / budget, wall_seconds=wall(),
+                      epoch=data_lib.epochs_seen(train_iter),
                       _log=step % log_every == 0 or step == 1, **method.metrics(plan))
         pending.append((record, step_metrics))
         if step % log_every == 0:

@@ -17,40 +17,77 @@ import time
 from typing import Mapping
 
 
+def _record_key(record: Mapping) -> tuple:
+  """What makes a record unique in a run: its step and kind (train, validation or an event)."""
+  return (int(record.get("step", 0)), "train_loss" in record, "validation_loss" in record,
+          record.get("event"))
+
+
+def _read_records(path: str) -> list[dict]:
+  """The records of a metrics.jsonl; a line cut short by a kill is dropped."""
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records
+
+
 class JsonlWriter:
   """Appends one JSON object per record to `path` (records are flushed at once: a killed run keeps
   everything it logged). On resume, records after `resume_step` (logged past the last checkpoint
-  and about to be recomputed) are dropped so the file reads like an uninterrupted run."""
+  and about to be recomputed) are dropped, and a record whose step and kind is already in the file
+  is not written again, so the file reads like an uninterrupted run."""
 
   def __init__(self, path: str, resume_step: int | None = None):
     self.path = path
+    self.kept: list[dict] = []
     if resume_step is not None and os.path.exists(path):
-      with open(path) as f:
-        lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
-      with open(path, "w") as f:
-        f.writelines(lines)
+      self.kept = [r for r in _read_records(path) if r.get("step", 0) <= resume_step]
+      tmp = path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.kept)
+      os.replace(tmp, path)
     elif resume_step is None and os.path.exists(path):
       os.remove(path)
+    self._seen = {_record_key(r) for r in self.kept}
     self._file = open(path, "a")
 
-  def write(self, record: Mapping) -> None:
+  def write(self, record: Mapping) -> bool:
+    """Writes `record` unless the file already holds its step and kind; True if written."""
+    key = _record_key(record)
+    if key in self._seen:
+      return False
+    self._seen.add(key)
     self._file.write(json.dumps(record, sort_keys=True) + "\n")
     self._file.flush()
+    return True
 
   def close(self) -> None:
     self._file.close()
 
 
 class TensorBoardWriter:
-  """Scalars to TensorBoard event files under `logdir` (a no-op without tensorboardX)."""
+  """Scalars to TensorBoard event files under `logdir` (a no-op without tensorboardX).
 
-  def __init__(self, logdir: str):
+  With `replay` (the records metrics.jsonl kept: none for a new run) the event files are rewritten
+  from those records, so TensorBoard shows no points from steps recomputed after a kill."""
+
+  def __init__(self, logdir: str, replay: list | None = None):
     try:
       from tensorboardX import SummaryWriter
     except ImportError:
       self._writer = None
-    else:
-      self._writer = SummaryWriter(logdir)
+      return
+    if replay is not None and os.path.isdir(logdir):
+      for name in os.listdir(logdir):  # derived data: metrics.jsonl is the record
+        if name.startswith("events.out.tfevents"):
+          os.remove(os.path.join(logdir, name))
+    self._writer = SummaryWriter(logdir)
+    for record in replay or ():
+      self.write_scalars(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if self._writer is None:
@@ -75,13 +112,13 @@ class MetricsLogger:
     self.enabled = enabled
     if enabled:
       self.jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
-      self.tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"), replay=self.jsonl.kept)
 
   def write(self, record: Mapping) -> None:
     if not self.enabled:
       return
-    self.jsonl.write(record)
-    self.tb.write_scalars(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
+    if self.jsonl.write(record):
+      self.tb.write_scalars(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
 
   def close(self) -> None:
     if self.enabled:
