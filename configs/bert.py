@@ -1,4 +1,4 @@
-"""Crammed BERT (MLM) pre-training, paper-facts §3.1.
+"""Crammed BERT (MLM) pre-training, docs/paper.md §3.1.
 
 Usage: `--config=configs/bert.py:size=tiny,method=baseline,seed=0`; every field can be overridden
 with `--config.train.budget_hours=0.01` and the like.
@@ -31,6 +31,6 @@ def get_config(arg=None):
   c.optim = dict(
       name="adamw", learning_rate=s["learning_rate"], b1=0.9, b2=0.98, eps=1e-12,
       weight_decay=0.01, clip_norm=0.5,
-      schedule="triangle",  # peak at 50 % of the RST budget, zero at its end (paper-facts §2)
+      schedule="triangle",  # peak at 50 % of the RST budget, zero at its end (docs/paper.md §2)
   )
   return finalize(c, PER_SIZE)

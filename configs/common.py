@@ -1,12 +1,12 @@
 """Defaults shared by `bert.py` and `t5.py`: one place for the fields every run has.
 
 Sizes scale the run: `tiny` is a CPU smoke run of about a minute (tests, the default job), `small`
-a longer CPU/GPU run, `base` the paper's setting (paper-facts §3).
+a longer CPU/GPU run, `base` the paper's setting (docs/paper.md §3).
 """
 
 import ml_collections
 
-from ntng_jax.config import METHODS, ConfigError, parse_arg
+from ntng_jax.config import ConfigError, check_method_name, parse_arg
 from ntng_jax.methods.base import method_defaults
 from ntng_jax.models.sizes import model_config
 from ntng_jax.optim.build import PAPER_RECIPES
@@ -17,9 +17,7 @@ def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.
   args = parse_arg(arg, size="tiny", method="baseline", seed=0)
   if args.size not in per_size:
     raise ConfigError(f"config argument size must be one of {', '.join(per_size)}; got {args.size!r}.")
-  if args.method not in METHODS:
-    raise ConfigError(f"config argument method must be one of {', '.join(METHODS)};"
-                      f" got {args.method!r}.")
+  check_method_name(args.method, "config argument method")
   s = per_size[args.size]
   try:
     model = model_config(family, args.size)
@@ -37,6 +35,7 @@ def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.
       num_lines=s.get("num_lines", 40_000),  # size of the synthetic corpus (lines)
       corpus_seed=0,
       validation_fraction=0.02,  # held-out fraction of chunks for validation_loss
+      unique_tokens=0,         # > 0: train on only this many tokens (a fixed prefix), repeated
       # {name: source}: 'heldout', a text/jsonl path, a shards dir or 'tfds:NAME[:SPLIT]'; add
       # sets from the command line with --config.data.validation.NAME=SOURCE.
       validation=ml_collections.ConfigDict({"heldout": "heldout"}),

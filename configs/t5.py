@@ -1,4 +1,4 @@
-"""T5 v1.1 (span corruption) pre-training, paper-facts §3.2.
+"""T5 v1.1 (span corruption) pre-training, docs/paper.md §3.2.
 
 Usage: `--config=configs/t5.py:size=tiny,method=baseline,seed=0`.
 """
@@ -24,6 +24,6 @@ def get_config(arg=None):
   c.optim = dict(
       name="adamw_scale", learning_rate=s["learning_rate"], b1=0.9, b2=0.999, eps=1e-6,
       weight_decay=0.0, clip_norm=1.0,
-      schedule="t5_cosine",  # warmup from half the peak over 15.3 %, cosine to 1e-5 (paper-facts §2)
+      schedule="t5_cosine",  # warmup from half the peak over 15.3 %, cosine to 1e-5 (docs/paper.md §2)
   )
   return finalize(c, PER_SIZE)

@@ -1,4 +1,4 @@
-"""Learning-rate schedules as functions of the RST budget fraction consumed (paper-facts §2).
+"""Learning-rate schedules as functions of the RST budget fraction consumed (docs/paper.md §2).
 
 Each returns a multiplier of the peak learning rate for a fraction `f` in [0, 1], so every method
 sees the same learning-rate-versus-RST curve and the baseline is fully decayed at the budget end.

@@ -186,6 +186,7 @@ def _optimizers(config):
   return {
       "optax.adamw": optax.adamw(1e-3, weight_decay=0.01),
       "project": build_optimizer(optim),
+      "project-layered": build_optimizer({**optim, "per_layer_step_counts": True}),
       "project-lion": build_optimizer({**optim, "name": "lion", "learning_rate": 1e-4}),
       "project-sophia": build_optimizer({**optim, "name": "sophia", "learning_rate": 1e-3}),
   }
@@ -224,6 +225,9 @@ def test_grow_opt_state(depth1):
             np.testing.assert_array_equal(g[2:], o, err_msg=name)    # copies of layers 0, 1
           else:
             assert not np.any(np.asarray(g[2:])), name                # fresh zeros
+        elif any(getattr(k, "name", None) == "layer_count" for k in path):
+          np.testing.assert_array_equal(g[:2], o, err_msg=name)      # per-layer step counts
+          np.testing.assert_array_equal(g[2:], o if copy else 0, err_msg=name)
         else:
           np.testing.assert_array_equal(g, o, err_msg=name)          # counts, lr, other moments
       # Adam: mu and nu; Lion: mu; Sophia: mu and h, for every stacked parameter.
@@ -322,10 +326,11 @@ def test_cli_stacking_depths_resume_and_more_steps(tmp_path):
   proc = subprocess.Popen([sys.executable, "-m", "launch.pretrain", *_cli_args(config, killed)],
                           cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  manifests = killed / "checkpoints" / "manifests"
+  checkpoints = killed / "checkpoints"  # committed checkpoints: directories named by their step
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
-    if manifests.exists() and any(int(p.name.split(".")[0]) > g1 for p in manifests.glob("*.json")):
+    if checkpoints.exists() and any(p.name.isdigit() and int(p.name) > g1
+                                    for p in checkpoints.iterdir()):
       break
     time.sleep(0.02)
   assert proc.poll() is None, "the run ended before it could be killed"

@@ -3,7 +3,7 @@
 The tokenizer is any object with ``encode(text) -> list[int]`` (no special tokens added) and
 the ids ``pad_id``, ``cls_id``, ``sep_id`` (BERT) / ``eos_id`` (T5).
 
-BERT layout (every task, single sentences included, fixing fact sheet §7 item 11)::
+BERT layout (every task, single sentences included, fixing docs/paper.md §7.11)::
 
     1 text:   <cls> A <sep>
     2 texts:  <cls> A <sep> B <sep>
@@ -12,7 +12,7 @@ BERT layout (every task, single sentences included, fixing fact sheet §7 item 1
 Texts are truncated longest-first (one token at a time from the currently longest text; on
 a tie the later text loses it, as HF's ``longest_first``) until the sequence fits
 ``max_length`` (128). ``attention_mask`` is 1 on real tokens and 0 exactly on padding
-(fact sheet §7 item 10: the original ignored it).
+(docs/paper.md §7.10: the original ignored it).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Iterator, Mapping, Protocol, Sequence
 import numpy as np
 
 __all__ = ["Tokenizer", "truncate_longest_first", "encode_classification",
-           "encode_seq2seq", "shift_right", "iterate_batches"]
+           "encode_seq2seq", "encode_targets", "target_width", "shift_right", "iterate_batches"]
 
 
 class Tokenizer(Protocol):
@@ -98,6 +98,43 @@ def _pad_rows(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarr
     return ids, mask
 
 
+def _width(rows, cap: int, pad_to_max: bool, pad_multiple: int) -> int:
+    if pad_to_max:
+        return cap
+    longest = max((len(r) for r in rows), default=1)
+    return min(cap, -(-longest // pad_multiple) * pad_multiple)
+
+
+def _target_rows(texts: Sequence[str], tokenizer: Tokenizer, max_target_length: int):
+    return [tokenizer.encode(t)[: max_target_length - 1] + [tokenizer.eos_id] for t in texts]
+
+
+def target_width(texts: Sequence[str], tokenizer: Tokenizer, max_target_length: int = 128,
+                 pad_multiple: int = 8) -> int:
+    """The target width :func:`encode_seq2seq` (``pad_to_max=False``) would give ``texts``."""
+    return _width(_target_rows(texts, tokenizer, max_target_length), max_target_length, False,
+                  pad_multiple)
+
+
+def encode_targets(texts: Sequence[str], tokenizer: Tokenizer, max_target_length: int = 128,
+                   width: int | None = None, pad_multiple: int = 8,
+                   decoder_start_id: int = 0) -> dict[str, np.ndarray]:
+    """The target-side arrays of :func:`encode_seq2seq` for ``texts``: ``targets``,
+    ``decoder_input_ids``, ``target_weights``, padded to ``width`` (default: the longest row
+    rounded up to ``pad_multiple``, at most ``max_target_length``)."""
+    rows = _target_rows(texts, tokenizer, max_target_length)
+    if width is None:
+        width = _width(rows, max_target_length, False, pad_multiple)
+    if any(len(r) > width for r in rows):
+        raise ValueError(f"a target is longer than the requested width {width}.")
+    targets, tmask = _pad_rows(rows, width, tokenizer.pad_id)
+    return {
+        "targets": targets,
+        "decoder_input_ids": shift_right(targets, decoder_start_id),
+        "target_weights": tmask.astype(np.float32),
+    }
+
+
 def encode_seq2seq(examples: Sequence[Mapping], tokenizer: Tokenizer,
                    max_source_length: int = 1024, max_target_length: int = 128,
                    pad_to_max: bool = True, pad_multiple: int = 8,
@@ -114,22 +151,15 @@ def encode_seq2seq(examples: Sequence[Mapping], tokenizer: Tokenizer,
     """
     eos, pad = tokenizer.eos_id, tokenizer.pad_id
     src = [tokenizer.encode(ex["source"])[: max_source_length - 1] + [eos] for ex in examples]
-    tgt = [tokenizer.encode(ex["target"])[: max_target_length - 1] + [eos] for ex in examples]
-
-    def width(rows, cap):
-        if pad_to_max:
-            return cap
-        longest = max((len(r) for r in rows), default=1)
-        return min(cap, -(-longest // pad_multiple) * pad_multiple)
-
-    enc_ids, enc_mask = _pad_rows(src, width(src, max_source_length), pad)
-    targets, tmask = _pad_rows(tgt, width(tgt, max_target_length), pad)
+    texts = [ex["target"] for ex in examples]
+    enc_ids, enc_mask = _pad_rows(src, _width(src, max_source_length, pad_to_max, pad_multiple),
+                                  pad)
+    width = max_target_length if pad_to_max else None
     return {
         "encoder_input_ids": enc_ids,
         "encoder_mask": enc_mask,
-        "targets": targets,
-        "decoder_input_ids": shift_right(targets, decoder_start_id),
-        "target_weights": tmask.astype(np.float32),
+        **encode_targets(texts, tokenizer, max_target_length, width, pad_multiple,
+                         decoder_start_id),
         "example_id": np.arange(len(examples), dtype=np.int32),
     }
 

@@ -1,4 +1,4 @@
-"""Fine-tuning head and loss for GLUE/SuperGLUE (fact sheet §5, the crammed-BERT head).
+"""Fine-tuning head and loss for GLUE/SuperGLUE (docs/paper.md §5, the crammed-BERT head).
 
 ``ClassificationHead``: hidden states ``[B, S, D]`` -> first-token pooling ``[B, D]`` ->
 Dense ``hidden`` (1024) -> tanh -> dropout (0.1) -> Dense ``num_classes`` -> logits

@@ -10,8 +10,8 @@ Conventions, matching scikit-learn / scipy (tested against them):
   positives (scikit-learn's ``zero_division`` value).
 * ``f1_macro`` is the unweighted mean of per-class F1 over the classes present in labels or
   predictions (scikit-learn ``average='macro'``). **SuperGLUE CB is scored with this macro F1
-  over its 3 classes**, as the SuperGLUE benchmark (and HF ``super_glue/cb``) do; the paper's
-  fact sheet (§5) only says "CB F1", and the original code scores it through that metric.
+  over its 3 classes**, as the SuperGLUE benchmark (and HF ``super_glue/cb``) do; the
+  original code scores CB through that HF metric (docs/paper.md §5 says "CB F1").
 * ``mcc`` is the (multi-class) Matthews correlation; 0.0 when it is undefined
   (e.g. constant predictions), like scikit-learn.
 * ``pearson`` / ``spearman`` are NaN when an input is constant, like scipy.
@@ -149,7 +149,7 @@ METRIC_FNS = {
     "pearson": pearson, "spearman": spearman,
 }
 
-# (result key, metric name) pairs averaged by the paper (fact sheet §5). The MNLI mismatched
+# (result key, metric name) pairs averaged by the paper (docs/paper.md §5). The MNLI mismatched
 # dev score is stored under the result key 'mnli_mm'.
 GLUE_AVERAGE_COMPONENTS = (
     ("qqp", "f1"), ("qnli", "accuracy"), ("mrpc", "f1"), ("mnli", "accuracy"),

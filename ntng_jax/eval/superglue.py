@@ -6,7 +6,7 @@ Local layout: ``<data_dir>/<TASK upper>/{train,val}.jsonl`` (split keys ``'train
 * BoolQ ``question, passage, label (bool)``; CB / RTE ``premise, hypothesis, label (str)``;
 * COPA ``premise, choice1, choice2, question ('cause'|'effect'), label (0|1)``: kept as four
   texts and trained as one 2-class classification (label = the right choice), with all four
-  fields in the encoded sequence (the paper's code dropped the 3rd/4th, fact sheet §7.13);
+  fields in the encoded sequence (the paper's code dropped the 3rd/4th, docs/paper.md §7.13);
 * WiC ``word, sentence1, sentence2, label (bool)`` (+ character offsets, not used);
 * WSC ``text, target: {span1_text, span2_text, span1_index, span2_index}, label (bool)``
   (tfds' flat ``span1_text``/``span2_text`` also accepted);

@@ -44,7 +44,7 @@ class TaskSpec:
 
     name: registry name (``'cola'``); suite: ``'glue'`` or ``'superglue'``.
     text_fields: feature names (tfds / SuperGLUE jsonl) of the texts, in encoding order;
-      every field is kept (fact sheet §7 item 13).
+      every field is kept (docs/paper.md §7.13).
     num_classes: number of labels; 1 = regression (STS-B).
     metrics: metric names computed on the dev set; selection_metric: the one used to pick
       the best epoch (the paper keeps each metric's max over epochs; this is the one that

@@ -11,6 +11,11 @@ Writes:
   ROOT/fig_train_loss.png        training loss vs RST, one panel per budget, mean over seeds
   ROOT/fig_validation_loss.png   final validation loss per validation set vs budget (± std)
   ROOT/fig_downstream.png        fine-tuning averages per suite vs budget (± std), if any
+  ROOT/fig_validation_epochs.png validation loss vs epochs of training data, one panel per
+                                 budget, if the data repeated (`data.unique_tokens`)
+
+Causal LMs (`gpt` family) have no fine-tuning suite: their tables add validation perplexity
+(exp of the token-mean validation loss, per validation set) in place of GLUE.
 
 Every run keeps its status in the tables: `ok` (stopped at the budget or max_steps), `diverged`
 (a non-finite loss), `failed` (non-zero exit, e.g. a method not available in this build),
@@ -33,7 +38,7 @@ from typing import Sequence
 from ntng_jax.experiments import sweep as sweep_lib
 
 OK, DIVERGED, FAILED, INCOMPLETE, MISSING = "ok", "diverged", "failed", "incomplete", "missing"
-LOWER_IS_BETTER = ("train_loss", "validation_loss")
+LOWER_IS_BETTER = ("train_loss", "validation_loss", "perplexity")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -143,7 +148,12 @@ def collect(root: str) -> dict:
         curve=[(r["rst_seconds"], r["train_loss"]) for r in records
                if "train_loss" in r and "rst_seconds" in r],
         validation_curve=[(r["rst_seconds"], r["validation_loss"]) for r in records
-                          if r.get("validation_loss") is not None and "rst_seconds" in r]))
+                          if r.get("validation_loss") is not None and "rst_seconds" in r],
+        epoch_curve=[(r["epoch"], r["validation_loss"]) for r in records
+                     if r.get("validation_loss") is not None and _number(r.get("epoch"))
+                     is not None],
+        epochs=max((r["epoch"] for r in records if _number(r.get("epoch")) is not None),
+                   default=None)))
   return dict(root=root, status=status, runs=runs)
 
 
@@ -172,6 +182,12 @@ def run_metrics(run: dict) -> dict:
   for name, v in (s.get("final_validation_losses") or {}).items():
     if _number(v) is not None:
       out[f"validation_loss/{name}"] = float(v)
+  if s.get("family") == "gpt":  # a causal LM: perplexity, exp(mean token loss), per set
+    if "validation_loss" in out:
+      out["perplexity"] = math.exp(min(out["validation_loss"], 700.0))
+    for name, v in list(out.items()):
+      if name.startswith("validation_loss/"):
+        out["perplexity/" + name.split("/", 1)[1]] = math.exp(min(v, 700.0))
   for suite, result in run["finetune"].items():
     if result.get("average") is not None:
       out[f"{suite}/average"] = result["average"]
@@ -237,6 +253,8 @@ def _sort_metrics(names: list[str]) -> list[str]:
       return (1, n)
     if n.startswith("validation_loss/"):
       return (2, n)
+    if n == "perplexity" or n.startswith("perplexity/"):
+      return (2.5, n)
     if n.endswith("/average"):
       return (3, n)
     return (4, n)
@@ -290,6 +308,10 @@ def _title(name: str) -> str:
     return "Final validation loss, in-domain set (lower is better)"
   if name.startswith("validation_loss/"):
     return f"Final validation loss on `{name.split('/', 1)[1]}` (lower is better)"
+  if name == "perplexity":
+    return "Final validation perplexity, in-domain set (lower is better)"
+  if name.startswith("perplexity/"):
+    return f"Final validation perplexity on `{name.split('/', 1)[1]}` (lower is better)"
   if name.endswith("/average"):
     return f"{name.split('/')[0].upper()} average, dev (higher is better)"
   return name
@@ -312,7 +334,7 @@ def _verdicts(agg: dict) -> list[str]:
   """One line per method: at how many budgets it beats the baseline, and by more than noise."""
   base, lines = agg["baseline"], []
   headline = [n for n in agg["metric_names"]
-              if n in ("train_loss", "validation_loss") or n.endswith("/average")]
+              if n in ("train_loss", "validation_loss", "perplexity") or n.endswith("/average")]
   for m in agg["methods"]:
     if m == base:
       continue
@@ -325,7 +347,8 @@ def _verdicts(agg: dict) -> list[str]:
           continue
         cell, bcell = g["metrics"][name], gb["metrics"][name]
         compared += 1
-        sign = -1 if name in LOWER_IS_BETTER or name.startswith("validation_loss/") else 1
+        sign = -1 if name in LOWER_IS_BETTER or name.startswith(("validation_loss/",
+                                                                  "perplexity/")) else 1
         gain = sign * cell["delta"]
         if gain > 0:
           better += 1
@@ -344,7 +367,7 @@ def _verdicts(agg: dict) -> list[str]:
 
 
 PAPER_FINDINGS = """\
-For comparison, the paper's findings (Kaddour et al. 2023; `shared/reference/paper-facts.md` §8),
+For comparison, the paper's findings (Kaddour et al. 2023; `docs/paper.md` §8),
 at 6/12/24 RST hours on BERT-base and T5-base:
 - Layer stacking is the only method that beats the baseline's training loss consistently; its
   advantage shrinks as the budget grows.
@@ -395,17 +418,17 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
              f" − {agg['baseline']} mean at the same budget. Runs that diverged, failed, are"
              " incomplete or missing are counted in each cell.")
   for name in agg["metric_names"]:
-    if name.count("/") >= 2 or (name.count("/") == 1 and not name.startswith("validation_loss/")
-                                and not name.endswith("/average")):
+    if name.count("/") >= 2 or (name.count("/") == 1 and not name.startswith(
+        ("validation_loss/", "perplexity/")) and not name.endswith("/average")):
       continue  # per-task metrics go to their own table
-    if name.startswith("validation_loss/") and sum(
+    if name.startswith(("validation_loss/", "perplexity/")) and sum(
         1 for x in agg["metric_names"] if x.startswith("validation_loss/")) < 2:
-      continue  # one validation set: the same numbers as validation_loss
+      continue  # one validation set: the same numbers as validation_loss / perplexity
     out += ["", f"### {_title(name)}", ""] + metric_table(agg, name)
   if not collected["runs"]:
     out += ["", "No runs found."]
-  task_names = [n for n in agg["metric_names"] if "/" in n and not n.startswith("validation_loss")
-                and not n.endswith("/average")]
+  task_names = [n for n in agg["metric_names"] if "/" in n and not n.startswith(
+      ("validation_loss", "perplexity")) and not n.endswith("/average")]
   if task_names:
     out += ["", "### Downstream tasks (mean over seeds)", ""]
     out.append("| method | budget | " + " | ".join(task_names) + " |")
@@ -424,9 +447,16 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
         train_loss="Training loss vs RST, one panel per budget (mean over finished seeds; thin"
                    " dashed lines: single diverged or incomplete seeds).",
         validation_loss="Final validation loss per validation set vs budget (mean ± std).",
-        downstream="Fine-tuning averages per suite vs budget (mean ± std over seeds).")
+        downstream="Fine-tuning averages per suite vs budget (mean ± std over seeds).",
+        validation_epochs="Validation loss vs epochs of the (limited, repeated) training data,"
+                          " one panel per budget (mean over finished seeds).")
     for key, path in figures.items():
       out += [f"![{key}]({os.path.basename(path)})", "", captions.get(key, key), ""]
+  epochs = epoch_table(collected, agg)
+  if epochs:
+    out += ["", "## Epochs of training data", "",
+            "Epochs each run consumed (mean over seeds; data limited by `data.unique_tokens`).",
+            ""] + epochs
   for note in notes:
     out += ["", f"_{note}_"]
   out += ["", "## Runs", "",
@@ -605,6 +635,53 @@ def plot_validation(agg: dict, path: str) -> str | None:
   return _points_vs_budget(agg, names, titles, ["final validation loss"] * len(names), path)
 
 
+def _repeats(collected: dict) -> bool:
+  """True if some run saw its training data more than once."""
+  return any((r.get("epochs") or 0.0) > 1.0 for r in collected["runs"])
+
+
+def epoch_table(collected: dict, agg: dict) -> list[str]:
+  """Markdown rows: mean epochs consumed per method x budget; [] when no data repeated."""
+  if not _repeats(collected):
+    return []
+  lines = ["| method | " + " | ".join(_budget_label(b) for b in agg["budgets"]) + " |",
+           "|---|" + "---|" * len(agg["budgets"])]
+  for m in agg["methods"]:
+    cells = []
+    for b in agg["budgets"]:
+      xs = [r["epochs"] for r in collected["runs"] if r["method"] == m and r["budget_hours"] == b
+            and r["status"] == OK and r.get("epochs") is not None]
+      cells.append(f"{sum(xs) / len(xs):.2f}" if xs else "—")
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def plot_validation_epochs(collected: dict, agg: dict, path: str) -> str | None:
+  """Validation loss against epochs of training data, per budget (mean over ok seeds)."""
+  if not _repeats(collected):
+    return None
+  plt = _pyplot()
+  methods, budgets = agg["methods"], agg["budgets"]
+  colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+  fig, axes = _panels(plt, len(budgets))
+  for ax, b in zip(axes, budgets):
+    for m in methods:
+      curves = [r["epoch_curve"] for r in collected["runs"] if r["method"] == m
+                and r["budget_hours"] == b and r["status"] == OK and len(r["epoch_curve"]) >= 2]
+      grid, mean = _mean_curve(curves, points=100)
+      if grid is not None:
+        ax.plot(grid, mean, "-", color=colors[m], lw=1.4, label=f"{m} (n={len(curves)})")
+    ax.set_title(f"budget {_budget_label(b)}")
+    ax.set_xlabel("epochs of training data")
+    ax.set_ylabel("validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def plot_downstream(agg: dict, path: str) -> str | None:
   names = [n for n in agg["metric_names"] if n.endswith("/average")]
   if not names:
@@ -633,7 +710,9 @@ def write_report(root: str, baseline: str = "baseline", figures: bool = True) ->
     else:
       for key, fn in (("train_loss", lambda p: plot_train_loss(collected, agg, p)),
                       ("validation_loss", lambda p: plot_validation(agg, p)),
-                      ("downstream", lambda p: plot_downstream(agg, p))):
+                      ("downstream", lambda p: plot_downstream(agg, p)),
+                      ("validation_epochs",
+                       lambda p: plot_validation_epochs(collected, agg, p))):
         path = fn(os.path.join(root, f"fig_{key}.png"))
         if path:
           made[key] = path
@@ -645,6 +724,7 @@ def write_report(root: str, baseline: str = "baseline", figures: bool = True) ->
   json_path = os.path.join(root, "report.json")
   with open(json_path, "w") as f:
     json.dump(dict(aggregate=_jsonable(agg),
-                   runs=[{k: v for k, v in r.items() if k not in ("curve", "validation_curve")}
+                   runs=[{k: v for k, v in r.items() if k not in ("curve", "validation_curve",
+                                                                 "epoch_curve")}
                          for r in collected["runs"]]), f, indent=1, default=str)
   return dict(markdown=md_path, json=json_path, figures=made, aggregate=agg, collected=collected)

@@ -7,7 +7,8 @@ decide from the RST clock; device-side work (growth, selection) is pure and jitt
   checks its irreducible-loss table against it);
 - `initial_depth()`: layers of the first compiled program (stacking starts shallow);
 - `plan(rst_fraction, step) -> Plan`: the depth (static: a change recompiles once) and the keep
-  vector (dynamic: layer dropping; never recompiles) of the next step, from the RST clock;
+  array (dynamic: layer dropping, bool [num_micro, L], a row per micro-batch; never recompiles)
+  of the next step, from the RST clock;
 - `grow(state, new_depth, tx) -> state`: parameter/optimizer-state surgery when the depth
   changes (`tx` is the optax transformation, for `optax.tree_utils.tree_map_params`);
 - `input_batch_size(batch_size)`: sequences drawn from the data per optimizer step (a mega-batch
@@ -17,6 +18,8 @@ decide from the RST clock; device-side work (growth, selection) is pure and jitt
   `select(state, mega_batch, rng) -> (state, batch, metrics)` that picks the training batch;
 - `wrap_train_step(train_step)`: the pure train step the trainer jits (layer dropping masks the
   dropped layers' updates);
+- `controls(plan)`: extra entries of the step's `controls` dict (host decisions the wrapped
+  train step reads, e.g. a freeze flag);
 - `charges(plan, batch_size)`: what the step executed, for the RST meter;
 - `host_state()` / `restore_host_state(d)`: a JSON-able dict saved in every checkpoint;
 - `metrics(plan)`: extra fields of each metrics record.
@@ -37,11 +40,18 @@ from ntng_jax.rst import Charge
 @dataclasses.dataclass(frozen=True)
 class Plan:
   depth: int                          # layers in the compiled program
-  keep: np.ndarray | None = None      # bool[depth]; None = every layer runs
+  keep: np.ndarray | None = None      # bool [depth] or [num_micro, depth]; None = every layer runs
 
   @property
-  def active_layers(self) -> int:
-    return self.depth if self.keep is None else int(np.sum(self.keep))
+  def active_layers(self) -> int | float:
+    """Layers run: an int, or with a keep row per micro-batch their mean over micro-batches."""
+    if self.keep is None:
+      return self.depth
+    keep = np.asarray(self.keep, bool)
+    if keep.ndim == 1:
+      return int(keep.sum())
+    total = int(keep.sum())
+    return total // keep.shape[0] if total % keep.shape[0] == 0 else total / keep.shape[0]
 
 
 class Method:
@@ -81,6 +91,12 @@ class Method:
     """The pure `train_step(state, batch, rng, controls)` to jit, changed or as is."""
     return train_step
 
+  def controls(self, plan: Plan) -> dict:
+    """Extra `controls` entries of the next step (arrays of a fixed shape and dtype every step,
+    so the step compiles once), read by the method's `wrap_train_step`."""
+    del plan
+    return {}
+
   def charges(self, plan: Plan, batch_size: int) -> list[Charge]:
     return [Charge("train", plan.active_layers, batch_size)]
 
@@ -108,6 +124,10 @@ REGISTRY = {
 
 
 def method_class(name: str):
+  """The Method subclass named by a registry name or a user's import path 'pkg.module:Class'
+  (imported from sys.path: the working directory of `python -m launch...`, or PYTHONPATH)."""
+  if ":" in name:
+    return _import_method(name)
   if name not in REGISTRY:
     raise ValueError(f"method.name must be one of {', '.join(REGISTRY)}; got {name!r}.")
   module_name, _, cls = REGISTRY[name].partition(":")
@@ -118,6 +138,28 @@ def method_class(name: str):
       raise NotImplementedError(f"method {name!r} is not available in this build.") from None
     raise
   return getattr(module, cls)
+
+
+def _import_method(path: str):
+  """The class at 'module:Class'; a ConfigError (one sentence) if it cannot be imported or is
+  not a subclass of `Method`."""
+  from ntng_jax.config import ConfigError
+  module_name, _, attr = path.partition(":")
+  if not module_name or not attr:
+    raise ConfigError(f"method.name {path!r} must be a registered name or 'module:Class'.")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f"method.name {path!r}: cannot import {module_name!r} ({e}); put its"
+                      " directory on PYTHONPATH or run from the directory that holds it.") from None
+  cls = getattr(module, attr, None)
+  if cls is None:
+    raise ConfigError(f"method.name {path!r}: module {module_name!r} has no attribute {attr!r};"
+                      " name a class defined in it.")
+  if not (isinstance(cls, type) and issubclass(cls, Method)):
+    raise ConfigError(f"method.name {path!r} is not a subclass of ntng_jax.methods.base.Method;"
+                      " derive your method from it.")
+  return cls
 
 
 def build_method(config) -> Method:

@@ -1,28 +1,39 @@
-"""Progressive layer dropping (paper-facts §4.2): skip random layers, more of the deep ones.
+"""Progressive layer dropping (docs/paper.md §4.2): skip random layers, more of the deep ones.
 
 Drop level at RST budget fraction f = t/T:
 
     D(f) = 1 − [θ̄ + (1 − θ̄) · exp(−γ_factor · f)]       (γ = γ_factor / T, so γ·t = γ_factor · f)
 
 rising from 0 towards 1 − θ̄ (0.5). Layer i (1-based) of L is dropped with probability D · i / L,
-an independent Bernoulli per layer. The keep vector is drawn on the host once per optimizer step
-(the paper's T5; its BERT redrew per micro-batch) from a numpy generator seeded by
-(config.seed, step): deterministic, the same on every host and device, and reproduced on resume
-without any saved state. The same vector applies to the T5 encoder and decoder. A dropped layer is
-the identity on the residual stream, run under `lax.cond` (so it costs nothing), and the step is
-charged at the sampled number of active layers (at least 1: a step with every layer dropped still
-runs the embeddings and the head, and RST tables start at one layer). The compiled program always
-has the full depth and always takes a keep vector, so layer dropping compiles once.
+an independent Bernoulli per layer, so layer i runs with probability 1 − D·i/L.
 
-Dropped layers and the optimizer (`method.mask_dropped_updates`; paper-facts §7 item 6). A dropped
-layer gets a zero gradient for the step. The paper's codebases then differ:
+Resampling (`method.resample`). 'micro_batch' (the BERT default, as its paper code did) draws one
+keep vector per micro-batch; 'step' (the T5 default, as its paper code did) draws one per optimizer
+step and uses it for every micro-batch. Either way the plan's keep is bool [num_micro, L] (rows
+equal with 'step'), the trainer passes it in `controls['keep']` and the train step's micro-batch
+scan gives row m to micro-batch m, so the program compiles once. Row m comes from a numpy
+generator seeded by (config.seed, step, m) ('step': by (config.seed, step)): deterministic, the
+same on every host and device, reproduced on resume without any saved state. D is taken at the
+step's RST fraction for all its micro-batches. The same vector applies to the T5 encoder and
+decoder. A dropped layer is the identity on the residual stream, run under `lax.cond` (so it
+costs nothing). Each micro-batch is charged at its own number of active layers (at least 1: a
+micro-batch with every layer dropped still runs the embeddings and the head, and RST tables
+start at one layer); the step's charge is the sum over its micro-batches. The compiled program
+always has the full depth and always takes a keep array, so layer dropping compiles once.
+
+Dropped layers and the optimizer (`method.mask_dropped_updates`; docs/paper.md §7 item 6). The
+step's gradient is the mean over micro-batches, so a layer dropped in some micro-batches gets the
+gradient of the others (scaled by the fraction that ran it, as the paper's BERT accumulation did);
+a layer dropped in every micro-batch of the step gets a zero gradient. The paper's codebases then
+differ:
 * BERT (torch `zero_grad()` keeps zero tensors): AdamW still applies its momentum and weight
   decay to the dropped layer → `mask_dropped_updates=False` (the update runs as usual).
 * T5 (`zero_grad(set_to_none=True)`): the optimizer skips the dropped parameters entirely →
-  `mask_dropped_updates=True`: the dropped layers' params AND optimizer state (moments) are left
-  exactly unchanged for that step (`masked_update`); global scalars such as Adam's count advance.
+  `mask_dropped_updates=True`: the layers that ran in no micro-batch of the step keep their params
+  AND optimizer state (moments, per-layer step counts) exactly unchanged (`masked_update`);
+  global scalars such as Adam's count advance.
 The default follows each family's paper code (BERT False, T5 True). Masking needs the train step
-to see the keep vector: `LayerDrop.wrap_train_step(train_step)` (a `Method` hook the trainer
+to see the keep array: `LayerDrop.wrap_train_step(train_step)` (a `Method` hook the trainer
 calls before jitting) returns the step with `masked_update` applied after the optimizer update.
 
 Remat is on by default (`model.remat=True`). Under `jax.grad` a layer's `lax.cond` must return
@@ -50,7 +61,7 @@ from ntng_jax.config import ConfigError
 from ntng_jax.methods.base import Method, Plan
 from ntng_jax.rst import Charge
 
-GAMMA_FACTOR = {"bert": 100.0, "t5": 20.0}
+GAMMA_FACTOR = {"bert": 100.0, "t5": 20.0, "gpt": 100.0}  # gpt: BERT's (no paper value)
 _RNG_TAG = 0x1A7D  # separates this stream from other (seed, step)-seeded host generators
 
 
@@ -67,10 +78,23 @@ def drop_probabilities(level: float, num_layers: int) -> np.ndarray:
   return level * np.arange(1, num_layers + 1, dtype=np.float64) / num_layers
 
 
-def sample_keep(level: float, num_layers: int, seed: int, step: int) -> np.ndarray:
-  """bool [L]: keep[i] = not Bernoulli(D·(i+1)/L), from a generator seeded by (seed, step)."""
-  rng = np.random.default_rng(np.random.SeedSequence([_RNG_TAG, int(seed) % 2 ** 32, int(step)]))
+def sample_keep(level: float, num_layers: int, seed: int, step: int,
+                micro_batch: int | None = None) -> np.ndarray:
+  """bool [L]: keep[i] = not Bernoulli(D·(i+1)/L), from a generator seeded by (seed, step) or,
+  for one micro-batch of the step, by (seed, step, micro_batch)."""
+  key = [_RNG_TAG, int(seed) % 2 ** 32, int(step)]
+  if micro_batch is not None:
+    key.append(int(micro_batch))
+  rng = np.random.default_rng(np.random.SeedSequence(key))
   return rng.random(num_layers) >= drop_probabilities(level, num_layers)
+
+
+def sample_keep_rows(level: float, num_layers: int, seed: int, step: int, num_micro: int,
+                     per_micro_batch: bool) -> np.ndarray:
+  """bool [num_micro, L]: one `sample_keep` row per micro-batch, or one row repeated."""
+  if per_micro_batch:
+    return np.stack([sample_keep(level, num_layers, seed, step, m) for m in range(num_micro)])
+  return np.tile(sample_keep(level, num_layers, seed, step), (num_micro, 1))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -80,14 +104,21 @@ def _is_layer_path(path) -> bool:
   return any(isinstance(k, jax.tree_util.DictKey) and k.key == "layers" for k in path)
 
 
+def _is_layer_count_path(path) -> bool:
+  return any(isinstance(k, jax.tree_util.GetAttrKey) and k.name == "layer_count" for k in path)
+
+
 def masked_tree(new, old, keep):
-  """Per layer, `new` where keep[i] else `old`, for every leaf under a `layers` subtree whose
-  axis 0 has len(keep) entries; every other leaf is taken from `new`."""
+  """Per layer, `new` where keep[i] else `old`, for every leaf under a `layers` subtree (and every
+  per-layer step-count vector) whose axis 0 has len(keep) entries; every other leaf is taken
+  from `new`."""
   keep = jnp.asarray(keep).astype(bool)
   n = keep.shape[0]
 
   def select(path, a, b):
-    if not _is_layer_path(path) or jnp.ndim(a) < 1 or jnp.shape(a)[0] != n:
+    if not (_is_layer_path(path) or _is_layer_count_path(path)):
+      return a
+    if jnp.ndim(a) < 1 or jnp.shape(a)[0] != n:
       return a
     k = keep.reshape((n,) + (1,) * (jnp.ndim(a) - 1))
     return jnp.where(k, a, b)
@@ -97,20 +128,28 @@ def masked_tree(new, old, keep):
 
 def masked_update(new_state, old_state, keep):
   """The state after a step in which the dropped layers (keep[i] = False) were skipped entirely:
-  their slices of every stacked parameter and of every parameter-shaped optimizer-state leaf
-  (moments, Hessian estimates) are those of `old_state`; everything else (kept layers, non-layer
-  parameters, counts, hyper-parameters, method state) comes from `new_state`."""
+  their slices of every stacked parameter, of every parameter-shaped optimizer-state leaf
+  (moments, Hessian estimates) and of per-layer step counts are those of `old_state`; everything
+  else (kept layers, non-layer parameters, global counts, hyper-parameters, method state) comes
+  from `new_state`."""
   return new_state.replace(params=masked_tree(new_state.params, old_state.params, keep),
                            opt_state=masked_tree(new_state.opt_state, old_state.opt_state, keep))
 
 
+def step_keep(keep):
+  """bool [L]: the layers that ran in at least one micro-batch (keep: [L] or [num_micro, L])."""
+  keep = jnp.asarray(keep).astype(bool)
+  return keep if keep.ndim == 1 else jnp.any(keep, axis=0)
+
+
 def mask_dropped_train_step(train_step: Callable) -> Callable:
-  """Wraps `train_step(state, batch, rng, controls)` so dropped layers are left unchanged."""
+  """Wraps `train_step(state, batch, rng, controls)` so layers dropped in every micro-batch of
+  the step are left unchanged."""
   def wrapped(state, batch, rng, controls):
     new_state, metrics = train_step(state, batch, rng, controls)
     keep = controls.get("keep")
     if keep is not None:
-      new_state = masked_update(new_state, state, keep)
+      new_state = masked_update(new_state, state, step_keep(keep))
     return new_state, metrics
   return wrapped
 
@@ -118,20 +157,25 @@ def mask_dropped_train_step(train_step: Callable) -> Callable:
 # -------------------------------------------------------------------------------------------------
 # The method.
 
+RESAMPLE = ("micro_batch", "step")
+
+
 @dataclasses.dataclass(frozen=True)
 class DropPlan(Plan):
   drop_level: float = 0.0
 
 
 class LayerDrop(Method):
-  """Full-depth program, random per-step keep vector; see the module docstring."""
+  """Full-depth program, random keep vector per micro-batch or per step; see the module
+  docstring."""
 
   name = "layer_drop"
 
   @staticmethod
   def default_config(family: str, size: str) -> dict[str, Any]:
     out = {"method": dict(theta_bar=0.5, gamma_factor=GAMMA_FACTOR[family],
-                          mask_dropped_updates=(family == "t5")),
+                          mask_dropped_updates=(family == "t5"),
+                          resample="step" if family == "t5" else "micro_batch"),
            "model": {"remat": True}}
     if family == "t5" and size == "base":
       out["optim"] = {"learning_rate": 1e-2}
@@ -145,6 +189,13 @@ class LayerDrop(Method):
     self.gamma_factor = float(m.get("gamma_factor", GAMMA_FACTOR.get(family, 100.0)))
     self.mask_dropped_updates = bool(m.get("mask_dropped_updates", family == "t5"))
     self.seed = int(config.seed)
+    self.resample = str(m.get("resample", "step" if family == "t5" else "micro_batch"))
+    if self.resample not in RESAMPLE:
+      raise ConfigError(f"method.resample must be one of {', '.join(RESAMPLE)}; got"
+                        f" {self.resample!r}.")
+    t = config.train
+    self.num_micro = max(1, int(t.batch_size) // int(t.micro_batch_size))
+    self.micro_batch_size = int(t.micro_batch_size)
     if not 0.0 <= self.theta_bar <= 1.0:
       raise ConfigError(f"method.theta_bar must be in [0, 1]; got {self.theta_bar}.")
     if self.gamma_factor < 0:
@@ -155,11 +206,17 @@ class LayerDrop(Method):
 
   def plan(self, rst_fraction: float, step: int) -> Plan:
     level = self.drop_level(rst_fraction)
-    keep = sample_keep(level, self.num_layers, self.seed, step)
+    keep = sample_keep_rows(level, self.num_layers, self.seed, step, self.num_micro,
+                            self.resample == "micro_batch")
     return DropPlan(depth=self.num_layers, keep=keep, drop_level=level)
 
   def charges(self, plan: Plan, batch_size: int) -> list[Charge]:
-    return [Charge("train", max(1, plan.active_layers), batch_size)]
+    """One charge per micro-batch at its own active layers (one per step with 'step')."""
+    keep = np.asarray(plan.keep, bool)
+    if keep.ndim == 1 or self.resample == "step":
+      return [Charge("train", max(1, int(keep.reshape(-1, keep.shape[-1])[0].sum())), batch_size)]
+    per_micro = batch_size // keep.shape[0]
+    return [Charge("train", max(1, int(row.sum())), per_micro) for row in keep]
 
   def metrics(self, plan: Plan) -> dict:
     return {"active_layers": plan.active_layers,

@@ -1,4 +1,4 @@
-"""Layer stacking (paper-facts §4.1): train a shallow model, then double its depth by copying.
+"""Layer stacking (docs/paper.md §4.1): train a shallow model, then double its depth by copying.
 
 Schedule. The model starts with `method.initial_layers` layers; at each RST budget fraction in
 `method.fractions` (the paper: 0.125 and 0.3) the depth doubles, capped at `model.num_layers`:
@@ -16,13 +16,16 @@ depth; with more than n new layers the stack is tiled, layer j copies j mod n). 
 parameter-shaped part of the optimizer state (Adam mu/nu, Lion momentum, Sophia m/h) grows the
 same way, found with `optax.tree_utils.tree_map_params`: with fresh zeros
 (`copy_optimizer_state=False`, the paper's `copy_optim_states: false`) or with copies of the
-source layer's moments. Non-layer leaves and scalars (step counts, injected hyper-parameters) are
-untouched.
+source layer's moments. Non-layer leaves and scalars (the global step count, injected
+hyper-parameters) are untouched.
 
-Known difference from the paper's torch optimizers: torch AdamW keeps a step counter per parameter,
-so the paper's new layers start a fresh, bias-corrected Adam; optax keeps one global `count`, so
-here fresh zero moments of the new layers are not bias-corrected (their first updates are about
-(1-b1)/sqrt(1-b2) of a normal Adam step, then briefly larger while nu catches up with mu).
+Step counts. The paper's torch optimizers keep a step counter per parameter, so its new layers
+start a fresh, bias-corrected AdamW. With `optim.per_layer_step_counts` (set by `default_config`)
+our Adam-family optimizers keep a per-layer count vector (`layer_count`, see
+`ntng_jax.optim.layer_count`) next to optax's global count; growth appends
+zeros for the new layers (their first update is bias-corrected with t = 1, exactly a fresh
+optimizer's) or, with `copy_optimizer_state=True`, the source layers' counts. Lion and Sophia-G
+have no counter that enters a parameter's update, so their zero moments are already fresh.
 
 The depth is a function of the RST clock only (the trainer saves it in every checkpoint), so
 stacking keeps no host state and resumes exactly.
@@ -40,6 +43,7 @@ import optax
 
 from ntng_jax.config import ConfigError
 from ntng_jax.methods.base import Method, Plan
+from ntng_jax.optim.layer_count import has_layer_count
 
 DEFAULT_FRACTIONS = (0.125, 0.3)
 
@@ -93,7 +97,8 @@ def grow_opt_state(opt_state, tx, params_old, n_new: int, copy: bool):
   tx: the optax transformation that made `opt_state` (any chain / inject_hyperparams / masked
   combination); `params_old`: the (unboxed) params before growth, which only tells which leaves
   are stacked. `copy`: new layers' state = copies of their source layers' state; otherwise zeros.
-  Scalars and other non-parameter state (counts, hyper-parameters) are returned unchanged."""
+  Per-layer step counts grow the same way (`grow_layer_counts`); scalars and other non-parameter
+  state (global counts, hyper-parameters) are returned unchanged."""
   n_old = layer_depth(params_old)
   is_layer = jax.tree_util.tree_map_with_path(lambda path, _: is_layer_path(path), params_old)
 
@@ -105,8 +110,25 @@ def grow_opt_state(opt_state, tx, params_old, n_new: int, copy: bool):
                        f" {n_old} layers along axis 0.")
     return grow_leaf(leaf, n_new, copy=copy)
 
-  return optax.tree_utils.tree_map_params(
+  grown = optax.tree_utils.tree_map_params(
       tx, f, opt_state, is_layer, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  return grow_layer_counts(grown, n_old, n_new, copy)
+
+
+def grow_layer_counts(opt_state, n_old: int, n_new: int, copy: bool):
+  """Appends `n_new` entries to every per-layer step-count vector (`layer_count`) in `opt_state`:
+  zeros (fresh, bias correction restarts at t = 1) or the source layers' counts (`copy`)."""
+  def f(node):
+    if not has_layer_count(node):
+      return node
+    counts = node.layer_count
+    if np.shape(counts)[0] == 0:  # an optimizer built without stacked leaves
+      return node
+    if np.shape(counts)[0] != n_old:
+      raise ValueError(f"per-layer step counts of length {np.shape(counts)[0]} do not match the"
+                       f" {n_old} stacked layers.")
+    return node._replace(layer_count=grow_leaf(counts, n_new, copy=copy))
+  return jax.tree.map(f, opt_state, is_leaf=has_layer_count)
 
 
 def grow_state(state, new_depth: int, tx, copy_optimizer_state: bool = False):
@@ -153,7 +175,8 @@ class Stacking(Method):
     num_layers = SIZES[family][size]["num_layers"]
     return {"method": dict(initial_layers=auto_initial_layers(num_layers),
                            fractions=DEFAULT_FRACTIONS,
-                           copy_optimizer_state=False)}
+                           copy_optimizer_state=False),
+            "optim": dict(per_layer_step_counts=True)}
 
   def __init__(self, config):
     super().__init__(config)

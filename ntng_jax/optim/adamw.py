@@ -1,4 +1,4 @@
-"""AdamWScale, the T5 baseline optimizer (paper-facts §3.2), and the per-tensor RMS step scaling.
+"""AdamWScale, the T5 baseline optimizer (docs/paper.md §3.2), and the per-tensor RMS step scaling.
 
 AdamWScale is HuggingFace's AdamW (bias correction on) whose step for each parameter tensor `p`
 is multiplied by `max(1e-3, RMS(p))`, `RMS(p) = sqrt(mean(p**2))` over the whole tensor, taken
@@ -19,7 +19,7 @@ Two conventions, made explicit:
   differ in the first few thousand steps for coordinates with |g| ≲ eps/sqrt(1-b2^t) (at t=1,
   b2=0.999: 3e-5 vs 1e-6). `scale_by_adam_hf` reproduces HF exactly and keeps optax's
   `ScaleByAdamState(count, mu, nu)`, so state surgery (`optax.tree_utils.tree_map_params`) and
-  checkpoints treat it like `optax.adam`.
+  checkpoints treat it like `optax.adam` (with `per_layer_counts`, it adds `layer_count`).
 * **Weight decay.** Decoupled, with the *unscaled* learning rate (not multiplied by the RMS
   factor), applied to the pre-update parameter: `p ← p - lr·s·u - lr·wd·p` (torch.optim.AdamW's
   order). The paper's HF copy decays the already-updated parameter, `(p - lr·s·u)(1 - lr·wd)`,
@@ -40,6 +40,8 @@ from typing import Any, Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 import optax
+
+from ntng_jax.optim import layer_count as _lc
 
 BoolTree = Union[Any, Callable[[Any], Any]]  # pytree (or prefix) of bools, or params -> that
 
@@ -93,19 +95,31 @@ def scale_by_param_rms(floor: float = 1e-3,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def scale_by_adam_hf(b1: float = 0.9, b2: float = 0.999,
-                     eps: float = 1e-6) -> optax.GradientTransformation:
+def scale_by_adam_hf(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, *,
+                     stacked: Optional[BoolTree] = None,
+                     per_layer_counts: bool = False) -> optax.GradientTransformation:
   """Bias-corrected Adam direction with HuggingFace's eps placement.
 
   Returns `u = sqrt(1 - b2^t) / (1 - b1^t) · m / (sqrt(v) + eps)` with
   `m ← b1·m + (1-b1)·g`, `v ← b2·v + (1-b2)·g²`, t = 1, 2, ... (same shapes as the updates).
   State: `optax.ScaleByAdamState(count, mu, nu)` like `optax.scale_by_adam`; moments in float32.
+  `per_layer_counts`: the state is `ScaleByLayeredAdamState(count, layer_count, mu, nu)` and
+  each layer of the `stacked` leaves is bias-corrected with its own t (`ntng_jax.optim.layer_count`).
   """
 
   def init_fn(params):
     zeros = lambda p: jnp.zeros_like(p, dtype=jnp.float32)
-    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32),
-                                  mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
+    mu, nu = jax.tree.map(zeros, params), jax.tree.map(zeros, params)
+    if per_layer_counts:
+      flags = broadcast_bool_tree(stacked, params, False)
+      return _lc.ScaleByLayeredAdamState(count=jnp.zeros([], jnp.int32),
+                                         layer_count=_lc.init_layer_count(params, flags),
+                                         mu=mu, nu=nu)
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+
+  def step_size(c):
+    t = c.astype(jnp.float32)
+    return jnp.sqrt(1 - b2**t) / (1 - b1**t)
 
   def update_fn(updates, state, params=None):
     del params
@@ -113,27 +127,32 @@ def scale_by_adam_hf(b1: float = 0.9, b2: float = 0.999,
     mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g.astype(jnp.float32), updates, state.mu)
     nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * jnp.square(g.astype(jnp.float32)),
                       updates, state.nu)
-    t = count.astype(jnp.float32)
-    step = jnp.sqrt(1 - b2**t) / (1 - b1**t)
-    new = jax.tree.map(lambda g, m, v: (step * m / (jnp.sqrt(v) + eps)).astype(g.dtype),
-                       updates, mu, nu)
-    return new, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+    direction = lambda g, m, v, s: (s * m / (jnp.sqrt(v) + eps)).astype(g.dtype)
+    if not per_layer_counts:
+      step = step_size(count)
+      new = jax.tree.map(lambda g, m, v: direction(g, m, v, step), updates, mu, nu)
+      return new, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+    flags = broadcast_bool_tree(stacked, updates, False)
+    layer_count = optax.safe_int32_increment(state.layer_count)
+    new = _lc.map_with_counts(direction, step_size, count, layer_count, flags, updates, mu, nu)
+    return new, _lc.ScaleByLayeredAdamState(count=count, layer_count=layer_count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def adamw_scale(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
                 eps: float = 1e-6, weight_decay: float = 0.0, mask: Optional[BoolTree] = None,
-                *, stacked: Optional[BoolTree] = None) -> optax.GradientTransformation:
-  """The paper's T5 optimizer "AdamWScale" (defaults = paper-facts §3.2).
+                *, stacked: Optional[BoolTree] = None,
+                per_layer_counts: bool = False) -> optax.GradientTransformation:
+  """The paper's T5 optimizer "AdamWScale" (defaults = docs/paper.md §3.2).
 
   One step: `p ← p - lr·max(1e-3, RMS(p))·u - lr·wd·p`, u from `scale_by_adam_hf`; see the
   module docstring for the eps and weight-decay conventions. `mask`: which leaves are decayed
   (optax convention: True = decay; pytree, prefix or callable). `stacked`: leaves with a leading
-  layer axis (per-layer RMS).
+  layer axis (per-layer RMS; with `per_layer_counts`, per-layer step counts too).
   """
   return optax.chain(
-      scale_by_adam_hf(b1, b2, eps),
+      scale_by_adam_hf(b1, b2, eps, stacked=stacked, per_layer_counts=per_layer_counts),
       scale_by_param_rms(1e-3, stacked),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),

@@ -14,23 +14,26 @@ Config fields (`optim_cfg`, a ConfigDict or dict; missing or None = the default 
 
 | field | meaning | default |
 |---|---|---|
-| name | 'adamw' (optax.adamw = torch AdamW) / 'adamw_scale' / 'lion' / 'sophia' | required |
+| name | 'adamw' (optax.adamw = torch AdamW) / 'adamw_scale' / 'lion' / 'sophia' / a user's 'module:fn' | required |
 | learning_rate | peak lr; the initial injected value | required |
 | b1, b2, eps | betas; eps for the Adam family and Sophia | per optimizer |
 | weight_decay | decoupled decay rate | 0.0 |
 | clip_norm | global L2 clip applied to the gradients first; 0 = none | 0.0 |
 | weight_decay_exclude | 'bias' / 'bias_and_norm' / 'none', or a list of path regexes | 'bias' |
 | scale_by_param_rms | lion/sophia: the paper's T5 lr·max(1e-3, RMS(p)) variant | False |
-| stacked_params | regex of param paths whose axis 0 stacks layers (per-layer RMS) | `(^|/)layers/` |
+| stacked_params | regex of param paths whose axis 0 stacks layers (per-layer RMS, step counts) | `(^|/)layers/` |
+| per_layer_step_counts | adamw/adamw_scale: a step count per stacked layer (stacking sets it) | False |
 | rho, update_interval | Sophia ρ and Hessian refresh interval k | 0.04, 10 |
 | batch_tokens | Sophia's paper `bs` (BERT 196608, T5 5120); None = the Hessian batch's N | None |
 | refresh_at_zero | Sophia refreshes h before update 0 (BERT) or first before update k (T5) | True |
 | gnb_microbatched | the Hessian batch has a leading micro-batch axis | False |
 | gnb_clip_norm | clip ĝ to this L2 norm (the paper's T5 code: 1.0) | None |
+| hessian_batch_fraction | Sophia: fresh micro-batches per refresh, as a fraction of a step's | 1.0 |
+| free_updates | Sophia: do not charge the Hessian pass (the paper's ablation) | False |
 
 **Weight-decay exclusion** (`weight_decay_exclude`), matched against the '/'-joined param path
 (e.g. `params/encoder/layers/norm1/bias`; the flax box's `value` attribute is dropped):
-* 'bias' (default) reproduces what the paper's BERT code effectively did (paper-facts §7 item 9):
+* 'bias' (default) reproduces what the paper's BERT code effectively did (docs/paper.md §7 item 9):
   its no-decay keys looked for "LayerNorm" but the modules are named norm1/norm2/norm/final_norm,
   so LayerNorm *weights were decayed* and only biases (all of which are LayerNorm biases in the
   crammed BERT) were exempt; embeddings and the positional scale are decayed too.
@@ -49,8 +52,9 @@ import jax
 import optax
 
 from ntng_jax.optim.adamw import adamw_scale
+from ntng_jax.optim.layer_count import adamw_layered
 from ntng_jax.optim.lion import lion
-from ntng_jax.optim.sophia import sophia_g
+from ntng_jax.optim.sophia import OptimizerHook, SophiaHook, sophia_g
 
 WEIGHT_DECAY_EXCLUDE = {
     "bias": (r"(^|/)bias$",),
@@ -59,10 +63,11 @@ WEIGHT_DECAY_EXCLUDE = {
 }
 DEFAULT_STACKED_PARAMS = r"(^|/)layers/"
 
-# The paper's optimizer settings (paper-facts §3.1, §3.2, §4.5, §4.6), to merge into
+# The paper's optimizer settings (docs/paper.md §3.1, §3.2, §4.5, §4.6), to merge into
 # `config.optim`. Lion's BERT lr/wd and Sophia's BERT ρ/lr/wd are the code's yaml defaults (the
-# values the paper used are UNCONFIRMED). Sophia's Hessian batch: BERT 6 x 128 sequences, T5 one
-# full 2 x 72 batch, both passed with a leading micro-batch axis (gnb_microbatched=True).
+# values the paper used are UNCONFIRMED). Sophia's Hessian batch, drawn fresh from the data stream on
+# refresh steps: BERT 6 x 128 sequences (half of a step's 12 micro-batches), T5 one full 2 x 72
+# batch, both passed with a leading micro-batch axis (gnb_microbatched=True).
 PAPER_RECIPES = {
     "bert": {
         "adamw": dict(name="adamw", learning_rate=1e-3, b1=0.9, b2=0.98, eps=1e-12,
@@ -72,7 +77,7 @@ PAPER_RECIPES = {
         "sophia": dict(name="sophia", learning_rate=1e-3, b1=0.965, b2=0.99, rho=0.04,
                        weight_decay=0.01, clip_norm=0.5, weight_decay_exclude="bias",
                        update_interval=10, batch_tokens=196608, refresh_at_zero=True,
-                       gnb_microbatched=True),
+                       gnb_microbatched=True, hessian_batch_fraction=0.5, free_updates=False),
     },
     "t5": {
         "adamw_scale": dict(name="adamw_scale", learning_rate=2e-2, b1=0.9, b2=0.999, eps=1e-6,
@@ -82,11 +87,12 @@ PAPER_RECIPES = {
         "sophia": dict(name="sophia", learning_rate=1e-3, b1=0.965, b2=0.99, rho=1e-2,
                        weight_decay=0.0, clip_norm=1.0, scale_by_param_rms=True,
                        update_interval=10, batch_tokens=5120, refresh_at_zero=False,
-                       gnb_microbatched=True, gnb_clip_norm=1.0),
+                       gnb_microbatched=True, gnb_clip_norm=1.0, hessian_batch_fraction=1.0,
+                       free_updates=False),
     },
 }
 
-_DEFAULTS = {  # b1, b2, eps per optimizer (paper-facts §3.1, §3.2, §4.5, §4.6)
+_DEFAULTS = {  # b1, b2, eps per optimizer (docs/paper.md §3.1, §3.2, §4.5, §4.6)
     "adamw": (0.9, 0.98, 1e-12),
     "adamw_scale": (0.9, 0.999, 1e-6),
     "lion": (0.9, 0.99, None),
@@ -141,6 +147,25 @@ def _get(cfg, key, default=None):
   return default if value is None else value
 
 
+def user_optimizer(path: str) -> Callable:
+  """The function at 'module:function' (`fn(learning_rate, optim_cfg) -> optax transformation`,
+  wrapped like a built-in: clip first, learning rate injected); a ConfigError if it cannot be
+  imported or is not callable."""
+  import importlib
+  from ntng_jax.config import ConfigError
+  module_name, _, attr = path.partition(":")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f"optim.name {path!r}: cannot import {module_name!r} ({e}); put its"
+                      " directory on PYTHONPATH or run from the directory that holds it.") from None
+  fn = getattr(module, attr, None)
+  if not callable(fn):
+    raise ConfigError(f"optim.name {path!r}: module {module_name!r} has no function {attr!r};"
+                      " name a function fn(learning_rate, optim_cfg) defined in it.")
+  return fn
+
+
 def build_optimizer(optim_cfg, learning_rate: float | None = None
                     ) -> optax.GradientTransformationExtraArgs:
   """The optimizer described by `optim_cfg` (fields in the module docstring), lr injected.
@@ -149,21 +174,31 @@ def build_optimizer(optim_cfg, learning_rate: float | None = None
   `optim_cfg.learning_rate`); the trainer overwrites it every step.
   """
   name = optim_cfg["name"]
-  if name not in _DEFAULTS:
-    raise ValueError(f"optim.name must be one of {sorted(_DEFAULTS)}; got {name!r}.")
-  d_b1, d_b2, d_eps = _DEFAULTS[name]
+  user = user_optimizer(name) if ":" in name else None  # a user's 'module:function'
+  if name not in _DEFAULTS and user is None:
+    raise ValueError(f"optim.name must be one of {sorted(_DEFAULTS)} or 'module:function';"
+                     f" got {name!r}.")
+  d_b1, d_b2, d_eps = _DEFAULTS.get(name, (None, None, None))
   b1, b2, eps = _get(optim_cfg, "b1", d_b1), _get(optim_cfg, "b2", d_b2), _get(optim_cfg, "eps", d_eps)
   wd = float(_get(optim_cfg, "weight_decay", 0.0))
   mask = weight_decay_mask(_get(optim_cfg, "weight_decay_exclude", "bias"))
   stacked = path_mask((_get(optim_cfg, "stacked_params", DEFAULT_STACKED_PARAMS),), True)
   rms = bool(_get(optim_cfg, "scale_by_param_rms", False))
   clip = float(_get(optim_cfg, "clip_norm", 0.0))
+  layered = bool(_get(optim_cfg, "per_layer_step_counts", False))
 
   def make(learning_rate):
-    if name == "adamw":
-      opt = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask)
+    if user is not None:
+      opt = user(learning_rate, optim_cfg)
+    elif name == "adamw":
+      if layered:
+        opt = adamw_layered(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask,
+                            stacked=stacked)
+      else:
+        opt = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask)
     elif name == "adamw_scale":
-      opt = adamw_scale(learning_rate, b1, b2, eps, wd, mask, stacked=stacked)
+      opt = adamw_scale(learning_rate, b1, b2, eps, wd, mask, stacked=stacked,
+                        per_layer_counts=layered)
     elif name == "lion":
       opt = lion(learning_rate, b1, b2, wd, mask, rms, stacked=stacked)
     else:
@@ -180,3 +215,17 @@ def build_optimizer(optim_cfg, learning_rate: float | None = None
 
   lr0 = float(optim_cfg["learning_rate"] if learning_rate is None else learning_rate)
   return optax.inject_hyperparams(make)(learning_rate=lr0)
+
+
+def optimizer_hook(config) -> OptimizerHook:
+  """What the optimizer of `config` (full run config) needs from the trainer: extra data, RST
+  charges, update arguments (see `ntng_jax.optim.sophia.OptimizerHook`)."""
+  optim, t = config.optim, config.train
+  if optim["name"] != "sophia":
+    return OptimizerHook(optim["name"])
+  return SophiaHook(num_micro=int(t.batch_size) // int(t.micro_batch_size),
+                    micro_batch_size=int(t.micro_batch_size),
+                    hessian_batch_fraction=float(_get(optim, "hessian_batch_fraction", 1.0)),
+                    update_interval=int(_get(optim, "update_interval", 10)),
+                    refresh_at_zero=bool(_get(optim, "refresh_at_zero", True)),
+                    free_updates=bool(_get(optim, "free_updates", False)))

@@ -1,4 +1,4 @@
-"""Lion (paper-facts §4.5) in its two paper variants, built on `optax.scale_by_lion`.
+"""Lion (docs/paper.md §4.5) in its two paper variants, built on `optax.scale_by_lion`.
 
 Per step, with `g` the (clipped) gradient and `m` the momentum:
 

@@ -1,4 +1,4 @@
-"""Sophia-G (paper-facts §4.6) and its Gauss-Newton-Bartlett (GNB) Hessian-diagonal estimator.
+"""Sophia-G (docs/paper.md §4.6) and its Gauss-Newton-Bartlett (GNB) Hessian-diagonal estimator.
 
 Update, per parameter tensor (`g`: gradient after any clipping; `m`, `h`: float32 state; t = the
 number of updates done before this one, `state.count`):
@@ -38,7 +38,7 @@ unscaled-lr decay, and the RMS of the *decayed* tensor, cannot be expressed by c
 without knowing lr. So the transformation is written here. `gnb_hessian_diagonal` still plugs
 our estimator into optax.contrib.sophia for anyone who wants that variant.
 
-**Paper-code bugs fixed** (paper-facts §4.6, §7 item 5):
+**Paper-code bugs fixed** (docs/paper.md §4.6, §7 item 5):
 * BERT drew ŷ from a 768-way softmax over the final *hidden states* (with sparse prediction the
   model's "logits" output was the hidden states), so the MLM head got no estimate. Here the
   estimate always uses `logits_fn`, which returns vocabulary logits at the prediction positions.
@@ -62,10 +62,13 @@ our estimator into optax.contrib.sophia for anyone who wants that variant.
 Unknown extra kwargs are ignored, and optimizers that need none ignore all of these, so one train
 step can pass them to any optimizer from `build_optimizer`.
 
-**RST and "free updates".** The Hessian pass is an extra forward+backward over the Hessian batch
-on refresh steps. The trainer's meter charges it when `is_hessian_refresh_step(step, k)`; the
-paper's `free_updates` ablation (not charging it) is purely a trainer/meter switch and does not
-change this optimizer.
+**The trainer's side** (`SophiaHook`, an `OptimizerHook`). On refresh steps the trainer draws a
+fresh batch from the data stream (before the step's training batch, never trained on; the
+paper's BERT loop took 6 fresh 128-sequence micro-batches, its T5 loop one fresh full batch) and
+the train step passes its first `hessian_batch_fraction` of micro-batches as `gnb_batch`, at full
+depth. The RST meter charges that extra forward+backward as train micro-batches at full depth on
+refresh steps, unless `optim.free_updates` (the paper's ablation, not charging it) or the table
+prices Sophia per step (the paper's T5 table).
 """
 
 from __future__ import annotations
@@ -249,3 +252,106 @@ def sophia_g(learning_rate: optax.ScalarOrSchedule, b1: float = 0.965, b2: float
     return new_updates, SophiaGState(count=count, mu=mu, hessian=h)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# -------------------------------------------------------------------------------------------------
+# Optimizer hooks: what an optimizer needs from the trainer beyond the step's gradients.
+
+AUX_PREFIX = "optimizer_aux/"  # batch keys of the extra batch an optimizer asked for
+
+
+class OptimizerHook:
+  """The trainer's contract with an optimizer (the default: nothing beyond gradients).
+
+  * `aux_micro_batches`: micro-batches of fresh data the update reads (0 = none); the train step
+    then always receives an extra batch of the training batch's shape (`with_aux`), so it
+    compiles once;
+  * `draws_fresh(step)`: whether the trainer draws that batch from the data stream before the
+    step's training batch (on other steps the training batch stands in; it is not read);
+  * `charges(table, step, batch_size, depth)`: the optimizer's RST charges for the step;
+  * `update_args(logits_fn, aux, rng)`: extra keyword arguments of `tx.update`, inside jit.
+  The trainer and the train step only call these; they name no optimizer.
+  """
+
+  aux_micro_batches = 0
+
+  def __init__(self, name: str = ""):
+    self.name = name
+
+  def draws_fresh(self, step: int) -> bool:
+    del step
+    return False
+
+  def charges(self, table, step: int, batch_size: int, depth: int) -> list:
+    """A table with the optimizer's own per-step entry (the paper's T5 Lion/Sophia times) charges
+    it every step, as the paper did."""
+    del step, depth
+    from ntng_jax.rst import Charge
+    return [Charge("extra", self.name, batch_size)] if self.name in table.extra else []
+
+  def with_aux(self, batch: dict, aux: Optional[dict]) -> dict:
+    """The batch the train step takes: `batch`, plus the extra batch under AUX_PREFIX keys."""
+    if not self.aux_micro_batches:
+      return batch
+    aux = batch if aux is None else aux
+    return {**batch, **{AUX_PREFIX + k: v for k, v in aux.items()}}
+
+  def split_aux(self, batch: dict) -> tuple[dict, Optional[dict]]:
+    """(training batch, extra batch or None if it has none): the inverse of `with_aux`."""
+    if not self.aux_micro_batches:
+      return batch, None
+    n = len(AUX_PREFIX)
+    aux = {k[n:]: v for k, v in batch.items() if k.startswith(AUX_PREFIX)}
+    return {k: v for k, v in batch.items() if not k.startswith(AUX_PREFIX)}, aux or None
+
+  def update_args(self, logits_fn: LogitsFn, aux_micro: Optional[dict], rng) -> dict:
+    del logits_fn, aux_micro, rng
+    return {}
+
+
+class SophiaHook(OptimizerHook):
+  """Sophia-G's Hessian batch: on refresh steps (`is_hessian_refresh_step`) the first
+  `aux_micro_batches` micro-batches of a batch drawn fresh from the data stream and never trained
+  on (BERT: 6 x 128 = 768 sequences, `hessian_batch_fraction` 0.5 of a 12-micro-batch step; T5:
+  one full batch, fraction 1.0), at the model's full current depth. Charged as that many train
+  micro-batches at full depth on refresh steps, unless `free_updates` (the paper's ablation) or
+  the table has Sophia's own per-step entry (the paper's T5 table)."""
+
+  def __init__(self, num_micro: int, micro_batch_size: int, hessian_batch_fraction: float = 1.0,
+               update_interval: int = 10, refresh_at_zero: bool = True,
+               free_updates: bool = False):
+    super().__init__("sophia")
+    if not 0.0 < hessian_batch_fraction <= 1.0:
+      from ntng_jax.config import ConfigError
+      raise ConfigError(f"optim.hessian_batch_fraction must be in (0, 1] (the fraction of a"
+                        f" training batch's micro-batches the Hessian pass reads); got"
+                        f" {hessian_batch_fraction}.")
+    self.aux_micro_batches = max(1, round(hessian_batch_fraction * num_micro))
+    self.micro_batch_size = int(micro_batch_size)
+    self.update_interval, self.refresh_at_zero = int(update_interval), bool(refresh_at_zero)
+    self.free_updates = bool(free_updates)
+
+  @property
+  def hessian_sequences(self) -> int:
+    return self.aux_micro_batches * self.micro_batch_size
+
+  def draws_fresh(self, step: int) -> bool:
+    return bool(is_hessian_refresh_step(int(step), self.update_interval, self.refresh_at_zero))
+
+  def charges(self, table, step: int, batch_size: int, depth: int) -> list:
+    from ntng_jax.rst import Charge
+    if self.name in table.extra:
+      return [Charge("extra", self.name, batch_size)]
+    if self.free_updates or not self.draws_fresh(step):
+      return []
+    return [Charge("train", int(depth), self.hessian_sequences)]
+
+  def hessian_batch(self, aux_micro: dict) -> dict:
+    """The Hessian batch [n, micro, ...]: the first n micro-batches of the split extra batch."""
+    return jax.tree.map(lambda x: x[:self.aux_micro_batches], aux_micro)
+
+  def update_args(self, logits_fn: LogitsFn, aux_micro: Optional[dict], rng) -> dict:
+    """Sophia's `logits_fn`, `gnb_batch`, `gnb_rng`; no Hessian batch (no refresh) without one."""
+    if aux_micro is None:
+      return {}
+    return dict(logits_fn=logits_fn, gnb_batch=self.hessian_batch(aux_micro), gnb_rng=rng)

@@ -1,7 +1,7 @@
 """Pure, jitted steps: `train_step(state, batch, rng, controls)`, `eval_step(params, batch)`.
 
 `controls` carries what the host decides from the RST clock each step: `learning_rate` (f32 []),
-and optionally `keep` (bool [L]) for layer dropping. The global batch of B sequences is split into
+and optionally `keep` (bool [num_micro, L], a row per micro-batch, or [L]) for layer dropping. The global batch of B sequences is split into
 B / micro_batch_size micro-batches; gradients are accumulated with `lax.scan`, and the loss is the
 mean over micro-batches of each micro-batch's mean token loss (the paper's loss ÷ accumulation).
 """
@@ -49,12 +49,15 @@ def make_loss_fn(model, compute_dtype) -> Callable:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, num_micro: int, compute_dtype: str,
-                    mesh=None, hessian_micro_batches: int = 0) -> Callable:
+                    mesh=None, optimizer_hook=None) -> Callable:
   """Returns the pure `train_step(state, batch, rng, controls) -> (state, metrics)`.
 
-  `hessian_micro_batches` > 0 (Sophia-G): the first that many micro-batches of the step's batch
-  are passed to the optimizer as its Hessian batch (`gnb_batch`, read only on refresh steps)
-  together with `logits_fn` and `gnb_rng`, so the estimate uses the same keep vector and dtype.
+  `controls['keep']` (optional): bool [L] (every micro-batch) or [num_micro, L] (row m for
+  micro-batch m); the gradient is the mean over micro-batches, so a layer dropped in some of them
+  gets the others' gradient. `optimizer_hook` (an `ntng_jax.optim.OptimizerHook`, e.g. Sophia-G's):
+  the batch may carry the extra batch it asked for (`hook.split_aux`), split into micro-batches
+  like the training batch and passed to `tx.update` with the full-depth `logits_fn` and `rng`
+  through `hook.update_args`.
   """
   dtype = DTYPES[compute_dtype]
   loss_fn = make_loss_fn(model, dtype)
@@ -62,23 +65,31 @@ def make_train_step(model, tx: optax.GradientTransformation, num_micro: int, com
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array, controls: dict[str, Any]):
     keep = controls.get("keep")
+    aux = None
+    if optimizer_hook is not None:
+      batch, aux = optimizer_hook.split_aux(batch)
     micro = split_micro_batches(batch, num_micro, mesh)
+    if keep is not None:
+      keep = jnp.asarray(keep, bool)
+      keep = jnp.broadcast_to(keep, (num_micro, keep.shape[-1]))
 
-    def accumulate(carry, micro_batch):
+    def accumulate(carry, xs):
       loss_sum, grad_sum = carry
-      loss, grads = grad_fn(state.params, micro_batch, keep)
+      micro_batch, micro_keep = xs
+      loss, grads = grad_fn(state.params, micro_batch, micro_keep)
       return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros), micro)
+    (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                           (micro, keep))
     loss = loss_sum / num_micro
     grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
 
     extra = {}
-    if hessian_micro_batches:
-      extra = dict(logits_fn=lambda p, b: model.logits(p, b, keep=keep, dtype=dtype),
-                   gnb_batch=jax.tree.map(lambda x: x[:hessian_micro_batches], micro),
-                   gnb_rng=rng)
+    if optimizer_hook is not None:
+      aux_micro = None if aux is None else split_micro_batches(aux, num_micro, mesh)
+      extra = optimizer_hook.update_args(lambda p, b: model.logits(p, b, dtype=dtype), aux_micro,
+                                         rng)
     opt_state = set_learning_rate(state.opt_state, controls["learning_rate"])
     updates, opt_state = tx.update(grads, opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
