@@ -87,11 +87,19 @@ def model_flops(config, groups: dict, batch: dict) -> tuple[float, str]:
   return 6.0 * (enc * B * S_in + dec * B * S_t), "6*(encoder*B*S_in + (decoder+lm_head)*B*S_tgt)"
 
 
-def time_config(family: str, size: str, batch_size: int, args) -> dict:
+def build(family: str, size: str, batch_size: int, micro_batch: int = 0,
+          dtype: str = "float32", seq_len: int = 0, model: dict | None = None) -> dict:
+  """The project's jitted train step at one shape: dict(config, built, state, batch (on the
+  mesh), batch_np, mesh, controls, rng). `seq_len` 0 keeps the size's; `model` overrides
+  model fields (e.g. attention_impl)."""
   config = get_config(family, f"size={size}")
   config.train.batch_size = batch_size
-  config.train.micro_batch_size = min(args.micro_batch or batch_size, batch_size)
-  config.train.compute_dtype = args.dtype
+  config.train.micro_batch_size = min(micro_batch or batch_size, batch_size)
+  config.train.compute_dtype = dtype
+  if seq_len:
+    config.data.seq_len = seq_len
+  for key, value in (model or {}).items():
+    config.model[key] = value
   mesh = partitioning.make_mesh(config.mesh)
   tx = build_optimizer(config.optim)
   batch_np = synthetic_batch(config, batch_size, np.random.default_rng(0))
@@ -99,9 +107,15 @@ def time_config(family: str, size: str, batch_size: int, args) -> dict:
   built = loop.build_programs(config, loop.model_at_depth(config, config.model.num_layers), tx,
                               mesh, example)
   state = loop.init_state(built, tx, mesh, example, seed=0)
-  batch = partitioning.global_batch(mesh, batch_np)
-  controls = {"learning_rate": np.float32(1e-4)}
-  rng = jax.random.PRNGKey(0)
+  return dict(config=config, built=built, state=state, batch_np=batch_np, mesh=mesh,
+              batch=partitioning.global_batch(mesh, batch_np),
+              controls={"learning_rate": np.float32(1e-4)}, rng=jax.random.PRNGKey(0))
+
+
+def time_config(family: str, size: str, batch_size: int, args) -> dict:
+  b = build(family, size, batch_size, args.micro_batch, args.dtype)
+  config, built, state, batch_np, mesh = b["config"], b["built"], b["state"], b["batch_np"], b["mesh"]
+  batch, controls, rng = b["batch"], b["controls"], b["rng"]
   times = []
   with partitioning.activate(mesh):
     for i in range(args.warmup + args.repeats):

@@ -65,7 +65,7 @@ def test_model_config_errors():
   with pytest.raises(ValueError, match='model.size'):
     model_config('bert', 'huge')
   with pytest.raises(ValueError, match='model.family'):
-    model_config('gpt', 'tiny')
+    model_config('xlnet', 'tiny')
   with pytest.raises(ValueError, match='model.hiden is not a model field'):
     model_config('bert', 'tiny', hiden=3)
   with pytest.raises(ValueError, match='model.num_layers'):
@@ -310,3 +310,58 @@ def test_greedy_decode_stops_after_eos():
   out = tiny_decoder(True)(params, ids, jnp.ones_like(ids))
   np.testing.assert_array_equal(out[:, 0], EOS_ID)
   np.testing.assert_array_equal(out[:, 1:], PAD_ID)
+
+
+# ---- fine-tuning fidelity: attention dropout, pad row ---------------------------------------
+
+@pytest.mark.parametrize('family', ['bert', 't5'])
+def test_attention_dropout_only_in_training(family):
+  model = build_model(model_config(family, 'tiny', attention_dropout_rate=0.1))
+  params, batch = tiny(family)[1], tiny(family)[2]  # same parameter tree
+  fwd = jax.jit(lambda p, rng, det: model.logits(p, batch, deterministic=det, rng=rng)[0],
+                static_argnums=2)
+  a, b = fwd(params, jax.random.key(3), False), fwd(params, jax.random.key(4), False)
+  assert np.all(np.isfinite(a)) and not np.allclose(a, b)
+  # Evaluation (deterministic) is exactly the rate-0 model; so is training at rate 0.
+  np.testing.assert_array_equal(fwd(params, None, True), tiny_forward(family)(params, batch))
+  plain = tiny(family)[0]
+  train0 = jax.jit(lambda p, rng: plain.logits(p, batch, deterministic=False, rng=rng)[0])
+  np.testing.assert_array_equal(train0(params, jax.random.key(3)),
+                                tiny_forward(family)(params, batch))
+  with pytest.raises(ValueError, match='model.attention_dropout_rate'):
+    model_config(family, 'tiny', attention_dropout_rate=1.0)
+
+
+def test_attention_dropout_drops_probabilities():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 5, 2, 4))
+  layer = lambda rate, det: L.BertAttention(2, 4, 0.02, dropout_rate=rate, deterministic=det)
+  x = q.reshape(2, 5, 8)
+  params = layer(0.0, True).init(jax.random.key(1), x)
+  base = layer(0.0, True).apply(params, x)
+  outs = [layer(0.5, False).apply(params, x, rngs={'dropout': jax.random.key(i)})
+          for i in range(200)]
+  assert not np.allclose(outs[0], base)
+  # Inverted dropout keeps the expectation: the mean over draws approaches the plain output.
+  np.testing.assert_allclose(np.mean(outs, 0), base, atol=0.2 * float(jnp.abs(base).max()))
+
+
+def test_pad_row_gets_no_gradient_through_the_lookup():
+  model, params, batch = tiny('bert')
+  params = nn.unbox(params)
+  ids = batch['input_ids'].at[:, -3:].set(0)  # pad id 0 as input tokens
+  batch = dict(batch, input_ids=ids)
+
+  def encode_loss(p):
+    h = model.module.apply({'params': p}, ids, method='encode')
+    return jnp.sum(h * jnp.cos(jnp.arange(h.size).reshape(h.shape)))
+
+  g = jax.jit(jax.grad(encode_loss))(params)['word_embed']['embedding']
+  assert float(jnp.abs(g[0]).max()) == 0.0
+  assert float(jnp.abs(g[ids[0, 0]]).max()) > 0.0
+  # The tied MLM decoder still trains the pad row, as torch's tied weight does.
+  full = jax.jit(jax.grad(lambda p: losses.mean_token_loss(*model.logits(p, batch))))(params)
+  assert float(jnp.abs(full['word_embed']['embedding'][0]).max()) > 0.0
+  # The forward pass is the plain lookup.
+  emb = jax.jit(lambda p: model.module.apply({'params': p}, ids, method=lambda m, i:
+                                            m.word_embed(i)))(params)
+  np.testing.assert_array_equal(emb, params['word_embed']['embedding'][ids])

@@ -1,4 +1,4 @@
-"""Crammed BERT (paper-facts §3.1): pre-LN encoder with gated-GELU MLPs, no dense biases,
+"""Crammed BERT (docs/paper.md §3.1): pre-LN encoder with gated-GELU MLPs, no dense biases,
 scaled sinusoidal positions, and a sparse MLM head tied to the word embedding."""
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ class BertBlock(Block):
   def setup(self):
     c = self.cfg
     self.norm1 = L.LayerNorm(c.layer_norm_eps, dtype=self.dtype)
-    self.attn = L.BertAttention(c.num_heads, c.head_dim, c.init_std, dtype=self.dtype)
+    self.attn = L.BertAttention(c.num_heads, c.head_dim, c.init_std, dtype=self.dtype,
+                                dropout_rate=c.attention_dropout_rate,
+                                deterministic=self.deterministic, impl=c.attention_impl)
     self.norm2 = L.LayerNorm(c.layer_norm_eps, dtype=self.dtype)
     self.mlp = L.BertMLP(c.intermediate_size, c.init_std, dtype=self.dtype)
     self.dropout = nn.Dropout(c.dropout_rate)

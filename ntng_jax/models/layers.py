@@ -8,6 +8,7 @@ float32; softmax and norms run in float32. Every parameter carries logical axis 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -65,8 +66,12 @@ class Embed(nn.Module):
                                 (self.num_embeddings, self.features), jnp.float32)
 
   def __call__(self, ids):
-    """ids [B, S] int -> [B, S, D] in dtype."""
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+    """ids [B, S] int -> [B, S, D] in dtype. The lookup passes no gradient to `zero_row`
+    (torch padding_idx); `attend` still does, as torch's tied decoder does."""
+    x = jnp.take(self.embedding, ids, axis=0)
+    if self.zero_row is not None:
+      x = jnp.where((ids == self.zero_row)[..., None], jax.lax.stop_gradient(x), x)
+    return x.astype(self.dtype)
 
   def attend(self, x):
     """x [..., D] -> logits [..., V] (in dtype)."""
@@ -140,15 +145,67 @@ class T5MLP(nn.Module):
     return Dense(d, ('mlp', 'embed'), self.wo_std, dtype=self.dtype, name='wo')(h)
 
 
-def dot_product_attention(q, k, v, bias=None, scale: float = 1.0, dtype: Dtype = jnp.float32):
+def dot_product_attention(q, k, v, bias=None, scale: float = 1.0, dtype: Dtype = jnp.float32,
+                          dropout=None):
   """q [B, Q, H, Dh], k/v [B, K, H, Dh], bias broadcastable to [B, H, Q, K] (additive, f32)
-  -> [B, Q, H, Dh] in dtype. Softmax in float32."""
+  -> [B, Q, H, Dh] in dtype. Softmax in float32; `dropout` (None or a function) is applied to
+  the probabilities."""
   scores = jnp.einsum('bqhd,bkhd->bhqk', q.astype(dtype), k.astype(dtype)).astype(jnp.float32)
   scores = scores * scale
   if bias is not None:
     scores = scores + bias
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  return jnp.einsum('bhqk,bkhd->bqhd', probs, v.astype(dtype))
+  probs = jax.nn.softmax(scores, axis=-1)
+  if dropout is not None:
+    probs = dropout(probs)
+  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dtype), v.astype(dtype))
+
+
+def resolve_attention_impl(impl: str, dtype: Dtype) -> str:
+  """The attention implementation `impl` ('auto' | 'einsum' | 'xla' | 'cudnn') stands for here.
+
+  'auto' picks by platform: cuDNN's fused kernel on NVIDIA GPUs when computing in 16 bits
+  (it has no float32 kernel), XLA's `jax.nn.dot_product_attention` on other GPUs/TPUs, and the
+  einsum path on CPU, where it measured fastest (BENCHMARKS.md, "CPU speed")."""
+  if impl != 'auto':
+    return impl
+  platform = jax.devices()[0].platform
+  if platform == 'cpu':
+    return 'einsum'
+  if platform == 'gpu' and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return 'cudnn'
+  return 'xla'
+
+
+def attention(q, k, v, bias=None, mask_bias=None, scale: float = 1.0, dtype: Dtype = jnp.float32,
+              impl: str = 'einsum', dropout=None):
+  """Multi-head attention through the implementation `impl` (see `resolve_attention_impl`).
+
+  q [B, Q, H, Dh], k/v [B, K, H, Dh]; `bias` a learned additive bias (T5's relative positions,
+  broadcastable to [B, H, Q, K], f32) and `mask_bias` the additive 0 / NEG_INF mask (padding or
+  causal) -> [B, Q, H, Dh] in dtype. 'einsum' is `dot_product_attention`; with `dropout` (which
+  jax.nn.dot_product_attention lacks) every implementation takes that path."""
+  impl = resolve_attention_impl(impl, dtype)
+  if impl == 'einsum' or dropout is not None:
+    return dot_product_attention(q, k, v, add_biases(bias, mask_bias), scale, dtype, dropout)
+  q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
+  if impl == 'xla':
+    return jax.nn.dot_product_attention(q, k, v, bias=add_biases(bias, mask_bias), scale=scale,
+                                        implementation='xla')
+  if impl == 'cudnn':  # bias in the compute dtype; the 0 / NEG_INF mask as a boolean mask
+    mask = None if mask_bias is None else jnp.broadcast_to(
+        mask_bias == 0, mask_bias.shape[:2] + (q.shape[1], k.shape[1]))
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=None if bias is None else bias.astype(dtype), mask=mask, scale=scale,
+        implementation='cudnn')
+  raise ValueError(f"model.attention_impl must be one of auto, einsum, xla, cudnn; got {impl!r}.")
+
+
+def probs_dropout(rate: float, deterministic: bool):
+  """The `dropout` argument of `dot_product_attention` for a module: None when inactive, else a
+  Flax Dropout drawing from the 'dropout' rng (call inside a compact module)."""
+  if deterministic or rate == 0.0:
+    return None
+  return functools.partial(nn.Dropout(rate), deterministic=False)
 
 
 class BertAttention(nn.Module):
@@ -159,14 +216,19 @@ class BertAttention(nn.Module):
   head_dim: int
   std: float
   dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0  # on the attention probabilities, when not deterministic
+  deterministic: bool = True
+  impl: str = 'einsum'  # see `attention`
 
   @nn.compact
   def __call__(self, x, bias=None):
+    """`bias`: the additive padding mask [B, 1, 1, S] or None."""
     qkv = Dense((3, self.num_heads, self.head_dim), ('embed', 'qkv', 'heads', 'kv'), self.std,
                 dtype=self.dtype, name='qkv')(x)
     qkv = constrain(qkv, ('act_batch', 'act_length', None, 'act_heads', None))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = dot_product_attention(q, k, v, bias, 1.0 / math.sqrt(self.head_dim), self.dtype)
+    out = attention(q, k, v, None, bias, 1.0 / math.sqrt(self.head_dim), self.dtype, self.impl,
+                    probs_dropout(self.dropout_rate, self.deterministic))
     return Dense(x.shape[-1], ('heads', 'kv', 'embed'), self.std, in_dims=2, dtype=self.dtype,
                  name='out')(out)
 
@@ -186,9 +248,13 @@ class T5Attention(nn.Module):
   cross: bool = False
   decode_len: int = 0
   dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0  # on the attention probabilities, when not deterministic
+  deterministic: bool = True
+  impl: str = 'einsum'  # see `attention`
 
   @nn.compact
-  def __call__(self, x, kv, bias=None, position=None):
+  def __call__(self, x, kv, bias=None, position=None, mask_bias=None):
+    """`bias`: the relative-position bias; `mask_bias`: the additive padding/causal mask."""
     hd = (self.num_heads, self.head_dim)
     axes = ('embed', 'heads', 'kv')
     q = Dense(hd, axes, self.q_std, dtype=self.dtype, name='q')(x)
@@ -212,7 +278,8 @@ class T5Attention(nn.Module):
       k, v = ck.value, cv.value
     else:
       k, v = k_proj(kv), v_proj(kv)
-    out = dot_product_attention(q, k, v, bias, 1.0, self.dtype)
+    out = attention(q, k, v, bias, mask_bias, 1.0, self.dtype, self.impl,
+                    probs_dropout(self.dropout_rate, self.deterministic))
     return Dense(x.shape[-1], ('heads', 'kv', 'embed'), self.o_std, in_dims=2, dtype=self.dtype,
                  name='o')(out)
 

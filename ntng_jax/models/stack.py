@@ -11,7 +11,25 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+
+def resolve_layer_loop(layer_loop: str, hidden_size: int) -> str:
+  """'scan' (a loop over the stacked layers) or 'unroll' (the same scan fully unrolled: one
+  copy of the layer per depth in the program, the parameters still stacked) for
+  `model.layer_loop`; 'auto' picks what measured faster (BENCHMARKS.md, "CPU speed"): unrolled
+  on CPU up to `UNROLL_MAX_HIDDEN_CPU`, the scan otherwise."""
+  if layer_loop != 'auto':
+    return layer_loop
+  if jax.devices()[0].platform == 'cpu' and hidden_size <= UNROLL_MAX_HIDDEN_CPU:
+    return 'unroll'
+  return 'scan'
+
+
+# Unrolled/scanned train step on the 2-core CPU (benchmarks/variants.py, near quiet): BERT small
+# (D=256) 0.86, T5 small (D=256) 0.70, BERT base (D=768) 1.52.
+UNROLL_MAX_HIDDEN_CPU = 256
 
 
 class Block(nn.Module):
@@ -65,6 +83,8 @@ class LayerStack(nn.Module):
         split_rngs={'params': True, 'dropout': True},
         in_axes=(nn.broadcast if keep is None else 0,) + (nn.broadcast,) * len(broadcast),
         length=self.num_layers,
+        unroll=(self.num_layers if resolve_layer_loop(self.cfg.layer_loop, self.cfg.hidden_size)
+                == 'unroll' else 1),
         metadata_params={nn.PARTITION_NAME: 'layers'},
     )
     x, _ = scanned(self.cfg, self.dtype, self.deterministic, self.decode_len,

@@ -1,4 +1,4 @@
-"""T5 v1.1 (paper-facts §3.2): shared input embedding, pre-RMSNorm blocks with a relative
+"""T5 v1.1 (docs/paper.md §3.2): shared input embedding, pre-RMSNorm blocks with a relative
 position bias table in every self-attention block, gated-GELU MLPs, untied lm_head, Mesh-TF
 initialisation; plus greedy decoding with a KV cache."""
 
@@ -29,7 +29,9 @@ class _T5Block(Block):
   def _attention(self, cross: bool):
     c, s = self.cfg, _stds(self.cfg)
     return L.T5Attention(c.num_heads, c.head_dim, s['q'], s['kv'], s['o'], cross=cross,
-                         decode_len=self.decode_len, dtype=self.dtype)
+                         decode_len=self.decode_len, dtype=self.dtype,
+                         dropout_rate=c.attention_dropout_rate, deterministic=self.deterministic,
+                         impl=c.attention_impl)
 
   def _common_setup(self):
     c, s = self.cfg, _stds(self.cfg)
@@ -52,7 +54,7 @@ class T5EncoderBlock(_T5Block):
 
   def layer(self, x, buckets, mask_bias):
     h = self.self_norm(x)
-    x = self._residual(x, self.self_attn(h, h, L.add_biases(self.rel_bias(buckets), mask_bias)))
+    x = self._residual(x, self.self_attn(h, h, self.rel_bias(buckets), mask_bias=mask_bias))
     x = self._residual(x, self.mlp(self.mlp_norm(x)))
     return L.constrain(x, ('act_batch', 'act_length', 'act_embed'))
 
@@ -68,8 +70,9 @@ class T5DecoderBlock(_T5Block):
 
   def layer(self, x, buckets, self_bias, encoded, cross_bias, position):
     h = self.self_norm(x)
-    x = self._residual(x, self.self_attn(h, h, self.rel_bias(buckets) + self_bias, position))
-    x = self._residual(x, self.cross_attn(self.cross_norm(x), encoded, cross_bias))
+    x = self._residual(x, self.self_attn(h, h, self.rel_bias(buckets), position,
+                                         mask_bias=self_bias))
+    x = self._residual(x, self.cross_attn(self.cross_norm(x), encoded, mask_bias=cross_bias))
     x = self._residual(x, self.mlp(self.mlp_norm(x)))
     return L.constrain(x, ('act_batch', 'act_length', 'act_embed'))
 
