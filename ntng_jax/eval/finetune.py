@@ -1,22 +1,28 @@
-"""BERT fine-tuning on GLUE / SuperGLUE (paper-facts §5), one fresh model per task.
+"""BERT fine-tuning on GLUE / SuperGLUE (docs/paper.md §5), one fresh model per task.
 
-Model: the pre-trained encoder (``Bert.encode``, padding masked in attention, dropout on) +
+Model: the pre-trained encoder (``Bert.encode``, padding masked in attention) +
 :class:`~ntng_jax.eval.heads.ClassificationHead` (first-token pooling -> Dense 1024 -> tanh ->
-dropout 0.1 -> Dense classes; STS-B: one output trained with MSE).
+dropout 0.1 -> Dense classes; STS-B: one output trained with MSE). Dropout as the original's
+fine-tuning (crammed BERT ``arch/bert-c5.yaml`` in train mode): 0.1 on hidden states and the
+embedding (``dropout_rate``) and 0.1 on attention probabilities (``attention_dropout_rate``,
+FlashMHA's ``attention_dropout``), in training only; evaluation is deterministic. The lookup
+gives the word embedding's pad row no gradient (torch ``padding_idx``), so fine-tuning with
+the paper's zero weight decay never moves it.
 
 Recipe (:func:`paper_recipe`): AdamW (betas 0.9/0.98, eps 1e-6, no weight decay, no
 clipping), batch 16, max length 128; GLUE lr 4e-5 for 5 epochs, SuperGLUE lr 5e-5 for 10
 epochs; cosine decay after a linear warmup over 10 % of *this task's* steps (the original
-reused CoLA's/BoolQ's warmup for every later task, fact sheet §7 item 12). The rate of step
+reused CoLA's/BoolQ's warmup for every later task, docs/paper.md §7.12). The rate of step
 ``s`` (0-based) of ``T`` is the schedule at ``s + 0.5`` (no step is spent at rate 0).
 Training batches are shuffled (seeded) and the last partial one is dropped; dev batches keep
 every example (the last one is padded and masked). The dev set is scored after every epoch
 and each metric keeps its maximum over epochs (the paper's protocol); MNLI's mismatched dev
 set is scored once after the last epoch (result key ``mnli_mm``).
 
-Programs: the train step is pure and jitted once per static shape (the batch split over the
-data × fsdp mesh axes, the state donated, as ``ntng_jax/train/step.py``); tasks with the same
-number of classes reuse the compiled programs.
+Config, state, train step, programs and epoch loop come from :mod:`ntng_jax.eval.ft_core`
+(shared with SNI); this module adds the classification head, its loss, the schedule and the
+dev metrics. The config is an ml_collections ConfigDict (:func:`FinetuneConfig`,
+:func:`paper_recipe`). Tasks with the same number of classes reuse the compiled programs.
 
 Typical use::
 
@@ -30,66 +36,62 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from ntng_jax import partitioning
+from ntng_jax.eval import ft_core
 from ntng_jax.eval.encoding import encode_classification, iterate_batches
+from ntng_jax.eval.ft_core import (best_over_epochs, default_mesh, device_batch, local_rows,
+                                   subsample)
 from ntng_jax.eval.heads import ClassificationHead, classification_loss, predictions_from_logits
 from ntng_jax.eval.metrics import glue_average, superglue_average
 from ntng_jax.eval.tasks import TaskSpec, compute_metrics, get_task, load_examples
-from ntng_jax.train.state import TrainState
-from ntng_jax.train.step import set_learning_rate
 
 __all__ = ["FinetuneConfig", "paper_recipe", "cosine_warmup_lr", "warmup_steps_for",
            "default_mesh", "finetune_task", "run_suite", "subsample", "majority_rate",
            "best_over_epochs", "suite_average", "classifier_apply", "encoder_params", "predict",
-           "local_rows"]
+           "local_rows", "finetune_model_config"]
 
 # Parameters of the pre-trained BERT that the encoder path does not use (the MLM head).
 _UNUSED_BERT_PARAMS = ("head",)
 
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """Fine-tuning hyper-parameters (defaults: the paper's GLUE recipe)."""
-
-    learning_rate: float = 4e-5
-    epochs: int = 5
-    batch_size: int = 16
-    eval_batch_size: int = 128
-    max_length: int = 128
-    warmup_fraction: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.98
-    eps: float = 1e-6
-    weight_decay: float = 0.0
-    dropout_rate: float = 0.1       # encoder dropout while fine-tuning (0 in pre-training)
-    head_hidden: int = 1024
-    head_dropout: float = 0.1
-    seed: int = 0
-    max_train_examples: int = 0     # 0 = all; else a seeded random subset of that size
-    max_eval_examples: int = 0      # 0 = all; else the first that many dev examples
-
-    def replace(self, **changes) -> "FinetuneConfig":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+# GLUE / SuperGLUE fields beyond ft_core.COMMON_FIELDS, and the paper's GLUE values.
+FIELDS = dict(
+    learning_rate=4e-5,
+    epochs=5,
+    batch_size=16,
+    eval_batch_size=128,
+    max_length=128,
+    warmup_fraction=0.1,
+    b1=0.9,
+    b2=0.98,
+    eps=1e-6,
+    dropout_rate=0.1,            # encoder hidden/embedding dropout (0 in pre-training)
+    attention_dropout_rate=0.1,  # on attention probabilities (0 in pre-training)
+    head_hidden=1024,
+    head_dropout=0.1,
+)
+SUITE_RECIPES = {"glue": dict(learning_rate=4e-5, epochs=5),
+                 "superglue": dict(learning_rate=5e-5, epochs=10)}
 
 
-def paper_recipe(suite: str, **overrides) -> FinetuneConfig:
+def FinetuneConfig(**overrides) -> ml_collections.ConfigDict:  # noqa: N802 -- a config type
+    """Fine-tuning hyper-parameters as an ml_collections ConfigDict (defaults: the paper's
+    GLUE recipe); keyword ``overrides`` that are not None replace fields."""
+    return ft_core.make_config(FIELDS, **overrides)
+
+
+def paper_recipe(suite: str, **overrides) -> ml_collections.ConfigDict:
     """The paper's recipe for ``suite`` ('glue': 4e-5, 5 epochs; 'superglue': 5e-5, 10
     epochs); keyword ``overrides`` that are not None replace fields."""
-    if suite == "glue":
-        cfg = FinetuneConfig(learning_rate=4e-5, epochs=5)
-    elif suite == "superglue":
-        cfg = FinetuneConfig(learning_rate=5e-5, epochs=10)
-    else:
+    if suite not in SUITE_RECIPES:
         raise ValueError(f"Unknown suite {suite!r} for BERT fine-tuning; use glue or superglue.")
-    return cfg.replace(**overrides)
+    return ft_core.with_overrides(FinetuneConfig(**SUITE_RECIPES[suite]), **overrides)
 
 
 def warmup_steps_for(total_steps: int, warmup_fraction: float) -> int:
@@ -108,39 +110,11 @@ def cosine_warmup_lr(step: int, total_steps: int, warmup_steps: int, peak: float
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def default_mesh():
-    """All devices on the 'data' axis (the fine-tuned models fit one device)."""
-    return partitioning.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
-
-
-def subsample(examples: Sequence, n: int, seed: int) -> list:
-    """A seeded random subset of ``n`` examples in their original order (all if n <= 0)."""
-    if n <= 0 or n >= len(examples):
-        return list(examples)
-    keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:n])
-    return [examples[i] for i in keep]
-
-
 def majority_rate(train_labels, dev_labels) -> tuple[int, float]:
     """(the most frequent training class, the dev accuracy of always predicting it)."""
     train_labels = np.asarray(train_labels, dtype=np.int64)
     cls = int(np.bincount(train_labels[train_labels >= 0]).argmax())
     return cls, float(np.mean(np.asarray(dev_labels) == cls))
-
-
-def best_over_epochs(epochs: Sequence[dict]) -> tuple[dict, dict]:
-    """``({metric: max over epochs}, {metric: 1-based epoch of that max})``; NaN epochs are
-    ignored (a metric that is NaN in every epoch stays NaN)."""
-    best, best_epoch = {}, {}
-    for rec in epochs:
-        for name, value in rec["metrics"].items():
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                best.setdefault(name, float("nan"))
-                best_epoch.setdefault(name, None)
-                continue
-            if best_epoch.get(name) is None or value > best[name]:
-                best[name], best_epoch[name] = float(value), rec["epoch"]
-    return best, best_epoch
 
 
 def suite_average(suite: str, best_by_task: dict) -> dict:
@@ -152,10 +126,9 @@ def suite_average(suite: str, best_by_task: dict) -> dict:
 # Model and programs.
 
 
-def _frozen(model_cfg, dropout_rate: float) -> ml_collections.FrozenConfigDict:
-    cfg = ml_collections.ConfigDict(dict(model_cfg))
-    cfg.dropout_rate = float(dropout_rate)
-    return ml_collections.FrozenConfigDict(cfg)
+def finetune_model_config(model_cfg, cfg) -> ml_collections.FrozenConfigDict:
+    """The pre-trained model's config with ``cfg``'s fine-tuning dropout rates."""
+    return ft_core.model_config(model_cfg, cfg.dropout_rate, cfg.attention_dropout_rate)
 
 
 def encoder_params(params: dict) -> dict:
@@ -163,12 +136,7 @@ def encoder_params(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in _UNUSED_BERT_PARAMS}
 
 
-@dataclasses.dataclass(frozen=True)
-class _Programs:
-    init: Callable        # (encoder_params, rng) -> TrainState (fresh head, fresh optimizer)
-    train_step: Callable  # (state, batch, rng, lr) -> (state, {'loss'})
-    eval_step: Callable   # (params, batch) -> logits [B, C]
-    state_shardings: Any
+_Programs = ft_core.Programs  # init(encoder_params, rng), train_step, eval_step -> logits
 
 
 def classifier_apply(bert, head, params, input_ids, attention_mask, deterministic: bool,
@@ -194,71 +162,40 @@ def _programs(model_cfg: ml_collections.FrozenConfigDict, num_classes: int, head
     bert = model.module
     head = ClassificationHead(num_classes=num_classes, hidden=head_hidden,
                               dropout_rate=head_dropout)
-    tx = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b1=b1, b2=b2, eps=eps,
-                                               weight_decay=weight_decay)
     example = dict(input_ids=np.zeros((1, 8), np.int32), mlm_positions=np.zeros((1, 1), np.int32))
     hidden_example = jnp.zeros((1, 1, model_cfg.hidden_size), jnp.float32)
 
-    def boxed_state(rng):
+    def boxed_params(rng):
         enc = encoder_params(model.init(rng, example))
-        params = {"encoder": enc, "head": head.init(rng, hidden_example)["params"]}
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), method_state={})
+        return {"encoder": enc, "head": head.init(rng, hidden_example)["params"]}
 
-    with partitioning.rules_context():
-        abstract = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
-        shardings = partitioning.logical_shardings(mesh, abstract)
-    rep, batch_sh = partitioning.replicated(mesh), partitioning.batch_sharding(mesh)
-
-    def init(enc_params, rng):
+    def init_params(enc_params, rng):
         # Copies: the pre-trained arrays are reused by the next task; the state is donated.
         enc = jax.tree.map(jnp.copy, enc_params)
-        params = {"encoder": enc, "head": head.init(rng, hidden_example)["params"]}
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), method_state={})
+        return {"encoder": enc, "head": head.init(rng, hidden_example)["params"]}
 
     def loss_fn(params, batch, rng):
         logits = classifier_apply(bert, head, params, batch["input_ids"],
                                   batch["attention_mask"], deterministic=False, rng=rng)
         return classification_loss(logits, batch["labels"], num_classes)
 
-    def train_step(state: TrainState, batch: dict, rng, learning_rate):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
-        opt_state = set_learning_rate(state.opt_state, learning_rate)
-        updates, opt_state = tx.update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), \
-            {"loss": loss}
-
     def eval_step(params, batch):
         return classifier_apply(bert, head, params, batch["input_ids"],
                                 batch["attention_mask"], deterministic=True)
 
-    enc_shardings = shardings.params["encoder"]
-    return _Programs(
-        init=jax.jit(init, in_shardings=(enc_shardings, rep), out_shardings=shardings),
-        train_step=jax.jit(train_step, in_shardings=(shardings, batch_sh, rep, rep),
-                           out_shardings=(shardings, rep), donate_argnums=(0,)),
-        eval_step=jax.jit(eval_step, in_shardings=(shardings.params, batch_sh),
-                          out_shardings=rep),
-        state_shardings=shardings)
+    core = ft_core.build_programs(boxed_params, init_params,
+                                  lambda sh, rep: (sh["encoder"], rep), loss_fn,
+                                  ft_core.adamw(b1, b2, eps, weight_decay), mesh)
+    return dataclasses.replace(core, eval_step=jax.jit(
+        eval_step, in_shardings=(core.state_shardings.params, core.batch_sharding),
+        out_shardings=core.replicated))
 
 
 # -------------------------------------------------------------------------------------------
 # One task.
 
 
-def local_rows(batch: dict) -> dict:
-    """This process's contiguous share of a global host batch (all of it in one process), as
-    ``partitioning.global_batch`` expects."""
-    n, i = jax.process_count(), jax.process_index()
-    if n == 1:
-        return batch
-    return {k: v[i * (len(v) // n):(i + 1) * (len(v) // n)] for k, v in batch.items()}
-
-
-def _device_batch(mesh, batch: dict, keys: Sequence[str]) -> dict:
-    return partitioning.global_batch(mesh, local_rows({k: batch[k] for k in keys}))
+_device_batch = device_batch
 
 
 def predict(programs: _Programs, params, arrays: dict, batch_size: int, mesh,
@@ -268,7 +205,7 @@ def predict(programs: _Programs, params, arrays: dict, batch_size: int, mesh,
     with partitioning.activate(mesh):
         for batch in iterate_batches(arrays, batch_size, pad_last=True):
             logits = programs.eval_step(
-                params, _device_batch(mesh, batch, ("input_ids", "attention_mask")))
+                params, device_batch(mesh, batch, ("input_ids", "attention_mask")))
             outputs.append((logits, batch["example_mask"]))
     preds = [np.asarray(predictions_from_logits(np.asarray(jax.device_get(lg)), num_classes))
              [mask > 0] for lg, mask in outputs]
@@ -276,25 +213,23 @@ def predict(programs: _Programs, params, arrays: dict, batch_size: int, mesh,
 
 
 def finetune_task(pretrained, task: str | TaskSpec, train_examples: Sequence,
-                  dev_examples: Sequence, cfg: FinetuneConfig, mesh=None,
+                  dev_examples: Sequence, cfg, mesh=None,
                   extra_dev: dict | None = None, log: Callable[[str], None] | None = print,
                   ) -> dict:
     """Fine-tunes a fresh copy of the pre-trained encoder + a new head on one task.
 
     pretrained: :class:`~ntng_jax.eval.pretrained.Pretrained` (or any object with
       ``model_cfg``, ``params``, ``tokenizer``); train/dev_examples: reader examples;
-    extra_dev: ``{result_key: examples}`` scored once after the last epoch (MNLI-mm).
+    cfg: a :func:`FinetuneConfig`; extra_dev: ``{result_key: examples}`` scored once after the
+    last epoch (MNLI-mm).
     Returns ``{'task', 'suite', 'num_train', 'num_dev', 'steps', 'warmup_steps', 'epochs':
     [{'epoch', 'train_loss', 'metrics'}], 'best', 'best_epoch', 'majority_class',
     'majority_rate', 'extra': {key: metrics}, 'seconds'}``.
     """
     spec = get_task(task)
     mesh = mesh or default_mesh()
-    divisor = partitioning.batch_divisor(mesh)
-    for name in ("batch_size", "eval_batch_size"):
-        if getattr(cfg, name) % divisor:
-            raise ValueError(f"{name} ({getattr(cfg, name)}) must be a multiple of the number "
-                             f"of data-parallel devices ({divisor}).")
+    ft_core.check_batch_sizes(mesh, ("batch_size", cfg.batch_size),
+                              ("eval_batch_size", cfg.eval_batch_size))
     if pretrained.model_cfg.family != "bert":
         raise ValueError(f"{spec.key} fine-tuning needs a BERT checkpoint, not "
                          f"{pretrained.model_cfg.family}.")
@@ -315,7 +250,7 @@ def finetune_task(pretrained, task: str | TaskSpec, train_examples: Sequence,
     dev = encode_classification(dev_examples, tok, cfg.max_length, C)
     groups = [ex.get("group") for ex in dev_examples] if spec.name == "multirc" else None
 
-    programs = _programs(_frozen(pretrained.model_cfg, cfg.dropout_rate), C, cfg.head_hidden,
+    programs = _programs(finetune_model_config(pretrained.model_cfg, cfg), C, cfg.head_hidden,
                          cfg.head_dropout, cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mesh)
     steps_per_epoch = len(train_examples) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
@@ -327,27 +262,23 @@ def finetune_task(pretrained, task: str | TaskSpec, train_examples: Sequence,
     with partitioning.activate(mesh):
         state = programs.init(enc, jax.random.fold_in(rng, 0))
 
-    epochs, step = [], 0
-    for epoch in range(1, cfg.epochs + 1):
-        te = time.time()
-        losses = []
-        with partitioning.activate(mesh):
-            for batch in iterate_batches(train, cfg.batch_size, rng=shuffle, drop_last=True):
-                lr = cosine_warmup_lr(step, total, warmup, cfg.learning_rate)
-                state, metrics = programs.train_step(
-                    state, _device_batch(mesh, batch, ("input_ids", "attention_mask", "labels")),
-                    jax.random.fold_in(rng, step + 1), np.float32(lr))
-                losses.append(metrics["loss"])
-                step += 1
-        train_loss = float(np.mean(jax.device_get(losses))) if losses else float("nan")
+    def after_epoch(epoch, state, train_loss, steps, started):
+        del steps
         preds = predict(programs, state.params, dev, cfg.eval_batch_size, mesh, C)
         metrics = compute_metrics(spec, dev["labels"], preds, groups=groups)
-        epochs.append(dict(epoch=epoch, train_loss=train_loss,
-                           metrics={k: float(v) for k, v in metrics.items()}))
         if log:
             shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             log(f"{spec.key} epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} | dev "
-                f"{shown} ({time.time() - te:.1f} s)")
+                f"{shown} ({time.time() - started:.1f} s)")
+        return dict(epoch=epoch, train_loss=train_loss,
+                    metrics={k: float(v) for k, v in metrics.items()})
+
+    state, epochs = ft_core.run_epochs(
+        programs, state, mesh, cfg.epochs,
+        batches=lambda epoch: iterate_batches(train, cfg.batch_size, rng=shuffle, drop_last=True),
+        keys=("input_ids", "attention_mask", "labels"),
+        learning_rate=lambda step: cosine_warmup_lr(step, total, warmup, cfg.learning_rate),
+        step_rng=lambda step: jax.random.fold_in(rng, step + 1), after_epoch=after_epoch)
     extra = {}
     for key, examples in (extra_dev or {}).items():
         arrays = encode_classification(examples, tok, cfg.max_length, C)
@@ -387,7 +318,7 @@ def _check_local_files(specs: Sequence[TaskSpec], data_dir) -> None:
 
 
 def run_suite(pretrained, suite: str, tasks: Sequence[str] | None = None, data_dir=None,
-              source: str = "local", cfg: FinetuneConfig | None = None, mesh=None,
+              source: str = "local", cfg=None, mesh=None,
               log: Callable[[str], None] | None = print) -> dict:
     """Fine-tunes every task of ``suite`` ('glue' | 'superglue', or the given ``tasks``).
 
@@ -417,5 +348,5 @@ def run_suite(pretrained, suite: str, tasks: Sequence[str] | None = None, data_d
         results[spec.name] = res
         best[spec.name] = res["best"]
         best.update(res["extra"])
-    return dict(suite=suite, recipe=dataclasses.asdict(cfg), tasks=results, best=best,
+    return dict(suite=suite, recipe=cfg.to_dict(), tasks=results, best=best,
                 average=suite_average(suite, best))

@@ -1,83 +1,84 @@
-"""T5 fine-tuning and evaluation on Super-NaturalInstructions (paper-facts §5, nanoT5 ``ft``).
+"""T5 fine-tuning and evaluation on Super-NaturalInstructions (docs/paper.md §5, nanoT5 ``ft``).
 
 Data: :func:`ntng_jax.eval.sni.load_sni` (definition + 2 positive examples, no task name, no
 negatives, no explanations; ≤100 instances per task; a positive example that would push the
 source past ``max_source_len`` tokens is left out). Source ≤1024 tokens and target ≤128 (both
 EOS-terminated; smaller caps are allowed for CPU runs).
 
-Recipe (:class:`SNIConfig` defaults): AdamW lr 5e-5 constant (no warmup, no weight decay, no
+Targets: an instance with several outputs trains on one drawn at random anew every epoch (the
+original collator's ``random.choice``; seeded here).
+
+Recipe (:func:`SNIConfig` defaults, an ml_collections ConfigDict; the train step and epoch
+loop are :mod:`ntng_jax.eval.ft_core`'s): AdamW lr 5e-5 constant (no warmup, no weight decay, no
 clipping; HF betas 0.9/0.999, eps 1e-8), batch 8, 2 epochs, fp32, the pre-training dropout
 (0.0) unless overridden. Training batches are shuffled; the last partial batch is padded and
 masked (no example is dropped). The loss is the token-weighted mean cross-entropy.
 
+Data split: ``train_tasks.txt`` when the split directory has it (the paper's 756 tasks), else
+every task file not in ``test_tasks.txt`` (:func:`ntng_jax.eval.sni.split_tasks`); the result
+records the rule under ``split``.
+
 Evaluation: greedy decoding up to ``max_target_len`` tokens with the KV cache
-(:func:`ntng_jax.models.greedy_decode`), then Rouge-L (rouge_score, Porter stemming) x100 of
-each prediction against its best reference, averaged over the test examples of each task and
-over all test examples (``rouge_l``, the paper's number).
+(:func:`ntng_jax.models.greedy_decode`), then Rouge-L x100 both ways
+(:mod:`ntng_jax.eval.sni_scoring`), averaged over the test examples of each task and over all
+test examples: ``rouge_l_official`` (SNI's metric: the best of the references) and
+``rouge_l_paper`` (the paper's code: one random reference, cut to ``max_target_len`` tokens);
+``rouge_l`` is ``rouge_l_paper``, the figure the paper reports.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from ntng_jax import partitioning
-from ntng_jax.eval.encoding import encode_seq2seq, iterate_batches
-from ntng_jax.eval.finetune import default_mesh, local_rows, subsample
-from ntng_jax.eval.metrics import rouge_l
-from ntng_jax.eval.sni import load_sni
+from ntng_jax.eval import ft_core
+from ntng_jax.eval.encoding import encode_seq2seq, encode_targets, iterate_batches, target_width
+from ntng_jax.eval.ft_core import default_mesh, device_batch, subsample
+from ntng_jax.eval.sni import draw_targets, load_sni, split_tasks
+from ntng_jax.eval.sni_scoring import decode_text, score_sni
 from ntng_jax.models import build_model, greedy_decode, losses
-from ntng_jax.train.state import TrainState
-from ntng_jax.train.step import set_learning_rate
 
 __all__ = ["SNIConfig", "load_sni_splits", "train_sni", "generate", "evaluate_sni", "run_sni",
            "decode_ids"]
 
+_TARGET_DRAW_TAG = 0x5E1  # separates the target draws from the shuffling stream
 _TRAIN_KEYS = ("encoder_input_ids", "encoder_mask", "decoder_input_ids", "targets",
                "target_weights", "example_mask")
 
 
-@dataclasses.dataclass(frozen=True)
-class SNIConfig:
-    """SNI fine-tuning hyper-parameters (defaults: the paper's)."""
+# SNI fields beyond ft_core.COMMON_FIELDS (whose defaults are the paper's SNI recipe).
+FIELDS = dict(
+    max_source_len=1024,
+    max_target_len=128,      # also the greedy decoding length
+    max_instances=100,       # per task
+    num_pos_examples=2,
+    dropout_rate=None,       # None = the pre-training model's (0.0)
+)
 
-    learning_rate: float = 5e-5
-    epochs: int = 2
-    batch_size: int = 8
-    eval_batch_size: int = 8
-    max_source_len: int = 1024
-    max_target_len: int = 128      # also the greedy decoding length
-    max_instances: int = 100       # per task
-    num_pos_examples: int = 2
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    dropout_rate: float | None = None  # None = the pre-training model's (0.0)
-    seed: int = 0
-    max_train_examples: int = 0    # 0 = all; else a seeded random subset
-    max_eval_examples: int = 0     # 0 = all; else the first that many per task
 
-    def replace(self, **changes) -> "SNIConfig":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+def SNIConfig(**overrides) -> ml_collections.ConfigDict:  # noqa: N802 -- a config type
+    """SNI fine-tuning hyper-parameters as an ml_collections ConfigDict (defaults: the
+    paper's); keyword ``overrides`` that are not None replace fields."""
+    return ft_core.make_config(FIELDS, **overrides)
 
 
 def _mesh(mesh):
     return default_mesh() if mesh is None else mesh
 
 
-def load_sni_splits(data_dir, tokenizer, cfg: SNIConfig, tasks: Sequence[str] | None = None,
+def load_sni_splits(data_dir, tokenizer, cfg, tasks: Sequence[str] | None = None,
                     ) -> dict[str, list]:
-    """``{'train': [...], 'test': [...]}`` SNI examples, restricted to ``tasks`` (task file
-    names without ``.json``) if given, capped by ``max_train_examples`` (seeded subset) and
-    ``max_eval_examples`` (the first ones of each task)."""
+    """``{'train': [...], 'test': [...], 'split': {...}}``: SNI examples, restricted to
+    ``tasks`` (task file names without ``.json``) if given, capped by ``max_train_examples``
+    (seeded subset) and ``max_eval_examples`` (the first ones of each task); ``split`` says
+    which rule chose the train tasks and how many tasks each side has."""
     limit = cfg.max_source_len - 1  # EOS is appended at encoding time
     splits = load_sni(data_dir, max_instances=cfg.max_instances,
                       num_pos_examples=cfg.num_pos_examples, seed=cfg.seed,
@@ -103,7 +104,12 @@ def load_sni_splits(data_dir, tokenizer, cfg: SNIConfig, tasks: Sequence[str] | 
                          f"split file puts every chosen task on the test side).")
     if not test:
         raise ValueError(f"no SNI test instances in {data_dir} for the chosen tasks.")
-    return {"train": train, "test": test}
+    names = sorted(p.stem for p in (Path(data_dir) / "tasks").glob("*.json"))
+    rule = split_tasks(data_dir, names)
+    split = dict(rule=rule.rule, train_tasks=len({ex["task"] for ex in train}),
+                 test_tasks=len({ex["task"] for ex in test}),
+                 missing_test_tasks=len(rule.missing_test))
+    return {"train": train, "test": test, "split": split}
 
 
 def _check_ids(tokenizer) -> None:
@@ -114,37 +120,13 @@ def _check_ids(tokenizer) -> None:
                          f"at {t5_lib.EOS_ID}; retrain it with pad_id=0, eos_id=1.")
 
 
-def _model(model_cfg, dropout_rate):
-    cfg = ml_collections.ConfigDict(dict(model_cfg))
-    if dropout_rate is not None:
-        cfg.dropout_rate = float(dropout_rate)
-    return build_model(cfg)
-
-
 @functools.lru_cache(maxsize=8)
 def _train_program(model_cfg: ml_collections.FrozenConfigDict, dropout_rate, b1, b2, eps,
-                   weight_decay, mesh):
-    model = _model(model_cfg, dropout_rate)
+                   weight_decay, mesh) -> ft_core.Programs:
+    model = build_model(ft_core.model_config(model_cfg, dropout_rate))
     deterministic = float(model.cfg.dropout_rate) == 0.0
-    tx = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b1=b1, b2=b2, eps=eps,
-                                               weight_decay=weight_decay)
     example = dict(encoder_input_ids=np.zeros((1, 8), np.int32),
                    decoder_input_ids=np.zeros((1, 4), np.int32))
-
-    def boxed_state(rng):
-        params = model.init(rng, example)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), method_state={})
-
-    with partitioning.rules_context():
-        abstract = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
-        shardings = partitioning.logical_shardings(mesh, abstract)
-    rep, batch_sh = partitioning.replicated(mesh), partitioning.batch_sharding(mesh)
-
-    def init(params):
-        params = jax.tree.map(jnp.copy, params)  # the state is donated; keep the originals
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), method_state={})
 
     def loss_fn(params, batch, rng):
         logits, labels, weights = model.logits(params, batch, deterministic=deterministic,
@@ -152,18 +134,10 @@ def _train_program(model_cfg: ml_collections.FrozenConfigDict, dropout_rate, b1,
         weights = weights * batch["example_mask"][:, None]
         return losses.mean_token_loss(logits, labels, weights)
 
-    def train_step(state, batch, rng, learning_rate):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
-        opt_state = set_learning_rate(state.opt_state, learning_rate)
-        updates, opt_state = tx.update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), \
-            {"loss": loss}
-
-    return (jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings),
-            jax.jit(train_step, in_shardings=(shardings, batch_sh, rep, rep),
-                    out_shardings=(shardings, rep), donate_argnums=(0,)),
-            shardings.params)
+    return ft_core.build_programs(
+        lambda rng: model.init(rng, example),
+        lambda params: jax.tree.map(jnp.copy, params),  # the state is donated; keep the originals
+        lambda sh, rep: (sh,), loss_fn, ft_core.adamw(b1, b2, eps, weight_decay), mesh)
 
 
 @functools.lru_cache(maxsize=8)
@@ -185,19 +159,13 @@ def _decode_program(model_cfg: ml_collections.FrozenConfigDict, max_decode_len: 
         param_sh
 
 
-def _frozen(model_cfg) -> ml_collections.FrozenConfigDict:
-    return ml_collections.FrozenConfigDict(ml_collections.ConfigDict(dict(model_cfg)))
-
-
-def train_sni(pretrained, train_examples: Sequence, cfg: SNIConfig, mesh=None,
+def train_sni(pretrained, train_examples: Sequence, cfg, mesh=None,
               log: Callable[[str], None] | None = print) -> tuple[Any, list[dict]]:
     """Fine-tunes a copy of the pre-trained T5 on ``train_examples``; returns
     ``(params, [{'epoch', 'train_loss', 'steps', 'seconds'}])``."""
     mesh = _mesh(mesh)
-    divisor = partitioning.batch_divisor(mesh)
-    if cfg.batch_size % divisor or cfg.eval_batch_size % divisor:
-        raise ValueError(f"batch sizes must be multiples of the number of data-parallel "
-                         f"devices ({divisor}).")
+    ft_core.check_batch_sizes(mesh, ("batch_size", cfg.batch_size),
+                              ("eval_batch_size", cfg.eval_batch_size))
     if pretrained.model_cfg.family != "t5":
         raise ValueError(f"SNI fine-tuning needs a T5 checkpoint, not "
                          f"{pretrained.model_cfg.family}.")
@@ -205,41 +173,49 @@ def train_sni(pretrained, train_examples: Sequence, cfg: SNIConfig, mesh=None,
     _check_ids(tok)
     arrays = encode_seq2seq(train_examples, tok, cfg.max_source_len, cfg.max_target_len,
                             pad_to_max=False)
-    init, train_step, param_shardings = _train_program(
-        _frozen(pretrained.model_cfg), cfg.dropout_rate, cfg.b1, cfg.b2, cfg.eps,
-        cfg.weight_decay, mesh)
+    # Several references: each epoch trains on a fresh random one per example (the original
+    # collator's random.choice), padded to one width so that the step compiles once.
+    redraw = any(len(ex.get("references") or ()) > 1 for ex in train_examples)
+    if redraw:
+        width = target_width([r for ex in train_examples for r in ex["references"]], tok,
+                             cfg.max_target_len)
+        draws = np.random.default_rng([cfg.seed, _TARGET_DRAW_TAG])
+    programs = _train_program(ft_core.model_config(pretrained.model_cfg), cfg.dropout_rate,
+                              cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mesh)
     rng = jax.random.PRNGKey(cfg.seed)
     shuffle = np.random.default_rng(cfg.seed)
-    history, step = [], 0
     with partitioning.activate(mesh):
-        state = init(jax.device_put(pretrained.params, param_shardings))
-        for epoch in range(1, cfg.epochs + 1):
-            t0, epoch_losses = time.time(), []
-            for batch in iterate_batches(arrays, cfg.batch_size, rng=shuffle, pad_last=True):
-                batch = partitioning.global_batch(
-                    mesh, local_rows({k: batch[k] for k in _TRAIN_KEYS}))
-                state, metrics = train_step(state, batch, jax.random.fold_in(rng, step),
-                                            np.float32(cfg.learning_rate))  # constant rate
-                epoch_losses.append(metrics["loss"])
-                step += 1
-            loss = float(np.mean(jax.device_get(epoch_losses)))
-            history.append(dict(epoch=epoch, train_loss=loss, steps=len(epoch_losses),
-                                seconds=time.time() - t0))
-            if log:
-                log(f"sni epoch {epoch}/{cfg.epochs}: train loss {loss:.4f} "
-                    f"({len(epoch_losses)} steps, {time.time() - t0:.1f} s)")
+        state = programs.init(jax.device_put(pretrained.params,
+                                             programs.state_shardings.params))
+
+    def batches(epoch):
+        del epoch
+        if redraw:
+            arrays.update(encode_targets(draw_targets(train_examples, draws), tok,
+                                         cfg.max_target_len, width))
+        return iterate_batches(arrays, cfg.batch_size, rng=shuffle, pad_last=True)
+
+    def after_epoch(epoch, state, train_loss, steps, started):
+        del state
+        if log:
+            log(f"sni epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} "
+                f"({steps} steps, {time.time() - started:.1f} s)")
+        return dict(epoch=epoch, train_loss=train_loss, steps=steps,
+                    seconds=time.time() - started)
+
+    state, history = ft_core.run_epochs(
+        programs, state, mesh, cfg.epochs, batches, _TRAIN_KEYS,
+        learning_rate=lambda step: cfg.learning_rate,  # constant rate
+        step_rng=lambda step: jax.random.fold_in(rng, step), after_epoch=after_epoch)
     return state.params, history
 
 
 def decode_ids(tokenizer, ids) -> str:
-    """Text of generated ids, cut at the first EOS."""
-    ids = [int(i) for i in ids]
-    if tokenizer.eos_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_id)]
-    return tokenizer.decode([i for i in ids if i != tokenizer.pad_id])
+    """Text of generated ids, cut at the first EOS, special tokens dropped, stripped."""
+    return decode_text(tokenizer, ids)
 
 
-def generate(pretrained, params, examples: Sequence, cfg: SNIConfig, mesh=None,
+def generate(pretrained, params, examples: Sequence, cfg, mesh=None,
              use_cache: bool = True, return_ids: bool = False):
     """Greedy predictions (strings; with ``return_ids`` also the ``[N, max_target_len]`` ids)
     for ``examples`` (``source`` fields), ``eval_batch_size`` at a time."""
@@ -249,14 +225,14 @@ def generate(pretrained, params, examples: Sequence, cfg: SNIConfig, mesh=None,
     arrays = encode_seq2seq(examples, tok, cfg.max_source_len, cfg.max_target_len,
                             pad_to_max=False)
     arrays = {k: arrays[k] for k in ("encoder_input_ids", "encoder_mask")}
-    decode, param_shardings = _decode_program(_frozen(pretrained.model_cfg), cfg.max_target_len,
+    decode, param_shardings = _decode_program(ft_core.model_config(pretrained.model_cfg),
+                                              cfg.max_target_len,
                                               use_cache, mesh)
     params = jax.device_put(params, param_shardings)
     outs = []
     with partitioning.activate(mesh):
         for batch in iterate_batches(arrays, cfg.eval_batch_size, pad_last=True):
-            dev_batch = partitioning.global_batch(
-                mesh, local_rows({k: batch[k] for k in ("encoder_input_ids", "encoder_mask")}))
+            dev_batch = device_batch(mesh, batch, ("encoder_input_ids", "encoder_mask"))
             ids = decode(params, dev_batch["encoder_input_ids"], dev_batch["encoder_mask"])
             outs.append((ids, batch["example_mask"]))
     ids = np.concatenate([np.asarray(jax.device_get(i))[m > 0] for i, m in outs])
@@ -264,40 +240,48 @@ def generate(pretrained, params, examples: Sequence, cfg: SNIConfig, mesh=None,
     return (texts, ids) if return_ids else texts
 
 
-def evaluate_sni(pretrained, params, test_examples: Sequence, cfg: SNIConfig, mesh=None,
+def evaluate_sni(pretrained, params, test_examples: Sequence, cfg, mesh=None,
                  use_cache: bool = True) -> dict:
-    """``{'rouge_l': overall x100, 'tasks': {task: {'rouge_l', 'num_examples'}},
-    'num_test', 'samples': the first few (task, source tail, prediction, references)}``."""
+    """Scores of greedy decodes of ``test_examples``: ``rouge_l_paper``, ``rouge_l_official``
+    and ``rouge_l`` (= ``rouge_l_paper``), overall x100; ``tasks``: the three per task plus
+    ``num_examples``; ``num_test``; ``samples``: each task's first (task, prediction,
+    references, paper_reference)."""
     preds = generate(pretrained, params, test_examples, cfg, mesh, use_cache)
-    refs = [ex["references"] for ex in test_examples]
-    by_task: dict[str, list[int]] = {}
+    scores = score_sni(preds, test_examples, pretrained.tokenizer, cfg.max_target_len, cfg.seed)
+    first: dict[str, int] = {}
     for i, ex in enumerate(test_examples):
-        by_task.setdefault(ex["task"], []).append(i)
-    tasks = {t: dict(rouge_l=rouge_l([preds[i] for i in idx], [refs[i] for i in idx]),
-                     num_examples=len(idx)) for t, idx in by_task.items()}
-    samples = [dict(task=test_examples[idx[0]]["task"], prediction=preds[idx[0]],
-                    references=refs[idx[0]]) for idx in by_task.values()]
-    return dict(rouge_l=rouge_l(preds, refs), tasks=tasks, num_test=len(preds),
-                samples=samples)
+        first.setdefault(ex["task"], i)
+    samples = [dict(task=t, prediction=preds[i], references=test_examples[i]["references"],
+                    paper_reference=scores["paper_references"][i]) for t, i in first.items()]
+    return dict(rouge_l=scores["rouge_l"], rouge_l_paper=scores["rouge_l_paper"],
+                rouge_l_official=scores["rouge_l_official"], tasks=scores["tasks"],
+                num_test=len(preds), samples=samples)
 
 
-def run_sni(pretrained, data_dir, cfg: SNIConfig | None = None,
+def run_sni(pretrained, data_dir, cfg=None,
             tasks: Sequence[str] | None = None, mesh=None,
             log: Callable[[str], None] | None = print, return_params: bool = False):
     """Loads SNI from ``data_dir``, fine-tunes, decodes the test side and scores it.
 
-    Returns ``{'suite': 'sni', 'recipe', 'num_train', 'epochs', 'rouge_l', 'tasks', 'num_test',
-    'samples', 'seconds'}`` (and the fine-tuned params with ``return_params``)."""
+    Returns ``{'suite': 'sni', 'recipe', 'split', 'num_train', 'epochs', 'rouge_l',
+    'rouge_l_paper', 'rouge_l_official', 'tasks', 'num_test', 'samples', 'seconds'}`` (and the
+    fine-tuned params with ``return_params``)."""
     cfg = cfg or SNIConfig()
     mesh = _mesh(mesh)
     t0 = time.time()
     splits = load_sni_splits(data_dir, pretrained.tokenizer, cfg, tasks)
     if log:
-        log(f"SNI: {len(splits['train'])} training and {len(splits['test'])} test instances.")
+        sp = splits["split"]
+        log(f"SNI: {len(splits['train'])} training instances from {sp['train_tasks']} tasks "
+            f"({sp['rule']}), {len(splits['test'])} test instances from {sp['test_tasks']} "
+            f"tasks ({sp['missing_test_tasks']} listed test tasks have no file).")
     params, history = train_sni(pretrained, splits["train"], cfg, mesh, log)
     result = evaluate_sni(pretrained, params, splits["test"], cfg, mesh)
-    result = dict(suite="sni", recipe=dataclasses.asdict(cfg), num_train=len(splits["train"]),
-                  epochs=history, **result, seconds=time.time() - t0)
+    result = dict(suite="sni", recipe=cfg.to_dict(), split=splits["split"],
+                  num_train=len(splits["train"]), epochs=history, **result,
+                  seconds=time.time() - t0)
     if log:
-        log(f"SNI Rouge-L {result['rouge_l']:.2f} over {result['num_test']} test instances.")
+        log(f"SNI Rouge-L {result['rouge_l_paper']:.2f} as the paper's code scored it (one "
+            f"random reference), {result['rouge_l_official']:.2f} as SNI scores it (best "
+            f"reference), over {result['num_test']} test instances.")
     return (result, params) if return_params else result
