@@ -3,6 +3,8 @@
   python -m launch.report --root=sweeps/tiny
   python -m launch.report --root=sweeps/tiny --baseline=baseline --nofigures
 
+For a gpt (causal LM) sweep the tables add validation perplexity instead of fine-tuning scores,
+and a sweep whose data repeated (`data.unique_tokens`) gets validation loss against epochs.
 Reads what the runs wrote (summary.json, metrics.jsonl, finetune/<suite>.json) and
 ROOT/sweep_status.json (failures); see ntng_jax/experiments/report.py. Figures need matplotlib
 (`pip install -e ".[plots]"`).
@@ -30,7 +32,7 @@ def main(argv):
   if not result["collected"]["runs"]:
     _fail(f"no runs under {_ROOT.value} (expected <method>/budget-<B>/seed-<S>/ directories or"
           " sweep_status.json).")
-  for name in ("train_loss", "validation_loss"):
+  for name in ("train_loss", "validation_loss", "perplexity"):  # perplexity: gpt runs
     if name in agg["metric_names"]:
       print(f"{report._title(name)}:")
       print("\n".join(report.metric_table(agg, name)))

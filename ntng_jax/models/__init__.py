@@ -26,11 +26,12 @@ import numpy as np
 
 from ntng_jax.models import losses
 from ntng_jax.models.bert import Bert
-from ntng_jax.models.sizes import SIZES, model_config, validate
+from ntng_jax.models.gpt import GPT
+from ntng_jax.models.sizes import SIZES, model_config, validate, with_defaults
 from ntng_jax.models.t5 import T5, greedy_decode
 
 __all__ = ['LanguageModel', 'build_model', 'model_config', 'SIZES', 'losses', 'greedy_decode',
-           'param_count', 'Bert', 'T5']
+           'param_count', 'Bert', 'T5', 'GPT']
 
 
 def param_count(params) -> int:
@@ -61,6 +62,8 @@ def _inputs(family: str, batch) -> dict:
   if family == 'bert':
     return dict(input_ids=batch['input_ids'], mlm_positions=batch['mlm_positions'],
                 attention_mask=batch.get('attention_mask'))
+  if family == 'gpt':
+    return dict(input_ids=batch['input_ids'])
   return dict(encoder_input_ids=batch['encoder_input_ids'],
               decoder_input_ids=batch['decoder_input_ids'], encoder_mask=batch.get('encoder_mask'))
 
@@ -73,11 +76,11 @@ def _targets(family: str, batch):
 
 def build_model(cfg) -> LanguageModel:
   """Builds the model of `cfg` (a ConfigDict from `model_config`, or any mapping of its fields)."""
-  cfg = ml_collections.ConfigDict(dict(cfg))
+  cfg = ml_collections.ConfigDict(with_defaults(cfg))
   validate(cfg)
   cfg = ml_collections.FrozenConfigDict(cfg)  # hashable, safe as a module attribute
   family = cfg.family
-  module = Bert(cfg) if family == 'bert' else T5(cfg)
+  module = {'bert': Bert, 't5': T5, 'gpt': GPT}[family](cfg)
 
   def init(rng, batch):
     return module.init({'params': rng}, **_inputs(family, batch))['params']
