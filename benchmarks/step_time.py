@@ -12,7 +12,8 @@ Model FLOPs per step (the peer_bench convention, so the two are comparable): eve
 6 FLOPs per token it is applied to in a training step (2 forward, 4 backward); embedding look-ups
 and attention score/softmax FLOPs are not counted.
   BERT: 6 · (body · B·S + head · B·P), head = MLM dense + tied decoder, P = masked positions;
-  T5:   6 · (encoder · B·S_in + (decoder + lm_head) · B·S_tgt).
+  T5:   6 · (encoder · B·S_in + (decoder + lm_head) · B·S_tgt);
+  GPT:  6 · (body + tied head) · B·S.
 MFU = model FLOPs / step time / peak, when `--peak_tflops` is given.
 """
 
@@ -45,6 +46,11 @@ def synthetic_batch(config, batch_size: int, rng: np.random.Generator) -> dict:
                 mlm_labels=rng.integers(7, V, (batch_size, P), dtype=np.int32),
                 mlm_weights=np.ones((batch_size, P), np.float32),
                 example_id=np.arange(batch_size, dtype=np.int32))
+  if config.model.family == "gpt":
+    tokens = rng.integers(3, V, (batch_size, S + 1), dtype=np.int32)
+    return dict(input_ids=tokens[:, :-1], targets=tokens[:, 1:],
+                target_weights=np.ones((batch_size, S), np.float32),
+                example_id=np.arange(batch_size, dtype=np.int32))
   from ntng_jax.data.objectives import compute_input_and_target_lengths
   _, St = compute_input_and_target_lengths(S, 0.15, 3.0)
   targets = rng.integers(3, V, (batch_size, St), dtype=np.int32)
@@ -55,13 +61,15 @@ def synthetic_batch(config, batch_size: int, rng: np.random.Generator) -> dict:
 
 
 def param_groups(params) -> dict:
-  """Parameter counts: embedding (token tables), head (BERT MLM dense / T5 lm_head), encoder,
-  decoder (T5), body (BERT layers + norms)."""
-  out = dict(embedding=0, head=0, encoder=0, decoder=0, other=0)
+  """Parameter counts: embedding (token tables), positions (GPT), head (BERT MLM dense / T5
+  lm_head), encoder, decoder (T5; GPT's layers), other (BERT layers, norms)."""
+  out = dict(embedding=0, positions=0, head=0, encoder=0, decoder=0, other=0)
   for path, x in jax.tree_util.tree_leaves_with_path(params):
     key = jax.tree_util.keystr(path)
     n = int(np.prod(x.shape))
-    if "embed'" in key and "embedding" in key:
+    if key.startswith("['position']"):  # GPT's learned positions: a look-up, no FLOPs
+      out["positions"] += n
+    elif "embed'" in key and "embedding" in key:
       out["embedding"] += n
     elif "['head']" in key or "lm_head" in key:
       out["head"] += n
@@ -81,6 +89,10 @@ def model_flops(config, groups: dict, batch: dict) -> tuple[float, str]:
     body = groups["encoder"] + groups["other"]
     head = groups["head"] + groups["embedding"]  # the decoder is tied to the embedding
     return 6.0 * (body * B * S + head * B * P), "6*(body*B*S + (head+tied_decoder)*B*P)"
+  if config.model.family == "gpt":  # every position predicts through the tied embedding
+    S = batch["input_ids"].shape[1]
+    body = groups["encoder"] + groups["decoder"] + groups["other"] + groups["head"]
+    return 6.0 * (body + groups["embedding"]) * B * S, "6*(body+tied_head)*B*S"
   S_in, S_t = batch["encoder_input_ids"].shape[1], batch["targets"].shape[1]
   enc = groups["encoder"] + groups["other"]
   dec = groups["decoder"] + groups["head"]
@@ -127,7 +139,7 @@ def time_config(family: str, size: str, batch_size: int, args) -> dict:
   groups = param_groups(state.params)
   flops, formula = model_flops(config, groups, batch_np)
   step_s = float(np.median(times))
-  tokens = batch_size * (batch_np["input_ids"].shape[1] if family == "bert" else
+  tokens = batch_size * (batch_np["input_ids"].shape[1] if "input_ids" in batch_np else
                          batch_np["encoder_input_ids"].shape[1] + batch_np["targets"].shape[1])
   out = dict(model=family, size=size, batch=batch_size,
              micro_batch=config.train.micro_batch_size, dtype=args.dtype,

@@ -42,7 +42,7 @@ def _interrupted(signum, frame):
 
 signal.signal(signal.SIGINT, _interrupted)
 
-from absl import app, flags  # noqa: E402 -- after the handler: importing JAX takes seconds
+from absl import flags  # noqa: E402 -- after the handler: importing JAX takes seconds
 
 from launch import common  # noqa: E402
 

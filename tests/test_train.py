@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 
-from ntng_jax import rst
 from ntng_jax.train import checkpoint as ckpt_lib
 from ntng_jax.train import loop as loop_lib
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -154,25 +153,6 @@ def abstract_params(model, mesh=None):
                         nn.unbox(boxed), shardings)
 
 
-def _restore_params(step_dir: str, abstract) -> Any:
-    import orbax.checkpoint as ocp
-
-    item = {"params": abstract}
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # "metadata file does not exist" for a sub-item
-    try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            restored = ckptr.restore(
-                os.path.join(step_dir, "state"),
-                args=ocp.args.PyTreeRestore(
-                    item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                    partial_restore=True))
-    finally:
-        absl_logger.setLevel(level)
-    return restored["params"]
-
-
 def load_pretrained(workdir: str | os.PathLike, suite: str | None = None,
                     mesh=None) -> Pretrained:
     """``(config, model_cfg_at_saved_depth, params, tokenizer)`` of a pre-training workdir.
@@ -185,7 +165,7 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None,
     workdir may belong to a running job). If none is usable: :class:`PretrainedError` naming
     why.
     """
-    from ntng_jax.train.checkpoint import CheckpointError, Checkpointer
+    from ntng_jax.train.checkpoint import CheckpointError, Checkpointer, restore_params
     from ntng_jax.train.loop import model_at_depth
 
     work = Path(workdir).resolve()
@@ -202,7 +182,7 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None,
     def read(step, loop):
         depth = int(loop["depth"]) if "depth" in loop else int(config.model.num_layers)
         model = model_at_depth(config, depth)
-        return depth, _restore_params(ckpt.step_dir(step), abstract_params(model, mesh))
+        return depth, restore_params(ckpt.step_dir(step), abstract_params(model, mesh))
 
     ckpt = Checkpointer(str(work))
     try:

@@ -47,7 +47,7 @@ def calibrate_depthwise(config, mesh, example_batch_fn, depths=None, one_at_a_ti
   micro = partitioning.global_batch(mesh, micro_np)
   rng = jax.random.PRNGKey(0)
   controls = {"learning_rate": np.float32(0.0)}
-  train, forward, held = {}, {}, {}
+  train, forward = {}, {}
 
   def programs(n):
     built = loop.build_programs(config, loop.model_at_depth(config, n), tx, mesh, micro_np)

@@ -14,7 +14,6 @@ pre-training workdir: `config.json`, `tokenizer/` and a checkpoint (step 0) hold
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 
@@ -41,7 +40,7 @@ def restore_params(workdir: str, step: int | None = None):
   """(step, depth, unboxed numpy params) of the newest intact checkpoint, or of `step`."""
   from ntng_jax.eval.pretrained import abstract_params, read_config
   from ntng_jax.models import build_model
-  from ntng_jax.train.checkpoint import Checkpointer
+  from ntng_jax.train.checkpoint import Checkpointer, restore_params
 
   config = read_config(workdir)
   ckpt = Checkpointer(workdir)
@@ -49,7 +48,7 @@ def restore_params(workdir: str, step: int | None = None):
   def read(s, loop):
     depth = int(loop.get("depth", config.model.num_layers))
     model = build_model(_model_config_at(config, depth))
-    return depth, _restore_params_item(ckpt.step_dir(s), abstract_params(model))
+    return depth, restore_params(ckpt.step_dir(s), abstract_params(model))
 
   try:
     if step is None:
@@ -71,25 +70,6 @@ def restore_params(workdir: str, step: int | None = None):
   depth, params = got
   import jax
   return int(step), depth, jax.tree.map(np.asarray, params), config
-
-
-def _restore_params_item(step_dir: str, abstract):
-  """The `params` of the checkpoint's orbax `state` item (partial restore, no optimizer state)."""
-  import orbax.checkpoint as ocp
-  item = {"params": abstract}
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)
-  try:
-    with ocp.PyTreeCheckpointer() as ckptr:
-      restored = ckptr.restore(
-          os.path.join(step_dir, "state"),
-          args=ocp.args.PyTreeRestore(
-              item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-              partial_restore=True))
-  finally:
-    absl_logger.setLevel(level)
-  return restored["params"]
 
 
 def export_run(workdir: str, output: str, step: int | None = None, fmt: str = "safetensors") -> dict:

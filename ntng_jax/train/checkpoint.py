@@ -131,7 +131,7 @@ class Checkpointer:
       if main:
         shutil.rmtree(os.path.join(self.directory, STAGING), ignore_errors=True)  # never committed
         os.makedirs(os.path.join(self.directory, STAGING), exist_ok=True)
-      _sync("ntng_ckpt_staging")
+      sync_processes("ntng_ckpt_staging")
       self._phase("begin")
       self._ckptr.save(staged, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                        loop=ocp.args.JsonSave(loop)), force=True)
@@ -151,7 +151,7 @@ class Checkpointer:
         os.rename(staged, target)  # the commit
         _fsync_dir(self.directory)
         shutil.rmtree(os.path.dirname(staged), ignore_errors=True)  # empty unless leftovers
-      _sync("ntng_ckpt_commit")
+      sync_processes("ntng_ckpt_commit")
     except Exception as e:
       why = _is_disk_error(e)
       if main:
@@ -301,7 +301,7 @@ class Checkpointer:
       for bad, reason in skipped:
         where = self._move_aside(bad, reason)
         print(f"Moved the unusable checkpoint of step {bad} to {where} ({reason}).", flush=True)
-    _sync("ntng_ckpt_move_aside")
+    sync_processes("ntng_ckpt_move_aside")
     state, loop = got
     return step, state, loop
 
@@ -309,7 +309,26 @@ class Checkpointer:
     self._ckptr.close()
 
 
-def _sync(name: str) -> None:
+def restore_params(step_dir: str, abstract):
+  """The `params` of a checkpoint's state item alone (a partial restore: no optimizer state)."""
+  item = {"params": abstract}
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # "metadata file does not exist" for a sub-item
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      restored = ckptr.restore(
+          os.path.join(step_dir, "state"),
+          args=ocp.args.PyTreeRestore(
+              item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+              partial_restore=True))
+  finally:
+    absl_logger.setLevel(level)
+  return restored["params"]
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across processes (a no-op in a one-process run)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)

@@ -188,7 +188,7 @@ def train_and_evaluate(config, workdir: str, restart: bool = False) -> dict:
             f" {lock.took_over.get('pid')} on {lock.took_over.get('host')}).", flush=True)
     if restart:
       moved = run_identity.set_aside(workdir) if jax.process_index() == 0 else None
-      ckpt_lib._sync("ntng_restart")  # noqa: SLF001
+      ckpt_lib.sync_processes("ntng_restart")
       if moved:
         print(f"Restarting: the previous run's files are now in {moved}.", flush=True)
     elif run_identity.has_run(workdir):
