@@ -150,14 +150,14 @@ def test_depthwise_calibration_writes_a_loadable_partial_table(tmp_path):
   assert rst_compare.normalised(table)["train"][3] == 1.0
 
 
-def test_merge_runs_takes_the_minimum_per_entry():
-  from ntng_jax.experiments.rst_depthwise import merge_runs
+def test_combined_runs_of_different_depths_take_the_minimum_per_entry():
+  from ntng_jax.train.calibrate import combine_runs
   a = rst.RSTTable("calibrated-cpu-bert-base", 16, {1: 2.0, 4: 5.0}, {4: 1.0}, fingerprint="f",
                    meta={"date": "d1"})
   b = rst.RSTTable("calibrated-cpu-bert-base", 16, {4: 4.0}, {4: 3.0}, fingerprint="f",
                    meta={"date": "d2"})
-  m = merge_runs([a, b])
+  m = combine_runs([a, b])
   assert m.train == {1: 2.0, 4: 4.0} and m.forward == {4: 1.0}
-  assert m.meta["runs"] == 2 and m.meta["dates"] == ["d1", "d2"]
-  with pytest.raises(ValueError, match="fingerprints differ"):
-    merge_runs([a, rst.RSTTable("x", 16, {1: 1.0}, fingerprint="g")])
+  assert m.meta["runs"] == 2 and m.meta["run_dates"] == ["d1", "d2"]
+  with pytest.raises(ValueError, match="fingerprints"):
+    combine_runs([a, rst.RSTTable("x", 16, {1: 1.0}, fingerprint="g")])

@@ -6,7 +6,7 @@ states with AdamW moments, ~16 GB; base T5 more) that does not fit. This variant
 `--depths` (interleaved together, so machine noise hits every entry alike), or with
 `--one_at_a_time` builds, times and frees each depth in turn (train and forward of one depth
 interleaved; noise is then shared within a depth but not across depths). Same programs, units and
-table format as `calibrate.calibrate`.
+table format as `calibrate.calibrate`; runs are merged with `calibrate.combine_runs`.
 
   python -m ntng_jax.experiments.rst_depthwise --config=configs/t5.py:size=base --output=t.json \
       [--depths=1,3,6,9,12]
@@ -17,10 +17,8 @@ depths; `ntng_jax.experiments.rst_compare` interpolates between them).
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
-import platform
 
 import jax
 import numpy as np
@@ -75,33 +73,11 @@ def calibrate_depthwise(config, mesh, example_batch_fn, depths=None, one_at_a_ti
 
   for group in ([[n] for n in depths] if one_at_a_time else [depths]):
     time_group(group)
-  device = jax.devices()[0]
-  return rst.RSTTable(
-      name=f"calibrated-{device.platform}-{config.model.family}-{config.model.size}",
-      unit_sequences=int(t.micro_batch_size), train=train, forward=forward,
-      fingerprint=rst.step_shape_fingerprint(config),
-      meta=dict(machine=platform.node(), processor=platform.processor() or platform.machine(),
-                device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
-                num_devices=jax.device_count(), date=rst.now_iso(), jax_version=jax.__version__,
-                repeats=int(config.rst.repeats), warmup=int(config.rst.warmup), depths=list(depths),
-                batch_size=int(t.batch_size),
-                statistic="median, compile excluded; rst_depthwise"
-                + (", one depth at a time" if one_at_a_time else ", depths interleaved")))
-
-
-def merge_runs(tables: list[rst.RSTTable]) -> rst.RSTTable:
-  """One table from calibration runs of the same config: each entry the minimum over the runs
-  that timed it (on a shared machine other load only adds time). Meta lists every run's date."""
-  first = tables[0]
-  if any(t.fingerprint != first.fingerprint for t in tables):
-    raise ValueError("merge_runs needs tables of one config (their fingerprints differ).")
-  def pick(kind):  # every depth any run timed; the minimum over the runs that timed it
-    depths = sorted({n for t in tables for n in getattr(t, kind)})
-    return {n: min(getattr(t, kind)[n] for t in tables if n in getattr(t, kind)) for n in depths}
-  meta = dict(first.meta, runs=len(tables), dates=[t.meta.get("date") for t in tables],
-              statistic=f"each entry: the minimum over {len(tables)} runs of "
-                        + str(first.meta.get("statistic", "the median")))
-  return dataclasses.replace(first, train=pick("train"), forward=pick("forward"), meta=meta)
+  return calibrate_lib.table_from_timings(
+      config, train, forward, warmup=int(config.rst.warmup), depths=list(depths),
+      batch_size=int(t.batch_size),
+      statistic="median, compile excluded; rst_depthwise"
+      + (", one depth at a time" if one_at_a_time else ", depths interleaved"))
 
 
 def _main(argv):

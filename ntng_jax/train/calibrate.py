@@ -78,16 +78,8 @@ def calibrate(config, mesh, example_batch_fn) -> rst.RSTTable:
     seconds = _interleaved_medians(fns, int(config.rst.warmup), int(config.rst.repeats))
   train = {n: seconds[("train", n)] / num_micro for n in range(1, L + 1)}
   forward = {n: seconds[("forward", n)] for n in range(1, L + 1)}
-  device = jax.devices()[0]
-  return rst.RSTTable(
-      name=f"calibrated-{device.platform}-{config.model.family}-{config.model.size}",
-      unit_sequences=int(t.micro_batch_size), train=train, forward=forward,
-      fingerprint=rst.step_shape_fingerprint(config),
-      meta=dict(machine=platform.node(), processor=platform.processor() or platform.machine(),
-                device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
-                num_devices=jax.device_count(), date=rst.now_iso(), jax_version=jax.__version__,
-                repeats=int(config.rst.repeats), statistic="median, compile excluded",
-                load_average=_load_average()))
+  return table_from_timings(config, train, forward,
+                            statistic="median of interleaved timings, compile excluded")
 
 
 def _load_average() -> float | None:
@@ -98,22 +90,38 @@ def _load_average() -> float | None:
     return None
 
 
-
 def combine_runs(tables: list[rst.RSTTable], name: str | None = None) -> rst.RSTTable:
-  """One table from several calibrations of one config: each entry the minimum over runs of the
-  per-run medians (load from other processes only ever adds time, so the least disturbed run is
-  the best estimate of the machine's own speed)."""
+  """One table from several calibrations of one config: each entry the minimum over the runs
+  that timed it (load from other processes only ever adds time, so the least disturbed run is
+  the best estimate of the machine's own speed). Runs may time different depths."""
   first = tables[0]
   if len(tables) == 1:
     return dataclasses.replace(first, name=name or first.name)
   if any(t.fingerprint != first.fingerprint or t.unit_sequences != first.unit_sequences
          for t in tables):
-    raise ValueError("combine_runs needs calibrations of one config.")
-  pick = lambda kind: {k: min(getattr(t, kind)[k] for t in tables) for k in getattr(first, kind)}
+    raise ValueError("combine_runs needs calibrations of one config (their fingerprints or"
+                     " units differ).")
+
+  def pick(kind):
+    keys = sorted({k for t in tables for k in getattr(t, kind)})
+    return {k: min(getattr(t, kind)[k] for t in tables if k in getattr(t, kind)) for k in keys}
   meta = dict(first.meta, runs=len(tables),
-              statistic=f"minimum over {len(tables)} runs of the median of"
-                        f" {first.meta.get('repeats')} interleaved timings; compile excluded",
+              statistic=f"minimum over {len(tables)} runs of: "
+                        + str(first.meta.get("statistic", "the median")),
               run_dates=[t.meta.get("date") for t in tables],
               run_load_averages=[t.meta.get("load_average") for t in tables])
   return dataclasses.replace(first, name=name or first.name, train=pick("train"),
                              forward=pick("forward"), meta=meta)
+
+
+def table_from_timings(config, train: dict, forward: dict, **meta) -> rst.RSTTable:
+  """A calibrated table of this machine for `config`'s step shape, with its provenance."""
+  device = jax.devices()[0]
+  return rst.RSTTable(
+      name=f"calibrated-{device.platform}-{config.model.family}-{config.model.size}",
+      unit_sequences=int(config.train.micro_batch_size), train=train, forward=forward,
+      fingerprint=rst.step_shape_fingerprint(config),
+      meta=dict(machine=platform.node(), processor=platform.processor() or platform.machine(),
+                device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
+                num_devices=jax.device_count(), date=rst.now_iso(), jax_version=jax.__version__,
+                repeats=int(config.rst.repeats), load_average=_load_average(), **meta))
