@@ -56,6 +56,26 @@ def is_import_path(name: str) -> bool:
   return ":" in name
 
 
+def import_named(path: str, field: str, kind: str, wanted: str):
+  """The attribute at 'module:name' for config field `field`; a ConfigError (one sentence) if the
+  path is malformed, the module cannot be imported or lacks it (`kind`: 'attribute', 'function';
+  `wanted`: what to name instead)."""
+  import importlib
+  module_name, _, attr = path.partition(":")
+  if not module_name or not attr:
+    raise ConfigError(f"{field} {path!r} must be a registered name or 'module:name'.")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f"{field} {path!r}: cannot import {module_name!r} ({e}); put its"
+                      " directory on PYTHONPATH or run from the directory that holds it.") from None
+  value = getattr(module, attr, None)
+  if value is None:
+    raise ConfigError(f"{field} {path!r}: module {module_name!r} has no {kind} {attr!r};"
+                      f" name a {wanted} defined in it.")
+  return value
+
+
 def check_method_name(name: str, field: str = "method.name") -> None:
   """A ConfigError unless `name` is a built-in method or an importable 'module:Class' that
   subclasses `ntng_jax.methods.base.Method` (imported here to check it)."""

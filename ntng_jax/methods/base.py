@@ -143,19 +143,11 @@ def method_class(name: str):
 def _import_method(path: str):
   """The class at 'module:Class'; a ConfigError (one sentence) if it cannot be imported or is
   not a subclass of `Method`."""
-  from ntng_jax.config import ConfigError
+  from ntng_jax.config import ConfigError, import_named
   module_name, _, attr = path.partition(":")
   if not module_name or not attr:
     raise ConfigError(f"method.name {path!r} must be a registered name or 'module:Class'.")
-  try:
-    module = importlib.import_module(module_name)
-  except ImportError as e:
-    raise ConfigError(f"method.name {path!r}: cannot import {module_name!r} ({e}); put its"
-                      " directory on PYTHONPATH or run from the directory that holds it.") from None
-  cls = getattr(module, attr, None)
-  if cls is None:
-    raise ConfigError(f"method.name {path!r}: module {module_name!r} has no attribute {attr!r};"
-                      " name a class defined in it.")
+  cls = import_named(path, "method.name", "attribute", "class")
   if not (isinstance(cls, type) and issubclass(cls, Method)):
     raise ConfigError(f"method.name {path!r} is not a subclass of ntng_jax.methods.base.Method;"
                       " derive your method from it.")

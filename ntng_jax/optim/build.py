@@ -151,18 +151,12 @@ def user_optimizer(path: str) -> Callable:
   """The function at 'module:function' (`fn(learning_rate, optim_cfg) -> optax transformation`,
   wrapped like a built-in: clip first, learning rate injected); a ConfigError if it cannot be
   imported or is not callable."""
-  import importlib
-  from ntng_jax.config import ConfigError
-  module_name, _, attr = path.partition(":")
-  try:
-    module = importlib.import_module(module_name)
-  except ImportError as e:
-    raise ConfigError(f"optim.name {path!r}: cannot import {module_name!r} ({e}); put its"
-                      " directory on PYTHONPATH or run from the directory that holds it.") from None
-  fn = getattr(module, attr, None)
+  from ntng_jax.config import ConfigError, import_named
+  fn = import_named(path, "optim.name", "function",
+                    "function fn(learning_rate, optim_cfg)")
   if not callable(fn):
-    raise ConfigError(f"optim.name {path!r}: module {module_name!r} has no function {attr!r};"
-                      " name a function fn(learning_rate, optim_cfg) defined in it.")
+    raise ConfigError(f"optim.name {path!r} is not callable; name a function"
+                      " fn(learning_rate, optim_cfg).")
   return fn
 
 
