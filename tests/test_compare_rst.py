@@ -133,12 +133,12 @@ def test_cli_writes_markdown_json_and_figure(tmp_path, tables):
 
 def test_depthwise_calibration_writes_a_loadable_partial_table(tmp_path):
   from ntng_jax import data as data_lib, partitioning
-  from ntng_jax.experiments.rst_depthwise import calibrate_depthwise
+  from ntng_jax.train.calibrate import calibrate
   from conftest import tiny_config
   config = tiny_config("bert", **{"data.num_lines": 2000, "rst.repeats": 1, "rst.warmup": 1,
                                   "model.num_layers": 3})
   dataset = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, str(tmp_path))
-  table = calibrate_depthwise(
+  table = calibrate(
       config, partitioning.make_mesh(config.mesh),
       lambda: next(iter(dataset.train_iterator(config.train.batch_size, seed=0))),
       depths=[1, 3], one_at_a_time=True, log=lambda s: None)

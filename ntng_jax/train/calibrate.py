@@ -17,6 +17,7 @@ baseline and stacking; layer dropping is charged the n-layer price, as in the pa
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import platform
 import time
@@ -44,12 +45,16 @@ def _interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
   return {key: float(np.median(v)) for key, v in times.items()}
 
 
-def calibrate(config, mesh, example_batch_fn) -> rst.RSTTable:
-  """Times `train[n]` and `forward[n]` for n = 1..num_layers; `example_batch_fn()` returns one
-  global batch (numpy dict of `train.batch_size` rows) in the run's format."""
+def calibrate(config, mesh, example_batch_fn, depths=None, one_at_a_time: bool = False,
+              log=lambda message: None) -> rst.RSTTable:
+  """Times `train[n]` and `forward[n]` for each n in `depths` (default 1..num_layers);
+  `example_batch_fn()` returns one global batch (numpy dict of `train.batch_size` rows) in the
+  run's format. All depths are timed in interleaved rounds, or with `one_at_a_time` each depth is
+  built, timed and freed in turn (base models on a small-memory host)."""
   from ntng_jax.train import loop  # the same programs and shardings as the real run
 
   t, L = config.train, int(config.model.num_layers)
+  depths = list(depths or range(1, L + 1))
   num_micro = t.batch_size // t.micro_batch_size
   tx = build_optimizer(config.optim)
   batch_np = example_batch_fn()
@@ -58,28 +63,34 @@ def calibrate(config, mesh, example_batch_fn) -> rst.RSTTable:
   micro = partitioning.global_batch(mesh, micro_np)
   rng = jax.random.PRNGKey(0)
   controls = {"learning_rate": np.float32(0.0)}  # a zero learning rate keeps the state fixed
+  train, forward = {}, {}
 
   def programs(n):
     built = loop.build_programs(config, loop.model_at_depth(config, n), tx, mesh, micro_np)
-    state = loop.init_state(built, tx, mesh, micro_np, seed=0)
+    box = {"state": loop.init_state(built, tx, mesh, micro_np, seed=0)}
     score = jax.jit(step_lib.make_score_step(built.model, t.compute_dtype),
                     in_shardings=(built.shardings.params, partitioning.batch_sharding(mesh)))
 
-    def train():
-      nonlocal state
-      state, metrics = built.train_step(state, batch, rng, controls)
+    def train_fn():
+      box["state"], metrics = built.train_step(box["state"], batch, rng, controls)
       return metrics
-    return train, lambda: score(state.params, micro)
+    return {("train", n): train_fn, ("forward", n): lambda: score(box["state"].params, micro)}
 
-  fns = {}
-  for n in range(1, L + 1):
-    fns[("train", n)], fns[("forward", n)] = programs(n)
-  with partitioning.activate(mesh):
-    seconds = _interleaved_medians(fns, int(config.rst.warmup), int(config.rst.repeats))
-  train = {n: seconds[("train", n)] / num_micro for n in range(1, L + 1)}
-  forward = {n: seconds[("forward", n)] for n in range(1, L + 1)}
-  return table_from_timings(config, train, forward,
-                            statistic="median of interleaved timings, compile excluded")
+  for group in ([[n] for n in depths] if one_at_a_time else [depths]):
+    fns = {}
+    for n in group:
+      fns.update(programs(n))
+    with partitioning.activate(mesh):
+      seconds = _interleaved_medians(fns, int(config.rst.warmup), int(config.rst.repeats))
+    for n in group:
+      train[n], forward[n] = seconds[("train", n)] / num_micro, seconds[("forward", n)]
+      log(f"depth {n}: train {train[n]:.4f} s/unit, forward {forward[n]:.4f} s/unit")
+    fns.clear()
+    gc.collect()
+  return table_from_timings(
+      config, train, forward, warmup=int(config.rst.warmup), depths=depths,
+      statistic="median of interleaved timings, compile excluded"
+      + ("; one depth at a time" if one_at_a_time else ""))
 
 
 def _load_average() -> float | None:
