@@ -534,6 +534,14 @@ def _mean_curve(curves: list[list[tuple[float, float]]], points: int = 200):
   return grid, mean
 
 
+def _save(plt, fig, path: str) -> str:
+  """Writes a figure to `path` (PNG) and closes it."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def _panels(plt, n: int, width: float = 4.2, height: float = 3.4):
   cols = min(n, 3)
   rows = (n + cols - 1) // cols
@@ -584,10 +592,7 @@ def plot_train_loss(collected: dict, agg: dict, path: str) -> str | None:
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def _points_vs_budget(agg: dict, names: list[str], titles: list[str], ylabels: list[str],
@@ -618,10 +623,7 @@ def _points_vs_budget(agg: dict, names: list[str], titles: list[str], ylabels: l
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def plot_validation(agg: dict, path: str) -> str | None:
@@ -676,10 +678,7 @@ def plot_validation_epochs(collected: dict, agg: dict, path: str) -> str | None:
     ax.set_ylabel("validation loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def plot_downstream(agg: dict, path: str) -> str | None:
