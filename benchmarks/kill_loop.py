@@ -34,25 +34,36 @@ STEP_SECONDS = 0.02
 def write_table(path: str, steps_config) -> str:
   """A deterministic RST table: a full-depth step of the batch costs STEP_SECONDS."""
   from ntng_jax import rst
+
   c = steps_config
   layers, mb = c.model.num_layers, c.train.micro_batch_size
   per_micro = STEP_SECONDS / (c.train.batch_size // mb)
-  table = rst.RSTTable(name="kill-loop-fixed", unit_sequences=mb,
-                       train={n: per_micro * n / layers for n in range(1, layers + 1)},
-                       forward={n: per_micro / 3 * n / layers for n in range(1, layers + 1)},
-                       fingerprint=rst.step_shape_fingerprint(c))
+  table = rst.RSTTable(
+    name="kill-loop-fixed",
+    unit_sequences=mb,
+    train={n: per_micro * n / layers for n in range(1, layers + 1)},
+    forward={n: per_micro / 3 * n / layers for n in range(1, layers + 1)},
+    fingerprint=rst.step_shape_fingerprint(c),
+  )
   rst.save_table(table, path)
   return path
 
 
 def command(workdir: str, table: str, steps: int) -> list[str]:
-  return [sys.executable, "-m", "launch.pretrain", "--config=configs/bert.py:size=tiny",
-          f"--workdir={workdir}", f"--config.rst.table={table}",
-          f"--config.train.budget_hours={steps * STEP_SECONDS / 3600!r}",
-          f"--config.train.checkpoint_every_rst_minutes={2 * STEP_SECONDS / 60 * 0.999!r}",
-          f"--config.train.eval_every_rst_minutes={20 * STEP_SECONDS / 60 * 0.999!r}",
-          "--config.train.log_every_steps=1", "--config.train.validation_batches=1",
-          "--config.data.num_lines=2000"]
+  return [
+    sys.executable,
+    "-m",
+    "launch.pretrain",
+    "--config=configs/bert.py:size=tiny",
+    f"--workdir={workdir}",
+    f"--config.rst.table={table}",
+    f"--config.train.budget_hours={steps * STEP_SECONDS / 3600!r}",
+    f"--config.train.checkpoint_every_rst_minutes={2 * STEP_SECONDS / 60 * 0.999!r}",
+    f"--config.train.eval_every_rst_minutes={20 * STEP_SECONDS / 60 * 0.999!r}",
+    "--config.train.log_every_steps=1",
+    "--config.train.validation_batches=1",
+    "--config.data.num_lines=2000",
+  ]
 
 
 def records(workdir):
@@ -68,23 +79,32 @@ def summary(workdir):
 def leaves(workdir):
   import jax
   import orbax.checkpoint as ocp
+
   ckpt = os.path.join(workdir, "checkpoints")
   step = max(int(n) for n in os.listdir(ckpt) if n.isdigit())
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     tree = ocp.PyTreeCheckpointer().restore(os.path.join(ckpt, str(step), "state"))
-  return step, {jax.tree_util.keystr(p): np.asarray(v)
-                for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  return step, {
+    jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def compare(workdir, reference) -> dict:
   a_step, a = leaves(workdir)
   b_step, b = leaves(reference)
-  differing = [k for k in b if k not in a or a[k].dtype != b[k].dtype or not np.array_equal(a[k], b[k])]
+  differing = [
+    k for k in b if k not in a or a[k].dtype != b[k].dtype or not np.array_equal(a[k], b[k])
+  ]
   ra, rb = records(workdir), records(reference)
-  return dict(summary_equal=summary(workdir) == summary(reference), records_equal=ra == rb,
-              num_records=len(rb), final_step=(a_step, b_step), num_leaves=len(b),
-              differing_leaves=differing)
+  return dict(
+    summary_equal=summary(workdir) == summary(reference),
+    records_equal=ra == rb,
+    num_records=len(rb),
+    final_step=(a_step, b_step),
+    num_leaves=len(b),
+    differing_leaves=differing,
+  )
 
 
 def main():
@@ -94,11 +114,15 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--root", default=None, help="scratch directory (default: a temp dir)")
   parser.add_argument("--out", default=None, help="write the result as JSON here")
-  parser.add_argument("--reuse_reference", action="store_true",
-                      help="keep ROOT/reference from an earlier call (same --steps)")
+  parser.add_argument(
+    "--reuse_reference",
+    action="store_true",
+    help="keep ROOT/reference from an earlier call (same --steps)",
+  )
   args = parser.parse_args()
   sys.path.insert(0, REPO)
   from ntng_jax.config import get_config
+
   rng = random.Random(args.seed)
   root = args.root or tempfile.mkdtemp(prefix="kill_loop_")
   os.makedirs(root, exist_ok=True)
@@ -113,8 +137,13 @@ def main():
   else:
     shutil.rmtree(reference, ignore_errors=True)
     t0 = time.time()
-    subprocess.run(command(reference, table, args.steps), cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+      command(reference, table, args.steps),
+      cwd=REPO,
+      check=True,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+    )
     ref_wall = time.time() - t0
     with open(wall_file, "w") as f:
       f.write(str(ref_wall))
@@ -124,8 +153,12 @@ def main():
   while len(kills) < args.kills:
     in_save = len(kills) % 3 == 2
     delay = rng.uniform(0.5, 0.6 * ref_wall)
-    proc = subprocess.Popen(command(killed, table, args.steps), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+      command(killed, table, args.steps),
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+    )
     start = time.time()
     staging = os.path.join(killed, "checkpoints", ".staging")
     saving = seen_clear = False  # a killed attempt's leftovers stay until this one's first save
@@ -136,39 +169,55 @@ def main():
       except FileNotFoundError:
         saving = False
       seen_clear = seen_clear or not saving
-      if (in_save and saving and seen_clear) or (not in_save and elapsed >= delay) \
-          or elapsed > 4 * ref_wall:
+      if (
+        (in_save and saving and seen_clear)
+        or (not in_save and elapsed >= delay)
+        or elapsed > 4 * ref_wall
+      ):
         break
       time.sleep(0.002 if in_save else 0.01)
     if proc.poll() is not None:  # finished before the kill: compare, then start over afresh
       result = compare(killed, reference) if proc.returncode == 0 else {"rc": proc.returncode}
       cycles.append(dict(kills=len(kills), **result))
-      print(f"the run finished after kill {len(kills)}: {result}; starting a new workdir",
-            flush=True)
+      print(
+        f"the run finished after kill {len(kills)}: {result}; starting a new workdir", flush=True
+      )
       shutil.rmtree(killed)
       continue
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     ckpt = os.path.join(killed, "checkpoints")
     steps = sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
-    kills.append(dict(after_s=round(time.time() - start, 3), inside_save=saving,
-                      committed_after=steps[-3:]))
-    print(f"kill {len(kills):2d} after {kills[-1]['after_s']:6.2f} s"
-          f"{' (inside a save)' if saving else ''}; newest checkpoints {steps[-3:]}", flush=True)
+    kills.append(
+      dict(after_s=round(time.time() - start, 3), inside_save=saving, committed_after=steps[-3:])
+    )
+    print(
+      f"kill {len(kills):2d} after {kills[-1]['after_s']:6.2f} s"
+      f"{' (inside a save)' if saving else ''}; newest checkpoints {steps[-3:]}",
+      flush=True,
+    )
 
-  final = subprocess.run(command(killed, table, args.steps), cwd=REPO, capture_output=True,
-                         text=True)
+  final = subprocess.run(
+    command(killed, table, args.steps), cwd=REPO, capture_output=True, text=True
+  )
   if final.returncode != 0:
     print(final.stdout[-2000:], final.stderr[-2000:])
     raise SystemExit("the final rerun failed")
-  result = dict(kills=len(kills), kills_inside_saves=sum(k["inside_save"] for k in kills),
-                earlier_cycles=cycles,
-                steps=args.steps, reference_wall_s=round(ref_wall, 1), kill_log=kills,
-                corrupt_dirs=os.listdir(os.path.join(killed, "checkpoints", "corrupt"))
-                if os.path.isdir(os.path.join(killed, "checkpoints", "corrupt")) else [],
-                **compare(killed, reference))
-  ok = lambda r: r.get("summary_equal") and r.get("records_equal") and not r.get(
-      "differing_leaves", ["?"])
+  result = dict(
+    kills=len(kills),
+    kills_inside_saves=sum(k["inside_save"] for k in kills),
+    earlier_cycles=cycles,
+    steps=args.steps,
+    reference_wall_s=round(ref_wall, 1),
+    kill_log=kills,
+    corrupt_dirs=os.listdir(os.path.join(killed, "checkpoints", "corrupt"))
+    if os.path.isdir(os.path.join(killed, "checkpoints", "corrupt"))
+    else [],
+    **compare(killed, reference),
+  )
+  ok = lambda r: (
+    r.get("summary_equal") and r.get("records_equal") and not r.get("differing_leaves", ["?"])
+  )
   result["bitwise_identical"] = bool(ok(result) and all(ok(c) for c in cycles))
   print(json.dumps({k: v for k, v in result.items() if k != "kill_log"}, indent=1))
   if args.out:

@@ -48,6 +48,7 @@ from ntng_jax.train import loop  # noqa: E402
 
 def bert_config(size: str, dtype: str, batch_size: int, remat: bool = False):
   from configs import bert
+
   config = bert.get_config(f"size={size}")
   config.train.compute_dtype = dtype
   config.model.remat = remat
@@ -60,18 +61,20 @@ def bert_config(size: str, dtype: str, batch_size: int, remat: bool = False):
 def synthetic_batch(config, rng: np.random.Generator) -> dict:
   B, S, V = config.train.batch_size, config.data.seq_len, config.model.vocab_size
   P = int(config.data.max_predictions) or default_max_predictions(S)
-  return dict(example_id=np.arange(B, dtype=np.int32),
-              input_ids=rng.integers(7, V, (B, S)).astype(np.int32),
-              mlm_positions=np.sort(rng.integers(0, S, (B, P)), 1).astype(np.int32),
-              mlm_labels=rng.integers(7, V, (B, P)).astype(np.int32),
-              mlm_weights=np.ones((B, P), np.float32))
+  return dict(
+    example_id=np.arange(B, dtype=np.int32),
+    input_ids=rng.integers(7, V, (B, S)).astype(np.int32),
+    mlm_positions=np.sort(rng.integers(0, S, (B, P)), 1).astype(np.int32),
+    mlm_labels=rng.integers(7, V, (B, P)).astype(np.int32),
+    mlm_weights=np.ones((B, P), np.float32),
+  )
 
 
 class Program:
   """One jitted train step of the trainer with its own (donated) state."""
 
   def __init__(self, config, depth, mesh, tx, batch):
-    example = {k: v[:config.train.micro_batch_size] for k, v in batch.items()}
+    example = {k: v[: config.train.micro_batch_size] for k, v in batch.items()}
     self.built = loop.build_programs(config, loop.model_at_depth(config, depth), tx, mesh, example)
     self.state = loop.init_state(self.built, tx, mesh, example, config.seed)
     self.mesh = mesh
@@ -102,13 +105,13 @@ def bench_size(size: str, args) -> list[dict]:
   ks = sorted({L, max(1, L // 2), max(1, L // 4)}, reverse=True)
   depths = sorted(set(st.stage_depths(st.auto_initial_layers(L), L, 2)))
 
-  full = Program(config, L, mesh, tx, batch)         # baseline program, also stacking's last stage
+  full = Program(config, L, mesh, tx, batch)  # baseline program, also stacking's last stage
   stages = {d: Program(config, d, mesh, tx, batch) for d in depths if d != L}
   # name -> one timed step. The keep variants run `full`'s jitted step with a keep vector in the
   # controls: one more compiled program (the lax.cond one), shared by every k.
   runs = {"full": lambda: full.step()}
   for k in ks:
-    runs[f"keep{k}"] = (lambda k=k: full.step(keep_vector(k, L)))
+    runs[f"keep{k}"] = lambda k=k: full.step(keep_vector(k, L))
   for d, prog in stages.items():
     runs[f"depth{d}"] = prog.step
   t0 = time.perf_counter()
@@ -122,23 +125,55 @@ def bench_size(size: str, args) -> list[dict]:
       times[name].append(fn())
   med = {name: float(np.median(v)) for name, v in times.items()}
 
-  common = dict(family="bert", size=size, dtype=args.dtype, remat=args.remat, num_layers=L,
-                batch_size=config.train.batch_size,
-                micro_batch_size=config.train.micro_batch_size, seq_len=config.data.seq_len,
-                repeats=args.repeats, device=jax.devices()[0].device_kind)
+  common = dict(
+    family="bert",
+    size=size,
+    dtype=args.dtype,
+    remat=args.remat,
+    num_layers=L,
+    batch_size=config.train.batch_size,
+    micro_batch_size=config.train.micro_batch_size,
+    seq_len=config.data.seq_len,
+    repeats=args.repeats,
+    device=jax.devices()[0].device_kind,
+  )
   out = []
   for k in ks:
     ratio = med[f"keep{k}"] / med["full"]
     bound = k / L + 0.15
-    out.append(dict(bench="layer_drop", **common, kept=k, median_s_full=med["full"],
-                    median_s_kept=med[f"keep{k}"], ratio=round(ratio, 4),
-                    ideal=round(k / L, 4), bound=round(bound, 4), within_bound=ratio <= bound))
+    out.append(
+      dict(
+        bench="layer_drop",
+        **common,
+        kept=k,
+        median_s_full=med["full"],
+        median_s_kept=med[f"keep{k}"],
+        ratio=round(ratio, 4),
+        ideal=round(k / L, 4),
+        bound=round(bound, 4),
+        within_bound=ratio <= bound,
+      )
+    )
   for d in depths:
     t = med["full"] if d == L else med[f"depth{d}"]
-    out.append(dict(bench="stacking", **common, depth=d, median_s=t,
-                    depth_ratio=round(d / L, 4), time_ratio=round(t / med["full"], 4)))
-  out.append(dict(bench="meta", size=size, compile_and_warmup_s=round(compile_and_warmup, 2),
-                  programs=list(runs)))
+    out.append(
+      dict(
+        bench="stacking",
+        **common,
+        depth=d,
+        median_s=t,
+        depth_ratio=round(d / L, 4),
+        time_ratio=round(t / med["full"], 4),
+      )
+    )
+  out.append(
+    dict(
+      bench="meta",
+      size=size,
+      compile_and_warmup_s=round(compile_and_warmup, 2),
+      programs=list(runs),
+    )
+  )
   return out
 
 
@@ -148,8 +183,11 @@ def main():
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--remat", action="store_true",
-                      help="model.remat=True (each layer recomputed in the backward pass)")
+  parser.add_argument(
+    "--remat",
+    action="store_true",
+    help="model.remat=True (each layer recomputed in the backward pass)",
+  )
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
   if args.repeats < 1 or args.warmup < 1:

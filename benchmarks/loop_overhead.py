@@ -37,9 +37,12 @@ def make_config(steps: int, workdir: str):
   config.train.eval_every_rst_minutes = 1e6
   config.train.checkpoint_every_rst_minutes = 1e6
   L, nm = config.model.num_layers, config.train.batch_size // config.train.micro_batch_size
-  table = rst.RSTTable(name="bench", unit_sequences=config.train.micro_batch_size,
-                       train={n: 1.0 / nm for n in range(1, L + 1)},
-                       fingerprint=rst.step_shape_fingerprint(config))
+  table = rst.RSTTable(
+    name="bench",
+    unit_sequences=config.train.micro_batch_size,
+    train={n: 1.0 / nm for n in range(1, L + 1)},
+    fingerprint=rst.step_shape_fingerprint(config),
+  )
   config.rst.table = os.path.join(workdir, "table.json")
   rst.save_table(table, config.rst.table)
   config.train.budget_hours = steps / 3600.0  # one RST second per step
@@ -52,8 +55,9 @@ def bare_seconds_per_step(config, workdir: str, steps: int) -> float:
   it = ds.train_iterator(config.train.batch_size, seed=config.seed)
   example = next(iter(ds.train_iterator(config.train.micro_batch_size, seed=0)))
   tx = build_optimizer(config.optim)
-  built = loop.build_programs(config, loop.model_at_depth(config, config.model.num_layers), tx,
-                              mesh, example)
+  built = loop.build_programs(
+    config, loop.model_at_depth(config, config.model.num_layers), tx, mesh, example
+  )
   state = loop.init_state(built, tx, mesh, example, config.seed)
   key = jax.random.PRNGKey(0)
   with partitioning.activate(mesh):
@@ -62,8 +66,9 @@ def bare_seconds_per_step(config, workdir: str, steps: int) -> float:
         jax.block_until_ready(state)
         t0 = time.perf_counter()
       batch = partitioning.global_batch(mesh, next(it))
-      state, metrics = built.train_step(state, batch, jax.random.fold_in(key, i),
-                                        {"learning_rate": np.float32(1e-3)})
+      state, metrics = built.train_step(
+        state, batch, jax.random.fold_in(key, i), {"learning_rate": np.float32(1e-3)}
+      )
     jax.block_until_ready(metrics)
   return (time.perf_counter() - t0) / (steps - WARMUP)
 
@@ -71,6 +76,7 @@ def bare_seconds_per_step(config, workdir: str, steps: int) -> float:
 def trainer_seconds_per_step(config, workdir: str) -> float:
   import contextlib
   import io
+
   with contextlib.redirect_stdout(io.StringIO()):
     loop.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -92,12 +98,22 @@ def main():
       bare.append(bare_seconds_per_step(config, d, args.steps))
       trainer.append(trainer_seconds_per_step(config, os.path.join(d, "run")))
   ratios = [t / b for t, b in zip(trainer, bare)]
-  print(json.dumps(dict(
-      benchmark="loop_overhead", model="bert-tiny", steps=args.steps,
-      bare_step_s=[round(x, 5) for x in bare], trainer_step_s=[round(x, 5) for x in trainer],
-      ratio_per_repeat=[round(x, 4) for x in ratios], median_ratio=float(np.median(ratios)),
-      overhead_percent=100 * (float(np.median(ratios)) - 1),
-      device=jax.devices()[0].platform, jax_version=jax.__version__)))
+  print(
+    json.dumps(
+      dict(
+        benchmark="loop_overhead",
+        model="bert-tiny",
+        steps=args.steps,
+        bare_step_s=[round(x, 5) for x in bare],
+        trainer_step_s=[round(x, 5) for x in trainer],
+        ratio_per_repeat=[round(x, 4) for x in ratios],
+        median_ratio=float(np.median(ratios)),
+        overhead_percent=100 * (float(np.median(ratios)) - 1),
+        device=jax.devices()[0].platform,
+        jax_version=jax.__version__,
+      )
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def make_runner(family: str, size: str, batch_size: int, method: str, dtype: str
   mesh = partitioning.make_mesh(config.mesh)
   tx = build_optimizer(config.optim)
   batch_np = synthetic_batch(config, batch_size, np.random.default_rng(0))
-  built = loop.build_programs(config, loop.model_at_depth(config, config.model.num_layers), tx,
-                              mesh, batch_np)
+  built = loop.build_programs(
+    config, loop.model_at_depth(config, config.model.num_layers), tx, mesh, batch_np
+  )
   state = loop.init_state(built, tx, mesh, batch_np, seed=0)
   batch = partitioning.global_batch(mesh, batch_np)
   controls = {"learning_rate": np.float32(1e-5)}
@@ -52,11 +53,13 @@ def make_runner(family: str, size: str, batch_size: int, method: str, dtype: str
     t0 = time.perf_counter()
     with partitioning.activate(mesh):
       for _ in range(K):
-        holder["state"], metrics = built.train_step(holder["state"], batch,
-                                                    jax.random.PRNGKey(holder["i"]), controls)
+        holder["state"], metrics = built.train_step(
+          holder["state"], batch, jax.random.PRNGKey(holder["i"]), controls
+        )
         holder["i"] += 1
       jax.block_until_ready(metrics)
     return (time.perf_counter() - t0) / K
+
   return round_seconds
 
 
@@ -68,8 +71,10 @@ def main():
   args = parser.parse_args()
   for spec in args.models.split(","):
     family, size, batch = spec.split(":")
-    runners = {m: make_runner(family, size, int(batch), m, args.dtype)
-               for m in ("baseline", "lion", "sophia")}
+    runners = {
+      m: make_runner(family, size, int(batch), m, args.dtype)
+      for m in ("baseline", "lion", "sophia")
+    }
     for fn in runners.values():
       fn()  # compile and warm up
     times = {m: [] for m in runners}
@@ -77,14 +82,25 @@ def main():
       for m, fn in runners.items():
         times[m].append(fn())
     med = {m: float(np.median(v)) for m, v in times.items()}
-    print(json.dumps(dict(
-        benchmark="optimizer_overhead", model=family, size=size, batch=int(batch), dtype=args.dtype,
-        update_interval=K, step_s={"adamw": med["baseline"], "lion": med["lion"],
-                                   "sophia": med["sophia"]},
-        lion_vs_adamw=med["lion"] / med["baseline"], sophia_vs_adamw=med["sophia"] / med["baseline"],
-        paper_t5=dict(lion_vs_adamw=1.043 / 1.031, sophia_vs_adamw=1.156 / 1.031),
-        device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-        jax_version=jax.__version__)), flush=True)
+    print(
+      json.dumps(
+        dict(
+          benchmark="optimizer_overhead",
+          model=family,
+          size=size,
+          batch=int(batch),
+          dtype=args.dtype,
+          update_interval=K,
+          step_s={"adamw": med["baseline"], "lion": med["lion"], "sophia": med["sophia"]},
+          lion_vs_adamw=med["lion"] / med["baseline"],
+          sophia_vs_adamw=med["sophia"] / med["baseline"],
+          paper_t5=dict(lion_vs_adamw=1.043 / 1.031, sophia_vs_adamw=1.156 / 1.031),
+          device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+          jax_version=jax.__version__,
+        )
+      ),
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

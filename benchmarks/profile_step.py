@@ -37,20 +37,32 @@ CONTAINERS = {"while", "conditional", "call"}
 
 # (category, regex on the op_name metadata + opcode), first match wins.
 RULES = [
-    ("attention score/softmax/value", r"bqhd|bhqk|softmax|dot_product_attention|attention"
-                                      r"|rel_bias|relative|padding_bias|causal"),
-    ("MLM gather + tied decoder / lm_head", r"take_along_axis|attend|lm_head|/head/|"
-                                            r"word_embed.*dot_general"),
-    ("loss (softmax cross-entropy)", r"cross_entropy|log_softmax|logsumexp|token_losses|"
-                                     r"mean_token_loss"),
-    ("dense matmuls (qkv/out/MLP)", r"dot_general|dot\b|convolution"),
-    ("norms", r"LayerNorm|RMSNorm|norm1|norm2|_norm|rsqrt"),
-    ("MLP activation", r"gelu|erf|tanh"),
-    ("embedding lookup", r"embed|take|gather|position"),
-    ("scan/cond bookkeeping", r"^(dynamic-slice|dynamic-update-slice|copy|tuple|"
-                              r"get-tuple-element)\b|dynamic_slice|dynamic_update_slice|"
-                              r"add_any|copy_bitcast"),
-    ("casts/copies/transposes", r"convert|copy|transpose|broadcast|reshape|bitcast"),
+  (
+    "attention score/softmax/value",
+    r"bqhd|bhqk|softmax|dot_product_attention|attention"
+    r"|rel_bias|relative|padding_bias|causal",
+  ),
+  (
+    "MLM gather + tied decoder / lm_head",
+    r"take_along_axis|attend|lm_head|/head/|"
+    r"word_embed.*dot_general",
+  ),
+  (
+    "loss (softmax cross-entropy)",
+    r"cross_entropy|log_softmax|logsumexp|token_losses|"
+    r"mean_token_loss",
+  ),
+  ("dense matmuls (qkv/out/MLP)", r"dot_general|dot\b|convolution"),
+  ("norms", r"LayerNorm|RMSNorm|norm1|norm2|_norm|rsqrt"),
+  ("MLP activation", r"gelu|erf|tanh"),
+  ("embedding lookup", r"embed|take|gather|position"),
+  (
+    "scan/cond bookkeeping",
+    r"^(dynamic-slice|dynamic-update-slice|copy|tuple|"
+    r"get-tuple-element)\b|dynamic_slice|dynamic_update_slice|"
+    r"add_any|copy_bitcast",
+  ),
+  ("casts/copies/transposes", r"convert|copy|transpose|broadcast|reshape|bitcast"),
 ]
 
 
@@ -74,8 +86,9 @@ def parse_hlo(text: str) -> dict:
       name, opcode = m.group(1), m.group(2)
       op_name = re.search(r'op_name="([^"]*)"', line)
       calls = re.search(r"calls=%?([\w.\-]+)", line)
-      comps[current].append((name, opcode, op_name.group(1) if op_name else "",
-                             calls.group(1) if calls else None))
+      comps[current].append(
+        (name, opcode, op_name.group(1) if op_name else "", calls.group(1) if calls else None)
+      )
   for comp, rows in comps.items():
     for name, opcode, op_name, calls in rows:
       inner = ""
@@ -129,12 +142,17 @@ def profile(fn, args, steps: int, hlo_text: str) -> dict:
     per_cat[cat] += e["dur"] / 1e6 / steps
     per_op[name] += e["dur"] / 1e6 / steps
   total = sum(per_cat.values())
-  return dict(wall_s=wall, op_s=total,
-              categories={k: round(v, 5) for k, v in per_cat.most_common()},
-              fractions={k: round(v / total, 4) for k, v in per_cat.most_common()},
-              top_ops=[(k, round(v, 5), categorize(*instr.get(k, ("?", k))),
-                        instr.get(k, ("?", ""))[1][:160]) for k, v in per_op.most_common(15)],
-              unmatched_s=unknown / 1e6 / steps)
+  return dict(
+    wall_s=wall,
+    op_s=total,
+    categories={k: round(v, 5) for k, v in per_cat.most_common()},
+    fractions={k: round(v / total, 4) for k, v in per_cat.most_common()},
+    top_ops=[
+      (k, round(v, 5), categorize(*instr.get(k, ("?", k))), instr.get(k, ("?", ""))[1][:160])
+      for k, v in per_op.most_common(15)
+    ],
+    unmatched_s=unknown / 1e6 / steps,
+  )
 
 
 def parse_override(items):
@@ -147,8 +165,11 @@ def parse_override(items):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", default="bert:small:32:128,t5:small:16:512",
-                      help="comma-separated family:size:batch:seq_len")
+  parser.add_argument(
+    "--models",
+    default="bert:small:32:128,t5:small:16:512",
+    help="comma-separated family:size:batch:seq_len",
+  )
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--forward", action="store_true", help="profile the scoring pass too")
   parser.add_argument("--model_override", action="append", help="model field=value")
@@ -157,15 +178,22 @@ def main():
   results = []
   for spec in args.models.split(","):
     family, size, batch, seq = spec.split(":")
-    b = step_time.build(family, size, int(batch), seq_len=int(seq),
-                        model=parse_override(args.model_override))
+    b = step_time.build(
+      family, size, int(batch), seq_len=int(seq), model=parse_override(args.model_override)
+    )
     with partitioning.activate(b["mesh"]):
       step = b["built"].train_step
       call = (b["state"], b["batch"], b["rng"], b["controls"])
       hlo = step.lower(*call).compile().as_text()
-      res = dict(model=family, size=size, batch=int(batch), seq_len=int(seq), kind="train_step",
-                 model_overrides=parse_override(args.model_override), **profile(step, call,
-                                                                             args.steps, hlo))
+      res = dict(
+        model=family,
+        size=size,
+        batch=int(batch),
+        seq_len=int(seq),
+        kind="train_step",
+        model_overrides=parse_override(args.model_override),
+        **profile(step, call, args.steps, hlo),
+      )
       print(json.dumps(res), flush=True)
       results.append(res)
   if args.out:

@@ -22,6 +22,7 @@ import numpy as np
 
 def _median_seconds(fn, warmup: int, repeats: int) -> float:
   import jax
+
   for _ in range(warmup):
     jax.block_until_ready(fn())
   times = []
@@ -47,15 +48,18 @@ def scoring_cost(size: str, repeats: int, warmup: int = 2) -> dict:
   method = build_method(config)
   ds = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, None)
   mega_np = next(iter(ds.train_iterator(method.input_batch_size(t.batch_size), seed=0)))
-  micro_np = {k: v[:t.micro_batch_size] for k, v in mega_np.items()}
+  micro_np = {k: v[: t.micro_batch_size] for k, v in mega_np.items()}
   tx = build_optimizer(config.optim)
-  built = loop.build_programs(config, loop.model_at_depth(config, config.model.num_layers), tx,
-                              mesh, micro_np, method)
+  built = loop.build_programs(
+    config, loop.model_at_depth(config, config.model.num_layers), tx, mesh, micro_np, method
+  )
   state = loop.init_state(built, tx, mesh, micro_np, config.seed, method)
   mega = partitioning.global_batch(mesh, mega_np)
-  batch = partitioning.global_batch(mesh, {k: v[:t.batch_size] for k, v in mega_np.items()})
-  scorer = jax.jit(method._scorer(built.model, t.compute_dtype),
-                   in_shardings=(built.shardings.params, partitioning.batch_sharding(mesh)))
+  batch = partitioning.global_batch(mesh, {k: v[: t.batch_size] for k, v in mega_np.items()})
+  scorer = jax.jit(
+    method._scorer(built.model, t.compute_dtype),
+    in_shardings=(built.shardings.params, partitioning.batch_sharding(mesh)),
+  )
   controls = {"learning_rate": np.float32(1e-4)}
   holder = {"state": state}
 
@@ -73,14 +77,24 @@ def scoring_cost(size: str, repeats: int, warmup: int = 2) -> dict:
     train_s = _median_seconds(train, warmup, repeats)
   m, b = int(mega["example_id"].shape[0]), int(t.batch_size)
   per = dict(score=score_s / m, select=select_s / m, train=train_s / b)
-  return dict(benchmark="scoring_cost", family="bert", size=size, device=str(jax.devices()[0]),
-              mega_batch=m, batch_size=b, micro_batch_size=int(t.micro_batch_size),
-              seq_len=int(config.data.seq_len), repeats=repeats,
-              score_seconds_per_example=per["score"], select_seconds_per_example=per["select"],
-              train_seconds_per_example=per["train"],
-              score_over_train=per["score"] / per["train"],
-              select_over_train=per["select"] / per["train"], target_ratio=0.40,
-              step_cost_ratio_here=(select_s + train_s) / train_s)
+  return dict(
+    benchmark="scoring_cost",
+    family="bert",
+    size=size,
+    device=str(jax.devices()[0]),
+    mega_batch=m,
+    batch_size=b,
+    micro_batch_size=int(t.micro_batch_size),
+    seq_len=int(config.data.seq_len),
+    repeats=repeats,
+    score_seconds_per_example=per["score"],
+    select_seconds_per_example=per["select"],
+    train_seconds_per_example=per["train"],
+    score_over_train=per["score"] / per["train"],
+    select_over_train=per["select"] / per["train"],
+    target_ratio=0.40,
+    step_cost_ratio_here=(select_s + train_s) / train_s,
+  )
 
 
 def rst_per_step() -> list[dict]:
@@ -93,25 +107,50 @@ def rst_per_step() -> list[dict]:
   b = 1536
 
   def config(**method):
-    return ml_collections.ConfigDict(dict(
-        model=dict(num_layers=16), train=dict(batch_size=b, micro_batch_size=128),
-        method=dict(mega_batch_factor=2, **method)))
+    return ml_collections.ConfigDict(
+      dict(
+        model=dict(num_layers=16),
+        train=dict(batch_size=b, micro_batch_size=128),
+        method=dict(mega_batch_factor=2, **method),
+      )
+    )
 
   plan = Plan(depth=16)
   base = rst.step_cost(table, Method(config()).charges(plan, b))
-  rows = [dict(benchmark="rst_per_step", table=table.name, method="baseline", batch_size=b,
-               scored=0, rst_seconds_per_step=base, ratio_to_baseline=1.0)]
-  variants = [("rho_loss", selection.RhoLoss(config(), il_losses=np.zeros(1, np.float32),
-                                             il_meta={}), False),
-              ("selective_backprop", selection.SelectiveBackprop(config()), False),
-              ("rho_loss(free_scoring)", selection.RhoLoss(
-                  config(free_scoring=True), il_losses=np.zeros(1, np.float32), il_meta={}), True)]
+  rows = [
+    dict(
+      benchmark="rst_per_step",
+      table=table.name,
+      method="baseline",
+      batch_size=b,
+      scored=0,
+      rst_seconds_per_step=base,
+      ratio_to_baseline=1.0,
+    )
+  ]
+  variants = [
+    ("rho_loss", selection.RhoLoss(config(), il_losses=np.zeros(1, np.float32), il_meta={}), False),
+    ("selective_backprop", selection.SelectiveBackprop(config()), False),
+    (
+      "rho_loss(free_scoring)",
+      selection.RhoLoss(config(free_scoring=True), il_losses=np.zeros(1, np.float32), il_meta={}),
+      True,
+    ),
+  ]
   for name, method, _ in variants:
     cost = rst.step_cost(table, method.charges(plan, b))
-    rows.append(dict(benchmark="rst_per_step", table=table.name, method=name, batch_size=b,
-                     scored=0 if method.free_scoring else method.input_batch_size(b),
-                     rst_seconds_per_step=cost, ratio_to_baseline=cost / base,
-                     steps_in_24h=int(24 * 3600 / cost)))
+    rows.append(
+      dict(
+        benchmark="rst_per_step",
+        table=table.name,
+        method=name,
+        batch_size=b,
+        scored=0 if method.free_scoring else method.input_batch_size(b),
+        rst_seconds_per_step=cost,
+        ratio_to_baseline=cost / base,
+        steps_in_24h=int(24 * 3600 / cost),
+      )
+    )
   rows[0]["steps_in_24h"] = int(24 * 3600 / base)
   return rows
 

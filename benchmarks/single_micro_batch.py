@@ -35,15 +35,18 @@ def make(model, tx, scan: bool):
   def step(params, opt_state, batch):
     if scan:
       micro = jax.tree.map(lambda x: x[None], batch)
+
       def acc(carry, mb):
         loss, grads = grad_fn(params, mb, None)
         return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
+
       zeros = jax.tree.map(jnp.zeros_like, params)
       (loss, grads), _ = jax.lax.scan(acc, (jnp.zeros((), jnp.float32), zeros), micro)
     else:
       loss, grads = grad_fn(params, batch, None)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
+
   return jax.jit(step, donate_argnums=(0, 1))
 
 
@@ -59,8 +62,11 @@ def main():
     config.data.seq_len = int(seq)
     model = build_model(config.model)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-4))
-    b = {k: jnp.asarray(v) for k, v in step_time.synthetic_batch(
-        config, int(batch), np.random.default_rng(0)).items() if k != "example_id"}
+    b = {
+      k: jnp.asarray(v)
+      for k, v in step_time.synthetic_batch(config, int(batch), np.random.default_rng(0)).items()
+      if k != "example_id"
+    }
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), b))
     steps = {n: make(model, tx, n == "scan") for n in ("scan", "direct")}
     state = {n: (jax.tree.map(jnp.copy, params), tx.init(params)) for n in steps}
@@ -75,14 +81,23 @@ def main():
         losses[n].append(float(loss))
         if r:
           times[n].append(time.perf_counter() - t0)
-    diff = max(float(jnp.abs(x - y).max()) for x, y in
-               zip(jax.tree.leaves(state["scan"][0]), jax.tree.leaves(state["direct"][0])))
-    res = dict(model=family, size=size, batch=int(batch), seq_len=int(seq),
-               scan_s=float(np.median(times["scan"])), direct_s=float(np.median(times["direct"])),
-               ratio=float(np.median(times["direct"]) / np.median(times["scan"])),
-               round_ratios=[round(a / b, 3) for a, b in zip(times["direct"], times["scan"])],
-               same_losses=losses["scan"] == losses["direct"], max_param_diff=diff,
-               loadavg=os.getloadavg()[0])
+    diff = max(
+      float(jnp.abs(x - y).max())
+      for x, y in zip(jax.tree.leaves(state["scan"][0]), jax.tree.leaves(state["direct"][0]))
+    )
+    res = dict(
+      model=family,
+      size=size,
+      batch=int(batch),
+      seq_len=int(seq),
+      scan_s=float(np.median(times["scan"])),
+      direct_s=float(np.median(times["direct"])),
+      ratio=float(np.median(times["direct"]) / np.median(times["scan"])),
+      round_ratios=[round(a / b, 3) for a, b in zip(times["direct"], times["scan"])],
+      same_losses=losses["scan"] == losses["direct"],
+      max_param_diff=diff,
+      loadavg=os.getloadavg()[0],
+    )
     print(json.dumps(res), flush=True)
     if args.out:
       with open(args.out, "a") as f:

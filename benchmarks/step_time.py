@@ -41,23 +41,32 @@ def synthetic_batch(config, batch_size: int, rng: np.random.Generator) -> dict:
   V, S = config.model.vocab_size, config.data.seq_len
   if config.model.family == "bert":
     P = round(0.15 * S) + 1
-    return dict(input_ids=rng.integers(7, V, (batch_size, S), dtype=np.int32),
-                mlm_positions=np.sort(rng.integers(0, S, (batch_size, P)), 1).astype(np.int32),
-                mlm_labels=rng.integers(7, V, (batch_size, P), dtype=np.int32),
-                mlm_weights=np.ones((batch_size, P), np.float32),
-                example_id=np.arange(batch_size, dtype=np.int32))
+    return dict(
+      input_ids=rng.integers(7, V, (batch_size, S), dtype=np.int32),
+      mlm_positions=np.sort(rng.integers(0, S, (batch_size, P)), 1).astype(np.int32),
+      mlm_labels=rng.integers(7, V, (batch_size, P), dtype=np.int32),
+      mlm_weights=np.ones((batch_size, P), np.float32),
+      example_id=np.arange(batch_size, dtype=np.int32),
+    )
   if config.model.family == "gpt":
     tokens = rng.integers(3, V, (batch_size, S + 1), dtype=np.int32)
-    return dict(input_ids=tokens[:, :-1], targets=tokens[:, 1:],
-                target_weights=np.ones((batch_size, S), np.float32),
-                example_id=np.arange(batch_size, dtype=np.int32))
+    return dict(
+      input_ids=tokens[:, :-1],
+      targets=tokens[:, 1:],
+      target_weights=np.ones((batch_size, S), np.float32),
+      example_id=np.arange(batch_size, dtype=np.int32),
+    )
   from ntng_jax.data.objectives import compute_input_and_target_lengths
+
   _, St = compute_input_and_target_lengths(S, 0.15, 3.0)
   targets = rng.integers(3, V, (batch_size, St), dtype=np.int32)
-  return dict(encoder_input_ids=rng.integers(3, V, (batch_size, S), dtype=np.int32),
-              decoder_input_ids=np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-              targets=targets, target_weights=np.ones((batch_size, St), np.float32),
-              example_id=np.arange(batch_size, dtype=np.int32))
+  return dict(
+    encoder_input_ids=rng.integers(3, V, (batch_size, S), dtype=np.int32),
+    decoder_input_ids=np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    targets=targets,
+    target_weights=np.ones((batch_size, St), np.float32),
+    example_id=np.arange(batch_size, dtype=np.int32),
+  )
 
 
 def param_groups(params) -> dict:
@@ -99,8 +108,15 @@ def model_flops(config, groups: dict, batch: dict) -> tuple[float, str]:
   return 6.0 * (enc * B * S_in + dec * B * S_t), "6*(encoder*B*S_in + (decoder+lm_head)*B*S_tgt)"
 
 
-def build(family: str, size: str, batch_size: int, micro_batch: int = 0,
-          dtype: str = "float32", seq_len: int = 0, model: dict | None = None) -> dict:
+def build(
+  family: str,
+  size: str,
+  batch_size: int,
+  micro_batch: int = 0,
+  dtype: str = "float32",
+  seq_len: int = 0,
+  model: dict | None = None,
+) -> dict:
   """The project's jitted train step at one shape: dict(config, built, state, batch (on the
   mesh), batch_np, mesh, controls, rng). `seq_len` 0 keeps the size's; `model` overrides
   model fields (e.g. attention_impl)."""
@@ -115,18 +131,32 @@ def build(family: str, size: str, batch_size: int, micro_batch: int = 0,
   mesh = partitioning.make_mesh(config.mesh)
   tx = build_optimizer(config.optim)
   batch_np = synthetic_batch(config, batch_size, np.random.default_rng(0))
-  example = {k: v[:config.train.micro_batch_size] for k, v in batch_np.items()}
-  built = loop.build_programs(config, loop.model_at_depth(config, config.model.num_layers), tx,
-                              mesh, example)
+  example = {k: v[: config.train.micro_batch_size] for k, v in batch_np.items()}
+  built = loop.build_programs(
+    config, loop.model_at_depth(config, config.model.num_layers), tx, mesh, example
+  )
   state = loop.init_state(built, tx, mesh, example, seed=0)
-  return dict(config=config, built=built, state=state, batch_np=batch_np, mesh=mesh,
-              batch=partitioning.global_batch(mesh, batch_np),
-              controls={"learning_rate": np.float32(1e-4)}, rng=jax.random.PRNGKey(0))
+  return dict(
+    config=config,
+    built=built,
+    state=state,
+    batch_np=batch_np,
+    mesh=mesh,
+    batch=partitioning.global_batch(mesh, batch_np),
+    controls={"learning_rate": np.float32(1e-4)},
+    rng=jax.random.PRNGKey(0),
+  )
 
 
 def time_config(family: str, size: str, batch_size: int, args) -> dict:
   b = build(family, size, batch_size, args.micro_batch, args.dtype)
-  config, built, state, batch_np, mesh = b["config"], b["built"], b["state"], b["batch_np"], b["mesh"]
+  config, built, state, batch_np, mesh = (
+    b["config"],
+    b["built"],
+    b["state"],
+    b["batch_np"],
+    b["mesh"],
+  )
   batch, controls, rng = b["batch"], b["controls"], b["rng"]
   times = []
   with partitioning.activate(mesh):
@@ -139,16 +169,30 @@ def time_config(family: str, size: str, batch_size: int, args) -> dict:
   groups = param_groups(state.params)
   flops, formula = model_flops(config, groups, batch_np)
   step_s = float(np.median(times))
-  tokens = batch_size * (batch_np["input_ids"].shape[1] if "input_ids" in batch_np else
-                         batch_np["encoder_input_ids"].shape[1] + batch_np["targets"].shape[1])
-  out = dict(model=family, size=size, batch=batch_size,
-             micro_batch=config.train.micro_batch_size, dtype=args.dtype,
-             params=int(sum(groups.values())), step_s=step_s, step_s_min=float(np.min(times)),
-             step_s_all=[round(t, 5) for t in times], tokens_per_step=tokens,
-             tokens_per_s=tokens / step_s, model_gflop_per_step=flops / 1e9,
-             gflop_per_s=flops / step_s / 1e9, flops_formula=formula,
-             device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-             num_devices=jax.device_count(), jax_version=jax.__version__)
+  tokens = batch_size * (
+    batch_np["input_ids"].shape[1]
+    if "input_ids" in batch_np
+    else batch_np["encoder_input_ids"].shape[1] + batch_np["targets"].shape[1]
+  )
+  out = dict(
+    model=family,
+    size=size,
+    batch=batch_size,
+    micro_batch=config.train.micro_batch_size,
+    dtype=args.dtype,
+    params=int(sum(groups.values())),
+    step_s=step_s,
+    step_s_min=float(np.min(times)),
+    step_s_all=[round(t, 5) for t in times],
+    tokens_per_step=tokens,
+    tokens_per_s=tokens / step_s,
+    model_gflop_per_step=flops / 1e9,
+    gflop_per_s=flops / step_s / 1e9,
+    flops_formula=formula,
+    device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+    num_devices=jax.device_count(),
+    jax_version=jax.__version__,
+  )
   if args.peak_tflops:
     out["mfu"] = flops / step_s / (args.peak_tflops * 1e12)
   return out
@@ -156,14 +200,21 @@ def time_config(family: str, size: str, batch_size: int, args) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", default="bert:tiny:32,bert:small:32,t5:tiny:32,t5:small:16",
-                      help="comma-separated family:size:batch")
+  parser.add_argument(
+    "--models",
+    default="bert:tiny:32,bert:small:32,t5:tiny:32,t5:small:16",
+    help="comma-separated family:size:batch",
+  )
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--micro_batch", type=int, default=0, help="0 = no accumulation")
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=7)
-  parser.add_argument("--peak_tflops", type=float, default=0.0,
-                      help="device peak for MFU (e.g. 989 for H100 bf16 dense)")
+  parser.add_argument(
+    "--peak_tflops",
+    type=float,
+    default=0.0,
+    help="device peak for MFU (e.g. 989 for H100 bf16 dense)",
+  )
   args = parser.parse_args()
   for spec in args.models.split(","):
     family, size, batch = spec.split(":")

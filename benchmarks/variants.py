@@ -50,8 +50,10 @@ def main():
   variants = parse_variants(args.variants)
   for spec in args.models.split(","):
     family, size, batch, seq = spec.split(":")
-    built = {n: step_time.build(family, size, int(batch), seq_len=int(seq), model=o)
-             for n, o in variants.items()}
+    built = {
+      n: step_time.build(family, size, int(batch), seq_len=int(seq), model=o)
+      for n, o in variants.items()
+    }
     mesh = next(iter(built.values()))["mesh"]
     times = {n: {"train": [], "forward": []} for n in variants}
     with partitioning.activate(mesh):
@@ -70,16 +72,24 @@ def main():
               times[n]["forward"].append(time.perf_counter() - t0)
     first = next(iter(variants))
     for n in variants:
-      res = dict(model=family, size=size, batch=int(batch), seq_len=int(seq), variant=n,
-                 overrides=variants[n], loadavg=os.getloadavg()[0])
+      res = dict(
+        model=family,
+        size=size,
+        batch=int(batch),
+        seq_len=int(seq),
+        variant=n,
+        overrides=variants[n],
+        loadavg=os.getloadavg()[0],
+      )
       for kind in ("train", "forward"):
         if times[n][kind]:
           med = float(np.median(times[n][kind]))
           res[f"{kind}_s"] = med
           res[f"{kind}_all"] = [round(t, 4) for t in times[n][kind]]
           res[f"{kind}_ratio"] = med / float(np.median(times[first][kind]))
-          res[f"{kind}_round_ratios"] = [round(a / b, 3) for a, b in
-                                         zip(times[n][kind], times[first][kind])]
+          res[f"{kind}_round_ratios"] = [
+            round(a / b, 3) for a, b in zip(times[n][kind], times[first][kind])
+          ]
       print(json.dumps(res), flush=True)
       if args.out:
         with open(args.out, "a") as f:

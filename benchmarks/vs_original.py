@@ -44,8 +44,12 @@ from ntng_jax import partitioning  # noqa: E402
 from ntng_jax.train import step as step_lib  # noqa: E402
 
 # name: (family, size, batch, encoder/BERT sequence length)
-SHAPES = {"bert-small": ("bert", "small", 32, 128), "bert-base": ("bert", "base", 8, 128),
-          "t5-small": ("t5", "small", 16, 512), "t5-base": ("t5", "base", 2, 512)}
+SHAPES = {
+  "bert-small": ("bert", "small", 32, 128),
+  "bert-base": ("bert", "base", 8, 128),
+  "t5-small": ("t5", "small", 16, 512),
+  "t5-base": ("t5", "base", 2, 512),
+}
 
 
 def peer_python(args) -> str:
@@ -53,9 +57,20 @@ def peer_python(args) -> str:
 
 
 def run_peer(args, name: str) -> dict:
-  cmd = [peer_python(args), os.path.join(args.peer_bench, "peer_step.py"), "--peer-dir",
-         args.peer_dir, "--configs", name, "--steps", str(args.steps), "--warmup",
-         str(args.warmup), "--threads", str(args.threads)]
+  cmd = [
+    peer_python(args),
+    os.path.join(args.peer_bench, "peer_step.py"),
+    "--peer-dir",
+    args.peer_dir,
+    "--configs",
+    name,
+    "--steps",
+    str(args.steps),
+    "--warmup",
+    str(args.warmup),
+    "--threads",
+    str(args.threads),
+  ]
   if name.startswith("t5"):
     cmd += ["--t5-optim", "adamwscale"]
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=args.peer_bench)
@@ -65,9 +80,17 @@ def run_peer(args, name: str) -> dict:
 
 
 def peer_peak(args) -> list:
-  out = subprocess.run([peer_python(args), os.path.join(args.peer_bench, "peak_flops.py"),
-                        "--threads", str(args.threads)],
-                       capture_output=True, text=True, cwd=args.peer_bench)
+  out = subprocess.run(
+    [
+      peer_python(args),
+      os.path.join(args.peer_bench, "peak_flops.py"),
+      "--threads",
+      str(args.threads),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=args.peer_bench,
+  )
   if out.returncode:
     raise SystemExit(f"peak_flops.py failed: {out.stderr.strip()[-2000:]}")
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -83,10 +106,16 @@ def jax_peak(n: int = 2048, reps: int = 10) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(mm(a, b))
     times.append(time.perf_counter() - t0)
-  flop = 2 * n ** 3
-  return dict(lib="jax", dtype="float32", n=n, s_median=float(np.median(times)),
-              gflop_per_s=flop / float(np.median(times)) / 1e9,
-              gflop_per_s_best=flop / min(times) / 1e9, version=jax.__version__)
+  flop = 2 * n**3
+  return dict(
+    lib="jax",
+    dtype="float32",
+    n=n,
+    s_median=float(np.median(times)),
+    gflop_per_s=flop / float(np.median(times)) / 1e9,
+    gflop_per_s_best=flop / min(times) / 1e9,
+    version=jax.__version__,
+  )
 
 
 def time_ntng(name: str, args) -> dict:
@@ -108,11 +137,16 @@ def time_ntng(name: str, args) -> dict:
         fwd.append(time.perf_counter() - t0)
   groups = step_time.param_groups(b["state"].params)
   flops, _ = step_time.model_flops(b["config"], groups, b["batch_np"])
-  out = dict(step_s_median=float(np.median(train)), fwd_s_median=float(np.median(fwd)),
-             step_s_all=[round(t, 4) for t in train], fwd_s_all=[round(t, 4) for t in fwd],
-             params=int(sum(groups.values())), train_flops=flops,
-             train_gflop_per_s=flops / float(np.median(train)) / 1e9,
-             model=dict(b["config"].model))
+  out = dict(
+    step_s_median=float(np.median(train)),
+    fwd_s_median=float(np.median(fwd)),
+    step_s_all=[round(t, 4) for t in train],
+    fwd_s_all=[round(t, 4) for t in fwd],
+    params=int(sum(groups.values())),
+    train_flops=flops,
+    train_gflop_per_s=flops / float(np.median(train)) / 1e9,
+    model=dict(b["config"].model),
+  )
   del b, score
   gc.collect()
   jax.clear_caches()
@@ -126,13 +160,19 @@ def main():
   parser.add_argument("--steps", type=int, default=3, help="timed steps per round (median)")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--threads", type=int, default=2, help="torch threads")
-  parser.add_argument("--peer_bench", default=os.path.join(REPO, "..", "shared", "tools",
-                                                           "peer_bench"))
-  parser.add_argument("--peer_venv", default=os.path.join(REPO, "..", "peer_venv"),
-                      help="venv with the harness's requirements (torch)")
-  parser.add_argument("--peer_dir", default=os.environ.get("PEER_DIR",
-                                                           os.path.join(REPO, "..", "peer_src")),
-                      help="the original code's checkout (holds bert/ and t5/); $PEER_DIR")
+  parser.add_argument(
+    "--peer_bench", default=os.path.join(REPO, "..", "shared", "tools", "peer_bench")
+  )
+  parser.add_argument(
+    "--peer_venv",
+    default=os.path.join(REPO, "..", "peer_venv"),
+    help="venv with the harness's requirements (torch)",
+  )
+  parser.add_argument(
+    "--peer_dir",
+    default=os.environ.get("PEER_DIR", os.path.join(REPO, "..", "peer_src")),
+    help="the original code's checkout (holds bert/ and t5/); $PEER_DIR",
+  )
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   for attr in ("peer_bench", "peer_venv", "peer_dir"):
@@ -141,14 +181,22 @@ def main():
       raise SystemExit(f"--{attr} {path} does not exist; pass the right path.")
     setattr(args, attr, path)
   if not os.path.exists(peer_python(args)):
-    raise SystemExit(f"--peer_venv {args.peer_venv} has no bin/python; create it as "
-                     f"{args.peer_bench}/README.md says.")
+    raise SystemExit(
+      f"--peer_venv {args.peer_venv} has no bin/python; create it as "
+      f"{args.peer_bench}/README.md says."
+    )
   shapes = args.shapes.split(",")
   started = datetime.datetime.now(datetime.timezone.utc)
-  result = dict(date=started.isoformat(timespec="seconds"), machine=platform.processor() or
-                platform.machine(), cpus=os.cpu_count(), jax=jax.__version__,
-                command=" ".join(sys.argv), loadavg_start=os.getloadavg(),
-                peak_start=dict(peer=peer_peak(args), jax=jax_peak()), rounds=[])
+  result = dict(
+    date=started.isoformat(timespec="seconds"),
+    machine=platform.processor() or platform.machine(),
+    cpus=os.cpu_count(),
+    jax=jax.__version__,
+    command=" ".join(sys.argv),
+    loadavg_start=os.getloadavg(),
+    peak_start=dict(peer=peer_peak(args), jax=jax_peak()),
+    rounds=[],
+  )
   print(json.dumps(dict(peak_start=result["peak_start"])), flush=True)
   for r in range(args.rounds):
     row = {}
@@ -158,16 +206,21 @@ def main():
       for who in order:
         got[who] = run_peer(args, name) if who == "peer" else time_ntng(name, args)
       row[name] = dict(
-          order=order, loadavg=os.getloadavg()[0],
-          peer_step_s=got["peer"]["step_s_median"], peer_fwd_s=got["peer"]["fwd_s_median"],
-          ntng_step_s=got["ntng"]["step_s_median"], ntng_fwd_s=got["ntng"]["fwd_s_median"],
-          step_ratio=got["ntng"]["step_s_median"] / got["peer"]["step_s_median"],
-          fwd_ratio=got["ntng"]["fwd_s_median"] / got["peer"]["fwd_s_median"],
-          peer_params=got["peer"]["params"], ntng_params=got["ntng"]["params"],
-          ntng_train_gflop_per_s=got["ntng"]["train_gflop_per_s"],
-          peer_train_gflop_per_s=got["peer"]["train_gflop_per_s"],
-          peer_all=dict(step=got["peer"]["step_s_all"], fwd=got["peer"]["fwd_s_all"]),
-          ntng_all=dict(step=got["ntng"]["step_s_all"], fwd=got["ntng"]["fwd_s_all"]))
+        order=order,
+        loadavg=os.getloadavg()[0],
+        peer_step_s=got["peer"]["step_s_median"],
+        peer_fwd_s=got["peer"]["fwd_s_median"],
+        ntng_step_s=got["ntng"]["step_s_median"],
+        ntng_fwd_s=got["ntng"]["fwd_s_median"],
+        step_ratio=got["ntng"]["step_s_median"] / got["peer"]["step_s_median"],
+        fwd_ratio=got["ntng"]["fwd_s_median"] / got["peer"]["fwd_s_median"],
+        peer_params=got["peer"]["params"],
+        ntng_params=got["ntng"]["params"],
+        ntng_train_gflop_per_s=got["ntng"]["train_gflop_per_s"],
+        peer_train_gflop_per_s=got["peer"]["train_gflop_per_s"],
+        peer_all=dict(step=got["peer"]["step_s_all"], fwd=got["peer"]["fwd_s_all"]),
+        ntng_all=dict(step=got["ntng"]["step_s_all"], fwd=got["ntng"]["fwd_s_all"]),
+      )
       print(json.dumps(dict(round=r, shape=name, **row[name])), flush=True)
     result["rounds"].append(row)
   result["peak_end"] = dict(peer=peer_peak(args), jax=jax_peak())
@@ -177,17 +230,25 @@ def main():
     rows = [rd[name] for rd in result["rounds"]]
     med = lambda key: float(np.median([x[key] for x in rows]))
     summary[name] = dict(
-        peer_step_s=med("peer_step_s"), ntng_step_s=med("ntng_step_s"),
-        peer_fwd_s=med("peer_fwd_s"), ntng_fwd_s=med("ntng_fwd_s"),
-        step_ratio_of_medians=med("ntng_step_s") / med("peer_step_s"),
-        fwd_ratio_of_medians=med("ntng_fwd_s") / med("peer_fwd_s"),
-        step_ratio_median=med("step_ratio"), fwd_ratio_median=med("fwd_ratio"),
-        step_ratios=[round(x["step_ratio"], 3) for x in rows],
-        fwd_ratios=[round(x["fwd_ratio"], 3) for x in rows],
-        ntng_train_gflop_per_s=med("ntng_train_gflop_per_s"))
+      peer_step_s=med("peer_step_s"),
+      ntng_step_s=med("ntng_step_s"),
+      peer_fwd_s=med("peer_fwd_s"),
+      ntng_fwd_s=med("ntng_fwd_s"),
+      step_ratio_of_medians=med("ntng_step_s") / med("peer_step_s"),
+      fwd_ratio_of_medians=med("ntng_fwd_s") / med("peer_fwd_s"),
+      step_ratio_median=med("step_ratio"),
+      fwd_ratio_median=med("fwd_ratio"),
+      step_ratios=[round(x["step_ratio"], 3) for x in rows],
+      fwd_ratios=[round(x["fwd_ratio"], 3) for x in rows],
+      ntng_train_gflop_per_s=med("ntng_train_gflop_per_s"),
+    )
   result["summary"] = summary
-  print(json.dumps(dict(summary=summary, peak_end=result["peak_end"],
-                        loadavg_end=result["loadavg_end"])), flush=True)
+  print(
+    json.dumps(
+      dict(summary=summary, peak_end=result["peak_end"], loadavg_end=result["loadavg_end"])
+    ),
+    flush=True,
+  )
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=1)

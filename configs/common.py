@@ -16,7 +16,9 @@ def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.
   """Builds the config for `family` from `arg` ('size=tiny,method=baseline,seed=0')."""
   args = parse_arg(arg, size="tiny", method="baseline", seed=0)
   if args.size not in per_size:
-    raise ConfigError(f"config argument size must be one of {', '.join(per_size)}; got {args.size!r}.")
+    raise ConfigError(
+      f"config argument size must be one of {', '.join(per_size)}; got {args.size!r}."
+    )
   check_method_name(args.method, "config argument method")
   s = per_size[args.size]
   try:
@@ -28,29 +30,32 @@ def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.
   c.model = model
   c.seed = args.seed
 
-  c.data = ml_collections.ConfigDict(dict(
-      source="synthetic",      # synthetic | text | shards | tfds
-      path="",                 # file or directory for source=text/shards, tfds name for source=tfds
-      seq_len=s["seq_len"],    # BERT sequence length / T5 encoder input length (tokens)
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="synthetic",  # synthetic | text | shards | tfds
+      path="",  # file or directory for source=text/shards, tfds name for source=tfds
+      seq_len=s["seq_len"],  # BERT sequence length / T5 encoder input length (tokens)
       num_lines=s.get("num_lines", 40_000),  # size of the synthetic corpus (lines)
       corpus_seed=0,
       validation_fraction=0.02,  # held-out fraction of chunks for validation_loss
-      unique_tokens=0,         # > 0: train on only this many tokens (a fixed prefix), repeated
+      unique_tokens=0,  # > 0: train on only this many tokens (a fixed prefix), repeated
       # {name: source}: 'heldout', a text/jsonl path, a shards dir or 'tfds:NAME[:SPLIT]'; add
       # sets from the command line with --config.data.validation.NAME=SOURCE.
       validation=ml_collections.ConfigDict({"heldout": "heldout"}),
-      max_predictions=0,       # BERT masked positions per sequence (0 = round(0.15 * seq_len))
-      noise_density=0.15,      # T5 span corruption
+      max_predictions=0,  # BERT masked positions per sequence (0 = round(0.15 * seq_len))
+      noise_density=0.15,  # T5 span corruption
       mean_noise_span_length=3.0,
-      tokenizer_dir="",        # '' = train on the corpus and cache in the workdir
-      tfds_data_dir="",        # source=tfds: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      tokenizer_dir="",  # '' = train on the corpus and cache in the workdir
+      tfds_data_dir="",  # source=tfds: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       tfds_split="train",
       tfds_text_key="text",
-  ))
+    )
+  )
 
-  c.train = ml_collections.ConfigDict(dict(
-      budget_hours=s["budget_hours"],   # RST hours
-      batch_size=s["batch_size"],       # sequences per optimizer step
+  c.train = ml_collections.ConfigDict(
+    dict(
+      budget_hours=s["budget_hours"],  # RST hours
+      batch_size=s["batch_size"],  # sequences per optimizer step
       micro_batch_size=s["micro_batch_size"],
       compute_dtype=s.get("compute_dtype", "float32"),  # float32 | bfloat16 (params stay float32)
       log_every_steps=s.get("log_every_steps", 10),
@@ -58,16 +63,19 @@ def base_config(family: str, arg: str | None, per_size: dict) -> ml_collections.
       checkpoint_every_rst_minutes=s["checkpoint_every_rst_minutes"],
       keep_checkpoints=3,
       validation_batches=s.get("validation_batches", 8),
-      max_steps=0,                      # 0 = run until the RST budget is spent
-  ))
+      max_steps=0,  # 0 = run until the RST budget is spent
+    )
+  )
 
   c.method = ml_collections.ConfigDict(dict(name=args.method))
 
-  c.rst = ml_collections.ConfigDict(dict(
-      table="auto",   # auto | paper | PATH.json (auto: the paper's table if it matches, else calibrate)
-      repeats=5,      # timed repeats per kind when calibrating (median)
+  c.rst = ml_collections.ConfigDict(
+    dict(
+      table="auto",  # auto | paper | PATH.json (auto: the paper's table if it matches, else calibrate)
+      repeats=5,  # timed repeats per kind when calibrating (median)
       warmup=2,
-  ))
+    )
+  )
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all remaining devices
   return c

@@ -16,18 +16,40 @@ from configs.common import base_config
 from ntng_jax.methods.base import method_defaults
 
 PER_SIZE = {
-    # tiny: about a minute on 2 CPU cores (synthetic corpus), like BERT/T5 tiny.
-    "tiny": dict(seq_len=64, batch_size=32, micro_batch_size=32, budget_hours=0.02,
-                 eval_every_rst_minutes=0.3, checkpoint_every_rst_minutes=0.3, learning_rate=3e-3),
-    "small": dict(seq_len=256, batch_size=64, micro_batch_size=32, budget_hours=0.25,
-                  eval_every_rst_minutes=3.0, checkpoint_every_rst_minutes=3.0, learning_rate=1e-3,
-                  log_every_steps=20),
-    # base: GPT-2 small at its full context (480 x 1,024 tokens per step as GPT-2's ~0.5M),
-    # bf16 compute, 24 RST hours like the paper's budgets.
-    "base": dict(seq_len=1024, batch_size=480, micro_batch_size=16, budget_hours=24.0,
-                 compute_dtype="bfloat16", eval_every_rst_minutes=360.0,
-                 checkpoint_every_rst_minutes=60.0, learning_rate=6e-4, log_every_steps=50,
-                 validation_batches=80),
+  # tiny: about a minute on 2 CPU cores (synthetic corpus), like BERT/T5 tiny.
+  "tiny": dict(
+    seq_len=64,
+    batch_size=32,
+    micro_batch_size=32,
+    budget_hours=0.02,
+    eval_every_rst_minutes=0.3,
+    checkpoint_every_rst_minutes=0.3,
+    learning_rate=3e-3,
+  ),
+  "small": dict(
+    seq_len=256,
+    batch_size=64,
+    micro_batch_size=32,
+    budget_hours=0.25,
+    eval_every_rst_minutes=3.0,
+    checkpoint_every_rst_minutes=3.0,
+    learning_rate=1e-3,
+    log_every_steps=20,
+  ),
+  # base: GPT-2 small at its full context (480 x 1,024 tokens per step as GPT-2's ~0.5M),
+  # bf16 compute, 24 RST hours like the paper's budgets.
+  "base": dict(
+    seq_len=1024,
+    batch_size=480,
+    micro_batch_size=16,
+    budget_hours=24.0,
+    compute_dtype="bfloat16",
+    eval_every_rst_minutes=360.0,
+    checkpoint_every_rst_minutes=60.0,
+    learning_rate=6e-4,
+    log_every_steps=50,
+    validation_batches=80,
+  ),
 }
 
 
@@ -35,21 +57,33 @@ def optim_recipe(name: str, learning_rate: float) -> dict:
   """The optimizer fields for `name` ('adamw' | 'lion' | 'sophia') at AdamW peak `learning_rate`."""
   common = dict(clip_norm=1.0, weight_decay_exclude="bias_and_norm", schedule="triangle")
   if name == "lion":
-    return dict(name="lion", learning_rate=learning_rate / 3, b1=0.9, b2=0.99,
-                weight_decay=0.3, **common)
+    return dict(
+      name="lion", learning_rate=learning_rate / 3, b1=0.9, b2=0.99, weight_decay=0.3, **common
+    )
   if name == "sophia":
-    return dict(name="sophia", learning_rate=learning_rate, b1=0.965, b2=0.99, rho=0.04,
-                weight_decay=0.2, update_interval=10, refresh_at_zero=True,
-                gnb_microbatched=True, **common)
-  return dict(name="adamw", learning_rate=learning_rate, b1=0.9, b2=0.95, eps=1e-8,
-              weight_decay=0.1, **common)
+    return dict(
+      name="sophia",
+      learning_rate=learning_rate,
+      b1=0.965,
+      b2=0.99,
+      rho=0.04,
+      weight_decay=0.2,
+      update_interval=10,
+      refresh_at_zero=True,
+      gnb_microbatched=True,
+      **common,
+    )
+  return dict(
+    name="adamw", learning_rate=learning_rate, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, **common
+  )
 
 
 def get_config(arg=None):
   c = base_config("gpt", arg, PER_SIZE)
   size, name = c.model.size, c.method.name
-  c.optim = optim_recipe(name if name in ("lion", "sophia") else "adamw",
-                         PER_SIZE[size]["learning_rate"])
+  c.optim = optim_recipe(
+    name if name in ("lion", "sophia") else "adamw", PER_SIZE[size]["learning_rate"]
+  )
   for section, values in method_defaults(name, "gpt", size).items():
     c[section].update(values)
   return c

@@ -29,7 +29,7 @@ from ntng_jax.config import ConfigError
 from ntng_jax.methods.base import Method, Plan
 from ntng_jax.optim.build import path_str
 
-DEFAULT_FREEZE_PARAMS = r"(^|/)[a-z_]*embed/embedding$"   # word_embed (BERT), token_embed (T5, GPT)
+DEFAULT_FREEZE_PARAMS = r"(^|/)[a-z_]*embed/embedding$"  # word_embed (BERT), token_embed (T5, GPT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +41,12 @@ class FreezePlan(Plan):
 def freeze_tree(new, old, frozen, pattern: re.Pattern):
   """`old` for every leaf whose '/'-joined path matches `pattern` when `frozen` (a traced bool
   scalar), else `new`; other leaves come from `new`."""
+
   def pick(path, a, b):
     if not pattern.search(path_str(path)):
       return a
     return jnp.where(frozen, b, a)
+
   return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
@@ -66,11 +68,10 @@ class EmbeddingFreeze(Method):
     if not 0.0 <= self.freeze_fraction <= 1.0:
       raise ConfigError(f"method.freeze_fraction must be in [0, 1]; got {self.freeze_fraction}.")
     self.pattern = re.compile(str(m.get("freeze_params", DEFAULT_FREEZE_PARAMS)))
-    self.frozen_since_step = None   # host state: the first step run with frozen embeddings
+    self.frozen_since_step = None  # host state: the first step run with frozen embeddings
 
   def plan(self, rst_fraction: float, step: int) -> Plan:
-    return FreezePlan(depth=self.num_layers, frozen=rst_fraction >= self.freeze_fraction,
-                      step=step)
+    return FreezePlan(depth=self.num_layers, frozen=rst_fraction >= self.freeze_fraction, step=step)
 
   def controls(self, plan: Plan) -> dict:
     # Called only for a step that runs: record where the freeze began.
@@ -85,8 +86,10 @@ class EmbeddingFreeze(Method):
       new_state, metrics = train_step(state, batch, rng, controls)
       frozen = controls["freeze_embeddings"]
       return new_state.replace(
-          params=freeze_tree(new_state.params, state.params, frozen, pattern),
-          opt_state=freeze_tree(new_state.opt_state, state.opt_state, frozen, pattern)), metrics
+        params=freeze_tree(new_state.params, state.params, frozen, pattern),
+        opt_state=freeze_tree(new_state.opt_state, state.opt_state, frozen, pattern),
+      ), metrics
+
     return step
 
   def host_state(self) -> dict:

@@ -14,5 +14,8 @@ import optax
 def sgd(learning_rate, optim_cfg) -> optax.GradientTransformation:
   """optax.sgd with momentum `optim.b1` (default 0.9); Nesterov if `optim.nesterov`."""
   momentum = optim_cfg.get("b1", None)
-  return optax.sgd(learning_rate, momentum=0.9 if momentum is None else float(momentum),
-                   nesterov=bool(optim_cfg.get("nesterov", False)))
+  return optax.sgd(
+    learning_rate,
+    momentum=0.9 if momentum is None else float(momentum),
+    nesterov=bool(optim_cfg.get("nesterov", False)),
+  )

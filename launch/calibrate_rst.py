@@ -19,8 +19,12 @@ from launch import common
 _CONFIG = common.define_config_flag()
 _OUTPUT = flags.DEFINE_string("output", "rst_table.json", "Where to write the table (JSON).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/calibration", "Scratch dir (tokenizer cache).")
-_RUNS = flags.DEFINE_integer("runs", 1, "Calibrate this many times, pausing between runs, and keep"
-                             " each entry's minimum over runs (use several on a shared machine).")
+_RUNS = flags.DEFINE_integer(
+  "runs",
+  1,
+  "Calibrate this many times, pausing between runs, and keep"
+  " each entry's minimum over runs (use several on a shared machine).",
+)
 _PAUSE = flags.DEFINE_float("pause_seconds", 10.0, "Seconds between runs (with --runs > 1).")
 _NAME = flags.DEFINE_string("name", "", "Table name ('' = calibrated-<platform>-<family>-<size>).")
 
@@ -32,22 +36,29 @@ def main(argv):
   def run():
     from ntng_jax import config as config_lib, data as data_lib, partitioning, rst
     from ntng_jax.train import calibrate
+
     config_lib.validate(config)
     if _RUNS.value < 1:
       raise config_lib.ConfigError(f"--runs must be at least 1; got {_RUNS.value}.")
     config_lib.check_workdir(_WORKDIR.value)
     mesh = partitioning.make_mesh(config.mesh)
-    dataset = data_lib.build_dataset(config.data, config.model.family, config.model.vocab_size,
-                                     _WORKDIR.value)
+    dataset = data_lib.build_dataset(
+      config.data, config.model.family, config.model.vocab_size, _WORKDIR.value
+    )
     tables = []
     for i in range(_RUNS.value):
       if i:
         time.sleep(_PAUSE.value)
-      tables.append(calibrate.calibrate(config, mesh, lambda: next(iter(
-          dataset.train_iterator(config.train.batch_size, seed=0)))))
+      tables.append(
+        calibrate.calibrate(
+          config, mesh, lambda: next(iter(dataset.train_iterator(config.train.batch_size, seed=0)))
+        )
+      )
     table = calibrate.combine_runs(tables, _NAME.value or None)
-    table = dataclasses.replace(table, meta=dict(
-        table.meta, method="python -m launch.calibrate_rst " + " ".join(sys.argv[1:])))
+    table = dataclasses.replace(
+      table,
+      meta=dict(table.meta, method="python -m launch.calibrate_rst " + " ".join(sys.argv[1:])),
+    )
     rst.save_table(table, _OUTPUT.value)
     print(json.dumps(table.to_json(), indent=1))
     print(f"Wrote {_OUTPUT.value}.")

@@ -10,6 +10,7 @@ from absl import app
 def _shipped_config(name: str) -> str:
   """Absolute path of a shipped config (`configs/<name>`), found from any working directory."""
   import configs
+
   return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), name)
 
 
@@ -17,8 +18,7 @@ def _shipped_config(name: str) -> str:
 DEFAULT_CONFIG = _shipped_config("bert.py")
 
 # Errors a user can fix from the command line: printed as one sentence, no traceback.
-_USER_ERRORS = ("ConfigError", "RSTTableError", "CheckpointError", "FileNotFoundError",
-                "DataError")
+_USER_ERRORS = ("ConfigError", "RSTTableError", "CheckpointError", "FileNotFoundError", "DataError")
 
 
 # `--config.data.validation.NAME=SOURCE` flags, taken out of argv before absl parses it (a locked
@@ -29,14 +29,16 @@ _VALIDATION_OVERRIDES: dict[str, str] = {}
 def parsed_config(config_flag):
   """The config of a `config_flags.DEFINE_config_file` flag, with the validation-set flags."""
   from ntng_jax.data.validation import apply_validation_overrides
+
   config = config_flag.value
   apply_validation_overrides(config, _VALIDATION_OVERRIDES)
   return config
 
 
 def default_workdir(config) -> str:
-  return os.path.join("runs", f"{config.model.family}-{config.model.size}-{config.method.name}"
-                      f"-seed{config.seed}")
+  return os.path.join(
+    "runs", f"{config.model.family}-{config.model.size}-{config.method.name}-seed{config.seed}"
+  )
 
 
 def maybe_initialize_distributed() -> None:
@@ -47,13 +49,20 @@ def maybe_initialize_distributed() -> None:
   launch/tpu_vm/run.sh) leaves the discovery to JAX in any environment.
   """
   import jax
+
   env = os.environ
   if env.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=int(env["JAX_NUM_PROCESSES"]),
-                               process_id=int(env["JAX_PROCESS_ID"]))
-  elif (env.get("NTNG_DISTRIBUTED") == "auto" or env.get("TPU_WORKER_HOSTNAMES", "").count(",")
-        or env.get("SLURM_NTASKS", "1") != "1" or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1):
+    jax.distributed.initialize(
+      coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(env["JAX_NUM_PROCESSES"]),
+      process_id=int(env["JAX_PROCESS_ID"]),
+    )
+  elif (
+    env.get("NTNG_DISTRIBUTED") == "auto"
+    or env.get("TPU_WORKER_HOSTNAMES", "").count(",")
+    or env.get("SLURM_NTASKS", "1") != "1"
+    or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+  ):
     jax.distributed.initialize()
 
 
@@ -66,6 +75,7 @@ def run_cleanly(fn):
       _fail(str(e))
     if isinstance(e, OSError) and e.filename:
       from ntng_jax.config import workdir_problem
+
       problem = workdir_problem(str(e.filename), e)
       if problem:
         _fail(problem)
@@ -89,6 +99,7 @@ def preflight_config(argv: list[str], default: str = DEFAULT_CONFIG) -> list[str
   absent (so the default config works from any directory)."""
   import importlib.util
   from ntng_jax.config import check_overrides, resolve_config_path
+
   argv = list(argv)
   value, where = default, None
   for i, arg in enumerate(argv):
@@ -128,6 +139,7 @@ def _preflight_argv() -> None:
   if _PREFLIGHT_DONE:
     return
   from ntng_jax.data.validation import pop_validation_overrides
+
   sys.argv, found = pop_validation_overrides(sys.argv)
   _VALIDATION_OVERRIDES.update(found)
   sys.argv[1:] = preflight_config(sys.argv[1:])
@@ -139,9 +151,14 @@ def define_config_flag():
   preflighted: absl parses a config flag's default and overrides at definition, so a bad file or
   field would otherwise end in a traceback before `main` runs. Call at import of an entry point."""
   from ml_collections import config_flags
+
   _preflight_argv()
-  return config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file[:args] (a shipped"
-                                         " config is found from any directory).", lock_config=True)
+  return config_flags.DEFINE_config_file(
+    "config",
+    DEFAULT_CONFIG,
+    "Config file[:args] (a shipped config is found from any directory).",
+    lock_config=True,
+  )
 
 
 def _fail(message: str) -> None:
@@ -158,7 +175,9 @@ def main(fn, check_config: bool = True):
 
   def wrapped(argv):
     from absl import logging as absl_logging
+
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     maybe_initialize_distributed()
     return fn(argv)
+
   app.run(wrapped)

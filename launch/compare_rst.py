@@ -19,6 +19,7 @@ def main(argv):
 
   def run():
     from ntng_jax.experiments import rst_compare
+
     report = rst_compare.compare(specs)
     print(rst_compare.markdown(report), end="")
     if _OUTPUT.value:

@@ -22,11 +22,14 @@ def main(argv):
 
   def run():
     from ntng_jax.interop import transfer
+
     if not _WORKDIR.value or not _OUTPUT.value:
       raise transfer.TransferError("pass both --workdir=RUN and --output=DIR.")
     s = transfer.export_run(_WORKDIR.value, _OUTPUT.value, _STEP.value, _FORMAT.value)
-    print(f"Exported step {s['step']} ({s['family']}, {s['depth']} layers, {s['tensors']} tensors,"
-          f" {s['parameters']:,} values) to {s['output']}.")
+    print(
+      f"Exported step {s['step']} ({s['family']}, {s['depth']} layers, {s['tensors']} tensors,"
+      f" {s['parameters']:,} values) to {s['output']}."
+    )
 
   common.run_cleanly(run)
 

@@ -19,6 +19,7 @@ def main(argv):
 
   def run():
     from ntng_jax.interop import transfer
+
     if not _INPUT.value or not _WORKDIR.value:
       raise transfer.TransferError("pass both --input=DIR and --workdir=NEW.")
     s = transfer.import_weights(_INPUT.value, _WORKDIR.value)

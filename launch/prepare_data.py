@@ -34,56 +34,97 @@ from launch import common
 _MODEL = flags.DEFINE_enum("model", None, ["bert", "t5", "gpt"], "Model family the chunks are for.")
 _INPUT = flags.DEFINE_string("input", None, "Corpus file or directory, or tfds:NAME[:SPLIT].")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
-_VOCAB = flags.DEFINE_integer("vocab_size", None, "Tokenizer ids (BERT default 32768; T5 "
-                              "default 32100 = 32000 pieces + 100 sentinels).")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", None, "BERT sequence length (default 128) / T5 "
-                                "encoder input length (default 512).")
-_TOKENIZER = flags.DEFINE_string("tokenizer", "", "Existing SentencePiece .model file or "
-                                 "tokenizer directory ('' = train one on the input).")
-_SENTINELS = flags.DEFINE_integer("num_sentinels", None, "T5 sentinels (default 100, or "
-                                  "vocab_size // 20 for tiny vocabularies).")
+_VOCAB = flags.DEFINE_integer(
+  "vocab_size",
+  None,
+  "Tokenizer ids (BERT default 32768; T5 default 32100 = 32000 pieces + 100 sentinels).",
+)
+_SEQ_LEN = flags.DEFINE_integer(
+  "seq_len", None, "BERT sequence length (default 128) / T5 encoder input length (default 512)."
+)
+_TOKENIZER = flags.DEFINE_string(
+  "tokenizer",
+  "",
+  "Existing SentencePiece .model file or tokenizer directory ('' = train one on the input).",
+)
+_SENTINELS = flags.DEFINE_integer(
+  "num_sentinels", None, "T5 sentinels (default 100, or vocab_size // 20 for tiny vocabularies)."
+)
 _HOLDOUT = flags.DEFINE_float("holdout_fraction", 0.02, "Recorded in-domain held-out fraction.")
 _HOLDOUT_SEED = flags.DEFINE_integer("holdout_seed", 0, "Seed of the held-out split.")
 _NOISE = flags.DEFINE_float("noise_density", 0.15, "T5 span-corruption noise density.")
 _SPAN = flags.DEFINE_float("mean_noise_span_length", 3.0, "T5 mean noise span length.")
-_TRAIN_CHARS = flags.DEFINE_integer("tokenizer_train_chars", 20_000_000, "Characters sampled "
-                                    "evenly from the corpus to train the tokenizer.")
+_TRAIN_CHARS = flags.DEFINE_integer(
+  "tokenizer_train_chars",
+  20_000_000,
+  "Characters sampled evenly from the corpus to train the tokenizer.",
+)
 _SHARD_MB = flags.DEFINE_float("shard_mb", 256.0, "Target size of one shard file (MiB).")
 _MAX_DOCS = flags.DEFINE_integer("max_docs", 0, "Stop after this many documents (0 = all).")
 _TFDS_DIR = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir ('' = $TFDS_DATA_DIR).")
 _TFDS_KEY = flags.DEFINE_string("tfds_text_key", "text", "Text feature of the TFDS dataset.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing shards in --output.")
-_VERIFY = flags.DEFINE_string("verify", "", "Check the shards in this directory against their "
-                              "manifest's sizes and sha256 checksums, then exit (nothing else "
-                              "runs).")
+_VERIFY = flags.DEFINE_string(
+  "verify",
+  "",
+  "Check the shards in this directory against their "
+  "manifest's sizes and sha256 checksums, then exit (nothing else "
+  "runs).",
+)
 
 
 def main(argv):
   del argv
   if _VERIFY.value:
     from ntng_jax.data.shards import verify_shards
+
     common.run_cleanly(lambda: verify_shards(_VERIFY.value, log=lambda s: print(s, flush=True)))
     return
   missing = [f"--{f.name}" for f in (_MODEL, _INPUT, _OUTPUT) if not f.value]
   if missing:
-    print(f"error: {', '.join(missing)} is required; see python -m launch.prepare_data --help.",
-          file=sys.stderr)
+    print(
+      f"error: {', '.join(missing)} is required; see python -m launch.prepare_data --help.",
+      file=sys.stderr,
+    )
     sys.exit(2)
   from ntng_jax.data.shards import prepare_shards
 
   def run():
     return prepare_shards(
-        _INPUT.value, _OUTPUT.value, _MODEL.value, vocab_size=_VOCAB.value, seq_len=_SEQ_LEN.value,
-        tokenizer=_TOKENIZER.value or None, num_sentinels=_SENTINELS.value,
-        holdout_fraction=_HOLDOUT.value, holdout_seed=_HOLDOUT_SEED.value,
-        noise_density=_NOISE.value, mean_noise_span_length=_SPAN.value,
-        tokenizer_train_chars=_TRAIN_CHARS.value, shard_mb=_SHARD_MB.value,
-        max_docs=_MAX_DOCS.value, overwrite=_OVERWRITE.value,
-        tfds_data_dir=_TFDS_DIR.value or None, tfds_text_key=_TFDS_KEY.value,
-        log=lambda s: print(s, flush=True))
+      _INPUT.value,
+      _OUTPUT.value,
+      _MODEL.value,
+      vocab_size=_VOCAB.value,
+      seq_len=_SEQ_LEN.value,
+      tokenizer=_TOKENIZER.value or None,
+      num_sentinels=_SENTINELS.value,
+      holdout_fraction=_HOLDOUT.value,
+      holdout_seed=_HOLDOUT_SEED.value,
+      noise_density=_NOISE.value,
+      mean_noise_span_length=_SPAN.value,
+      tokenizer_train_chars=_TRAIN_CHARS.value,
+      shard_mb=_SHARD_MB.value,
+      max_docs=_MAX_DOCS.value,
+      overwrite=_OVERWRITE.value,
+      tfds_data_dir=_TFDS_DIR.value or None,
+      tfds_text_key=_TFDS_KEY.value,
+      log=lambda s: print(s, flush=True),
+    )
+
   manifest = common.run_cleanly(run)
-  summary = {k: manifest[k] for k in ("family", "seq_len", "chunk_len", "num_docs", "num_tokens",
-                                      "num_chunks", "dtype", "unigram_entropy_nats")}
+  summary = {
+    k: manifest[k]
+    for k in (
+      "family",
+      "seq_len",
+      "chunk_len",
+      "num_docs",
+      "num_tokens",
+      "num_chunks",
+      "dtype",
+      "unigram_entropy_nats",
+    )
+  }
   summary["tokenizer"] = manifest["tokenizer"]["fingerprint"]
   summary["vocab_size"] = manifest["tokenizer"]["vocab_size"]
   print(json.dumps(summary))

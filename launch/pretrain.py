@@ -34,8 +34,11 @@ def _exit_now(code: int) -> None:
 def _interrupted(signum, frame):
   """Ctrl-C before the training loop installs its own handler (imports, data, compilation):
   one sentence, no traceback (the loop's handler saves a checkpoint and stops instead)."""
-  where = (_resume_point(_STARTED["workdir"]) if _STARTED["workdir"] else
-           "the run had not started, so rerun the same command to start it")
+  where = (
+    _resume_point(_STARTED["workdir"])
+    if _STARTED["workdir"]
+    else "the run had not started, so rerun the same command to start it"
+  )
   print(f"\nerror: interrupted; {where}.", file=sys.stderr, flush=True)
   _exit_now(130)
 
@@ -47,10 +50,15 @@ from absl import flags  # noqa: E402 -- after the handler: importing JAX takes s
 from launch import common  # noqa: E402
 
 _CONFIG = common.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<family>-<size>-"
-                               "<method>-seed<seed>).")
-_RESTART = flags.DEFINE_bool("restart", False, "Move a previous run in --workdir (checkpoints,"
-                             " metrics, summary) to WORKDIR/previous/<time>/ and start anew.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (default: runs/<family>-<size>-<method>-seed<seed>)."
+)
+_RESTART = flags.DEFINE_bool(
+  "restart",
+  False,
+  "Move a previous run in --workdir (checkpoints,"
+  " metrics, summary) to WORKDIR/previous/<time>/ and start anew.",
+)
 
 
 def main(argv):
@@ -59,8 +67,10 @@ def main(argv):
   workdir = _WORKDIR.value or common.default_workdir(config)
   _STARTED["workdir"] = workdir
   from ntng_jax.errors import UserError
+
   try:
     from ntng_jax.train.loop import train_and_evaluate
+
     summary = common.run_cleanly(lambda: train_and_evaluate(config, workdir, _RESTART.value))
   except KeyboardInterrupt:
     print(f"\nerror: interrupted; {_resume_point(workdir)}.", file=sys.stderr, flush=True)
@@ -71,9 +81,12 @@ def main(argv):
   except OSError as e:
     if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
       raise
-    print(f"error: writing {e.filename or workdir} failed ({e.strerror}); free space or fix the"
-          f" permissions, then rerun the same command ({_resume_point(workdir)}).",
-          file=sys.stderr, flush=True)
+    print(
+      f"error: writing {e.filename or workdir} failed ({e.strerror}); free space or fix the"
+      f" permissions, then rerun the same command ({_resume_point(workdir)}).",
+      file=sys.stderr,
+      flush=True,
+    )
     sys.exit(2)
   sys.exit(1 if summary.get("stopped_because") == "nan" else 0)
 
@@ -91,6 +104,9 @@ if __name__ == "__main__":
   try:
     common.main(main)
   except KeyboardInterrupt:  # before main() runs (imports, flag parsing)
-    print("\nerror: interrupted before the run started; rerun the same command to start it.",
-          file=sys.stderr, flush=True)
+    print(
+      "\nerror: interrupted before the run started; rerun the same command to start it.",
+      file=sys.stderr,
+      flush=True,
+    )
     _exit_now(130)

@@ -27,18 +27,24 @@ def main(argv):
   if not os.path.isdir(_ROOT.value):
     _fail(f"--root={_ROOT.value!r} is not a directory; pass the --root of a sweep.")
   from ntng_jax.experiments import report
+
   result = report.write_report(_ROOT.value, _BASELINE.value, _FIGURES.value)
   agg = result["aggregate"]
   if not result["collected"]["runs"]:
-    _fail(f"no runs under {_ROOT.value} (expected <method>/budget-<B>/seed-<S>/ directories or"
-          " sweep_status.json).")
+    _fail(
+      f"no runs under {_ROOT.value} (expected <method>/budget-<B>/seed-<S>/ directories or"
+      " sweep_status.json)."
+    )
   for name in ("train_loss", "validation_loss", "perplexity"):  # perplexity: gpt runs
     if name in agg["metric_names"]:
       print(f"{report._title(name)}:")
       print("\n".join(report.metric_table(agg, name)))
       print()
-  print(f"Wrote {result['markdown']}, {result['json']}" +
-        "".join(f", {p}" for p in result["figures"].values()) + ".")
+  print(
+    f"Wrote {result['markdown']}, {result['json']}"
+    + "".join(f", {p}" for p in result["figures"].values())
+    + "."
+  )
 
 
 def _fail(message: str) -> None:

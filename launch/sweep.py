@@ -17,26 +17,39 @@ import sys
 
 from absl import app, flags
 
-_CONFIG = flags.DEFINE_string("config", "configs/bert.py:size=tiny",
-                              "Config file[:args] without method/seed, e.g. configs/t5.py:size=small.")
+_CONFIG = flags.DEFINE_string(
+  "config",
+  "configs/bert.py:size=tiny",
+  "Config file[:args] without method/seed, e.g. configs/t5.py:size=small.",
+)
 _METHODS = flags.DEFINE_string("methods", "baseline", "Comma-separated methods.")
 _BUDGETS = flags.DEFINE_string("budgets", "0.005", "Comma-separated RST budgets in hours.")
 _SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated seeds.")
 _ROOT = flags.DEFINE_string("root", None, "Sweep directory (run workdirs, table, status, report).")
-_FINETUNE = flags.DEFINE_string("finetune", "", "Comma-separated suites to fine-tune every"
-                                " complete run on (e.g. glue); '' = none.")
-_FINETUNE_ARGS = flags.DEFINE_multi_string("finetune_args", [], "Flags for launch.finetune, e.g."
-                                           " '--tasks=rte,mrpc --epochs=1'.")
-_EXTRA = flags.DEFINE_multi_string("extra", [], "Flags for every run (repeatable), e.g."
-                                   " --extra=--config.data.num_lines=4000.")
-_RST_TABLE = flags.DEFINE_string("rst_table", "calibrate", "calibrate (once, into"
-                                 " ROOT/rst_table.json) | paper | PATH of an existing table.")
-_IL_PATH = flags.DEFINE_string("il_path", "", "Existing IL losses for rho_loss ('' = train the IL"
-                               " model and extract them first).")
+_FINETUNE = flags.DEFINE_string(
+  "finetune",
+  "",
+  "Comma-separated suites to fine-tune every complete run on (e.g. glue); '' = none.",
+)
+_FINETUNE_ARGS = flags.DEFINE_multi_string(
+  "finetune_args", [], "Flags for launch.finetune, e.g. '--tasks=rte,mrpc --epochs=1'."
+)
+_EXTRA = flags.DEFINE_multi_string(
+  "extra", [], "Flags for every run (repeatable), e.g. --extra=--config.data.num_lines=4000."
+)
+_RST_TABLE = flags.DEFINE_string(
+  "rst_table",
+  "calibrate",
+  "calibrate (once, into ROOT/rst_table.json) | paper | PATH of an existing table.",
+)
+_IL_PATH = flags.DEFINE_string(
+  "il_path", "", "Existing IL losses for rho_loss ('' = train the IL model and extract them first)."
+)
 _IL_BUDGET = flags.DEFINE_float("il_budget", 0.0, "RST hours of the IL model (0 = largest budget).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one shell command per run and exit.")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Echo every run's output (it is always logged under"
-                             " ROOT/logs/).")
+_VERBOSE = flags.DEFINE_bool(
+  "verbose", False, "Echo every run's output (it is always logged under ROOT/logs/)."
+)
 flags.mark_flag_as_required("root")
 
 
@@ -44,17 +57,21 @@ def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments {' '.join(argv[1:])}; flags take the form --name=value.")
   from ntng_jax.experiments import sweep
+
   try:
     spec = sweep.SweepSpec(
-        config=_CONFIG.value,
-        methods=sweep.parse_list(_METHODS.value, str, "methods"),
-        budgets=sweep.parse_list(_BUDGETS.value, float, "budgets"),
-        seeds=sweep.parse_list(_SEEDS.value, int, "seeds"),
-        root=_ROOT.value,
-        extra=sweep.split_flags(_EXTRA.value),
-        finetune=sweep.parse_list(_FINETUNE.value, str, "finetune") if _FINETUNE.value else (),
-        finetune_args=sweep.split_flags(_FINETUNE_ARGS.value),
-        rst_table=_RST_TABLE.value, il_path=_IL_PATH.value, il_budget=_IL_BUDGET.value)
+      config=_CONFIG.value,
+      methods=sweep.parse_list(_METHODS.value, str, "methods"),
+      budgets=sweep.parse_list(_BUDGETS.value, float, "budgets"),
+      seeds=sweep.parse_list(_SEEDS.value, int, "seeds"),
+      root=_ROOT.value,
+      extra=sweep.split_flags(_EXTRA.value),
+      finetune=sweep.parse_list(_FINETUNE.value, str, "finetune") if _FINETUNE.value else (),
+      finetune_args=sweep.split_flags(_FINETUNE_ARGS.value),
+      rst_table=_RST_TABLE.value,
+      il_path=_IL_PATH.value,
+      il_budget=_IL_BUDGET.value,
+    )
     sweep.validate(spec)
     if _DRY_RUN.value:
       print("\n".join(sweep.dry_run_lines(spec)))

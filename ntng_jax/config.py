@@ -16,8 +16,16 @@ import ml_collections
 
 from ntng_jax.errors import UserError
 
-METHODS = ("baseline", "stacking", "layer_drop", "selective_backprop", "rho_loss", "il_model",
-           "lion", "sophia")
+METHODS = (
+  "baseline",
+  "stacking",
+  "layer_drop",
+  "selective_backprop",
+  "rho_loss",
+  "il_model",
+  "lion",
+  "sophia",
+)
 DATA_SOURCES = ("synthetic", "text", "shards", "tfds")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -36,7 +44,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     key, sep, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ConfigError(f"config argument '{key}' is unknown; valid keys are {', '.join(defaults)}.")
+      raise ConfigError(
+        f"config argument '{key}' is unknown; valid keys are {', '.join(defaults)}."
+      )
     default = defaults[key]
     if not sep:
       value = "True"  # a bare flag such as 'runlocal'
@@ -61,18 +71,23 @@ def import_named(path: str, field: str, kind: str, wanted: str):
   path is malformed, the module cannot be imported or lacks it (`kind`: 'attribute', 'function';
   `wanted`: what to name instead)."""
   import importlib
+
   module_name, _, attr = path.partition(":")
   if not module_name or not attr:
     raise ConfigError(f"{field} {path!r} must be a registered name or 'module:name'.")
   try:
     module = importlib.import_module(module_name)
   except ImportError as e:
-    raise ConfigError(f"{field} {path!r}: cannot import {module_name!r} ({e}); put its"
-                      " directory on PYTHONPATH or run from the directory that holds it.") from None
+    raise ConfigError(
+      f"{field} {path!r}: cannot import {module_name!r} ({e}); put its"
+      " directory on PYTHONPATH or run from the directory that holds it."
+    ) from None
   value = getattr(module, attr, None)
   if value is None:
-    raise ConfigError(f"{field} {path!r}: module {module_name!r} has no {kind} {attr!r};"
-                      f" name a {wanted} defined in it.")
+    raise ConfigError(
+      f"{field} {path!r}: module {module_name!r} has no {kind} {attr!r};"
+      f" name a {wanted} defined in it."
+    )
   return value
 
 
@@ -81,10 +96,14 @@ def check_method_name(name: str, field: str = "method.name") -> None:
   subclasses `ntng_jax.methods.base.Method` (imported here to check it)."""
   if is_import_path(name):
     from ntng_jax.methods.base import method_class  # raises ConfigError with the cause
+
     method_class(name)
     return
-  _require(name in METHODS, f"{field} must be one of {', '.join(METHODS)} or 'module:Class' of"
-           f" your own Method subclass; got {name!r}.")
+  _require(
+    name in METHODS,
+    f"{field} must be one of {', '.join(METHODS)} or 'module:Class' of"
+    f" your own Method subclass; got {name!r}.",
+  )
 
 
 def _require(ok: bool, message: str) -> None:
@@ -95,50 +114,81 @@ def _require(ok: bool, message: str) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the values a run depends on; raises ConfigError with one clear sentence."""
   m, d, t = config.model, config.data, config.train
-  _require(m.family in ("bert", "t5", "gpt"),
-           f"model.family must be 'bert', 't5' or 'gpt'; got {m.family!r}.")
+  _require(
+    m.family in ("bert", "t5", "gpt"),
+    f"model.family must be 'bert', 't5' or 'gpt'; got {m.family!r}.",
+  )
   check_method_name(config.method.name, "method.name")
   if is_import_path(str(config.optim.get("name", ""))):  # a user's 'module:fn' optimizer
     from ntng_jax.optim.build import user_optimizer  # raises ConfigError with the cause
+
     user_optimizer(config.optim.name)
-  _require(d.source in DATA_SOURCES,
-           f"data.source must be one of {', '.join(DATA_SOURCES)}; got {d.source!r}.")
+  _require(
+    d.source in DATA_SOURCES,
+    f"data.source must be one of {', '.join(DATA_SOURCES)}; got {d.source!r}.",
+  )
   if d.source in ("text", "shards"):
-    _require(bool(d.path), f"data.path is empty but data.source={d.source!r} needs a file or directory;"
-             " pass --config.data.path=PATH.")
-    _require(os.path.exists(d.path), f"data.path {d.path!r} does not exist; pass an existing file or"
-             " directory with --config.data.path.")
+    _require(
+      bool(d.path),
+      f"data.path is empty but data.source={d.source!r} needs a file or directory;"
+      " pass --config.data.path=PATH.",
+    )
+    _require(
+      os.path.exists(d.path),
+      f"data.path {d.path!r} does not exist; pass an existing file or"
+      " directory with --config.data.path.",
+    )
   for name in ("batch_size", "micro_batch_size"):
     _require(t[name] > 0, f"train.{name} must be a positive integer; got {t[name]}.")
-  _require(t.batch_size % t.micro_batch_size == 0,
-           f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size"
-           f" ({t.micro_batch_size}).")
+  _require(
+    t.batch_size % t.micro_batch_size == 0,
+    f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size"
+    f" ({t.micro_batch_size}).",
+  )
   _require(d.seq_len > 0, f"data.seq_len must be positive; got {d.seq_len}.")
   if m.family in ("bert", "gpt"):
-    _require(d.seq_len <= m.max_length,
-             f"data.seq_len ({d.seq_len}) exceeds model.max_length ({m.max_length}), the number of"
-             " position embeddings; lower data.seq_len or raise model.max_length.")
-  _require(t.budget_hours > 0, f"train.budget_hours must be positive (RST hours); got {t.budget_hours}.")
-  _require(t.compute_dtype in COMPUTE_DTYPES,
-           f"train.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}; got {t.compute_dtype!r}.")
+    _require(
+      d.seq_len <= m.max_length,
+      f"data.seq_len ({d.seq_len}) exceeds model.max_length ({m.max_length}), the number of"
+      " position embeddings; lower data.seq_len or raise model.max_length.",
+    )
+  _require(
+    t.budget_hours > 0, f"train.budget_hours must be positive (RST hours); got {t.budget_hours}."
+  )
+  _require(
+    t.compute_dtype in COMPUTE_DTYPES,
+    f"train.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}; got {t.compute_dtype!r}.",
+  )
   for name in ("eval_every_rst_minutes", "checkpoint_every_rst_minutes"):
     _require(t[name] > 0, f"train.{name} must be positive; got {t[name]}.")
-  _require(t.log_every_steps > 0, f"train.log_every_steps must be positive; got {t.log_every_steps}.")
-  _require(config.optim.learning_rate > 0,
-           f"optim.learning_rate must be positive; got {config.optim.learning_rate}.")
-  _require(t.max_steps >= 0, f"train.max_steps must be 0 (no limit) or a positive number of steps;"
-           f" got {t.max_steps}.")
-  _require(t.keep_checkpoints >= 1, f"train.keep_checkpoints must be at least 1 (the newest"
-           f" checkpoint is what a run resumes from); got {t.keep_checkpoints}.")
-  _require(config.rst.repeats >= 1 and config.rst.warmup >= 0,
-           f"rst.repeats must be at least 1 and rst.warmup at least 0; got {config.rst.repeats}"
-           f" and {config.rst.warmup}.")
+  _require(
+    t.log_every_steps > 0, f"train.log_every_steps must be positive; got {t.log_every_steps}."
+  )
+  _require(
+    config.optim.learning_rate > 0,
+    f"optim.learning_rate must be positive; got {config.optim.learning_rate}.",
+  )
+  _require(
+    t.max_steps >= 0,
+    f"train.max_steps must be 0 (no limit) or a positive number of steps; got {t.max_steps}.",
+  )
+  _require(
+    t.keep_checkpoints >= 1,
+    f"train.keep_checkpoints must be at least 1 (the newest"
+    f" checkpoint is what a run resumes from); got {t.keep_checkpoints}.",
+  )
+  _require(
+    config.rst.repeats >= 1 and config.rst.warmup >= 0,
+    f"rst.repeats must be at least 1 and rst.warmup at least 0; got {config.rst.repeats}"
+    f" and {config.rst.warmup}.",
+  )
 
 
 def get_config(family: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """The config of `configs/<family>.py` for `arg` ('size=tiny,method=...'), for library users,
   benchmarks and tests (the launch scripts take `--config=configs/<family>.py:ARG`)."""
   import importlib
+
   return importlib.import_module(f"configs.{family}").get_config(arg)
 
 
@@ -148,10 +198,13 @@ def resolve_config_path(path: str) -> str:
   if os.path.exists(path) or os.path.isabs(path):
     return path
   import configs
+
   package_dir = pathlib.Path(configs.__file__).resolve().parent
   parts = pathlib.PurePath(path).parts
-  for candidate in (package_dir.parent / path,
-                    package_dir.joinpath(*parts[1:]) if parts and parts[0] == "configs" else None):
+  for candidate in (
+    package_dir.parent / path,
+    package_dir.joinpath(*parts[1:]) if parts and parts[0] == "configs" else None,
+  ):
     if candidate is not None and candidate.is_file():
       return str(candidate)
   return path
@@ -163,13 +216,15 @@ def check_overrides(config: ml_collections.ConfigDict, flags: list[str]) -> None
   for flag in flags:
     if not flag.startswith("--config."):
       continue
-    dotted = flag[len("--config."):].partition("=")[0]
+    dotted = flag[len("--config.") :].partition("=")[0]
     node, path = config, "config"
     for i, part in enumerate(dotted.split(".")):
       last = i == len(dotted.split(".")) - 1
       if not isinstance(node, ml_collections.ConfigDict):
-        raise ConfigError(f"{flag.partition('=')[0]}: {path} is a value, not a section with"
-                          f" fields; pass --{path}=VALUE.")
+        raise ConfigError(
+          f"{flag.partition('=')[0]}: {path} is a value, not a section with"
+          f" fields; pass --{path}=VALUE."
+        )
       keys = list(node.keys())
       if part in keys:
         node, path = node[part], f"{path}.{part}"
@@ -177,8 +232,11 @@ def check_overrides(config: ml_collections.ConfigDict, flags: list[str]) -> None
       if last and part.startswith("no") and isinstance(node.get(part[2:]), bool):
         break  # --config.x.noflag: absl's negated boolean
       close = difflib.get_close_matches(part, keys, n=1, cutoff=0.6)
-      hint = (f"did you mean --{path}.{close[0]}?" if close else
-              f"the fields of {path} are {', '.join(sorted(keys))}.")
+      hint = (
+        f"did you mean --{path}.{close[0]}?"
+        if close
+        else f"the fields of {path} are {', '.join(sorted(keys))}."
+      )
       raise ConfigError(f"{path} has no field {part} (from {flag.partition('=')[0]}); {hint}")
 
 
@@ -190,31 +248,40 @@ def workdir_problem(path: str, error: OSError | None = None) -> str | None:
   itself or from an OSError met while writing into it."""
   for part in pathlib.PurePath(path).parts:
     if len(os.fsencode(part)) > _NAME_MAX:
-      return (f"the path {path!r} has a component of {len(os.fsencode(part))} bytes"
-              f" ({part[:24]}...), over the {_NAME_MAX}-byte limit of file systems; use a"
-              " shorter directory name.")
+      return (
+        f"the path {path!r} has a component of {len(os.fsencode(part))} bytes"
+        f" ({part[:24]}...), over the {_NAME_MAX}-byte limit of file systems; use a"
+        " shorter directory name."
+      )
   probe = pathlib.Path(path)
   while not probe.exists() and probe != probe.parent:
     probe = probe.parent
   if probe.exists() and not probe.is_dir():
     if probe == pathlib.Path(path):
-      return (f"{path!r} is a file, not a directory; pass a directory for the run (a new one is"
-              " made).")
-    return (f"{path!r} lies under {str(probe)!r}, which is a file, not a directory; pass a"
-            " directory path that does not go through a file.")
+      return (
+        f"{path!r} is a file, not a directory; pass a directory for the run (a new one is made)."
+      )
+    return (
+      f"{path!r} lies under {str(probe)!r}, which is a file, not a directory; pass a"
+      " directory path that does not go through a file."
+    )
   code = getattr(error, "errno", None)
   where = getattr(error, "filename", None) or str(probe)
   if code == errno.EROFS:
-    return (f"{where!r} is on a read-only file system; pass a --workdir on a writable one.")
+    return f"{where!r} is on a read-only file system; pass a --workdir on a writable one."
   if code in (errno.EACCES, errno.EPERM):
-    return (f"permission denied for {where!r}; pass a --workdir you can write to or fix its"
-            " permissions.")
+    return (
+      f"permission denied for {where!r}; pass a --workdir you can write to or fix its permissions."
+    )
   if error is None and probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-    return (f"cannot write to {str(probe)!r}; pass a --workdir you can write to or fix its"
-            " permissions.")
+    return (
+      f"cannot write to {str(probe)!r}; pass a --workdir you can write to or fix its permissions."
+    )
   if code == errno.ENOSPC:
-    return (f"no space left on the device holding {where!r}; free some space and rerun the same"
-            " command (a run resumes from its last checkpoint).")
+    return (
+      f"no space left on the device holding {where!r}; free some space and rerun the same"
+      " command (a run resumes from its last checkpoint)."
+    )
   if code == errno.ENAMETOOLONG:
     return f"the path {where!r} is too long for the file system; use a shorter one."
   return None

@@ -28,22 +28,22 @@ BATCH_AXES = ("data", "fsdp")
 
 # Logical axis name -> mesh axis (None = replicated). Names absent here are replicated too.
 LOGICAL_AXIS_RULES = (
-    # parameters
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("qkv", None),
-    ("kv", None),
-    ("layers", None),
-    ("relpos_buckets", None),
-    # activations
-    ("act_batch", BATCH_AXES),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
+  # parameters
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("qkv", None),
+  ("kv", None),
+  ("layers", None),
+  ("relpos_buckets", None),
+  # activations
+  ("act_batch", BATCH_AXES),
+  ("act_length", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
 )
 
 
@@ -56,12 +56,16 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh: {len(devices)} devices are not divisible by the fixed mesh sizes"
-                       f" (product {known}); change mesh.fsdp/mesh.tensor.")
+      raise ValueError(
+        f"mesh: {len(devices)} devices are not divisible by the fixed mesh sizes"
+        f" (product {known}); change mesh.fsdp/mesh.tensor."
+      )
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh: data×fsdp×tensor = {math.prod(sizes)} but {len(devices)} devices are"
-                     " available; set one of mesh.data/fsdp/tensor to -1.")
+    raise ValueError(
+      f"mesh: data×fsdp×tensor = {math.prod(sizes)} but {len(devices)} devices are"
+      " available; set one of mesh.data/fsdp/tensor to -1."
+    )
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
@@ -99,8 +103,10 @@ def global_batch(mesh: Mesh, local_batch: dict) -> dict:
   share and `make_array_from_process_local_data` stitches them together.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }
 
 
 def batch_divisor(mesh: Mesh) -> int:

@@ -11,15 +11,22 @@ import numpy as np
 
 from conftest import fixed_table, tiny_config
 
-STEP_SECONDS = 0.02   # RST seconds per full-depth step in the fixed table
-STEPS = 12            # the tiny run's budget, in steps
-CKPT_EVERY = 3        # a checkpoint every 3 steps (6, 9, 12 kept with keep_checkpoints=3)
+STEP_SECONDS = 0.02  # RST seconds per full-depth step in the fixed table
+STEPS = 12  # the tiny run's budget, in steps
+CKPT_EVERY = 3  # a checkpoint every 3 steps (6, 9, 12 kept with keep_checkpoints=3)
 WALL_FIELDS = ("wall_seconds",)
 
 
 def make_config(table_dir, steps=STEPS, ckpt_every=CKPT_EVERY, **overrides):
-  config = tiny_config("bert", **{"data.num_lines": 2000, "train.log_every_steps": 1,
-                                  "train.validation_batches": 1, **overrides})
+  config = tiny_config(
+    "bert",
+    **{
+      "data.num_lines": 2000,
+      "train.log_every_steps": 1,
+      "train.validation_batches": 1,
+      **overrides,
+    },
+  )
   config.train.budget_hours = steps * STEP_SECONDS / 3600
   # Slightly under k steps so float sums never land a hair short of the boundary.
   config.train.checkpoint_every_rst_minutes = ckpt_every * STEP_SECONDS / 60 * 0.999
@@ -45,6 +52,7 @@ def kill_at(monkeypatch, phase: str, save_number: int = 1):
   """Makes the `save_number`-th save from now die at `phase` (begin, staged, manifested,
   committed, rotated); returns a list that receives the step of the killed save."""
   from ntng_jax.train import checkpoint as ckpt_lib
+
   seen = {"saves": 0}
   killed = []
   original = ckpt_lib.Checkpointer._phase
@@ -56,6 +64,7 @@ def kill_at(monkeypatch, phase: str, save_number: int = 1):
       killed.append(name)
       raise SimulatedKill(name)
     return original(self, name)
+
   monkeypatch.setattr(ckpt_lib.Checkpointer, "_phase", hooked)
   return killed
 
@@ -74,13 +83,15 @@ def newest_state_leaves(workdir) -> dict:
   """{path: numpy array} of every leaf of the newest checkpoint's state (params and optimizer)."""
   import jax
   import orbax.checkpoint as ocp
+
   ckpt = os.path.join(workdir, "checkpoints")
   step = max(int(n) for n in os.listdir(ckpt) if n.isdigit())
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     tree = ocp.PyTreeCheckpointer().restore(os.path.join(ckpt, str(step), "state"))
-  return {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def assert_bitwise_equal(workdir, reference):

@@ -30,11 +30,12 @@ def make_config(table: str, max_steps: int = 0):
   """
   sys.path.insert(0, REPO)
   from configs import bert
+
   c = bert.get_config("size=tiny")
   c.data.num_lines = 1500
   c.train.batch_size = 32
-  c.train.micro_batch_size = 16          # 2 micro-batches: exercises gradient accumulation
-  c.train.budget_hours = 1.0 / 3600.0    # 1 RST second = 10 steps of 0.1 s
+  c.train.micro_batch_size = 16  # 2 micro-batches: exercises gradient accumulation
+  c.train.budget_hours = 1.0 / 3600.0  # 1 RST second = 10 steps of 0.1 s
   c.train.eval_every_rst_minutes = 0.3 / 60.0
   c.train.checkpoint_every_rst_minutes = 0.3 / 60.0
   c.train.log_every_steps = 1
@@ -49,11 +50,19 @@ def write_table(path: str) -> None:
   """A fixed RST table (0.05 s per 16-sequence micro-batch at any depth) for `make_config`."""
   sys.path.insert(0, REPO)
   from ntng_jax import rst
+
   config = make_config(path)
   layers = range(1, int(config.model.num_layers) + 1)
-  rst.save_table(rst.RSTTable(name="fixed-multihost-test", unit_sequences=16,
-                              train={n: 0.05 for n in layers}, forward={n: 0.02 for n in layers},
-                              fingerprint=rst.step_shape_fingerprint(config)), path)
+  rst.save_table(
+    rst.RSTTable(
+      name="fixed-multihost-test",
+      unit_sequences=16,
+      train={n: 0.05 for n in layers},
+      forward={n: 0.02 for n in layers},
+      fingerprint=rst.step_shape_fingerprint(config),
+    ),
+    path,
+  )
 
 
 def main():
@@ -68,26 +77,36 @@ def main():
   args = p.parse_args()
 
   # Before jax is imported: the CPU platform with this many simulated devices.
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={args.devices}").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+  ).strip()
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, REPO)
   import jax
+
   if args.num_processes > 1:
     # Cross-process collectives on the CPU backend need an implementation; 'gloo' is the default
     # in jax 0.10 (older releases default to none and fail on the first cross-process psum).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"localhost:{args.port}",
-                               num_processes=args.num_processes, process_id=args.process_id,
-                               initialization_timeout=120)
+    jax.distributed.initialize(
+      coordinator_address=f"localhost:{args.port}",
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+      initialization_timeout=120,
+    )
   assert jax.local_device_count() == args.devices, jax.local_devices()
   assert jax.device_count() == args.devices * args.num_processes, jax.devices()
 
   from ntng_jax.train import loop
+
   summary = loop.train_and_evaluate(make_config(args.table, args.max_steps), args.workdir)
-  result = dict(process_index=jax.process_index(), process_count=jax.process_count(),
-                device_count=jax.device_count(), local_device_count=jax.local_device_count(),
-                summary=summary)
+  result = dict(
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    device_count=jax.device_count(),
+    local_device_count=jax.local_device_count(),
+    summary=summary,
+  )
   print(json.dumps(result), flush=True)
   if args.num_processes > 1:
     jax.distributed.shutdown()

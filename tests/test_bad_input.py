@@ -33,8 +33,13 @@ def one_sentence(proc, phrase) -> str:
 # ----------------------------------------------------------------------------- config fields
 def test_unknown_config_field_names_the_nearest_valid_one(tmp_path):
   """From another working directory, so the default config must be found through the package."""
-  proc = run_module("launch.pretrain", f"--workdir={tmp_path}/w",
-                    "--config.train.budget_hour=0.003", check=False, cwd=tmp_path)
+  proc = run_module(
+    "launch.pretrain",
+    f"--workdir={tmp_path}/w",
+    "--config.train.budget_hour=0.003",
+    check=False,
+    cwd=tmp_path,
+  )
   line = one_sentence(proc, "no field budget_hour")
   assert "did you mean --config.train.budget_hours?" in line
   config = tiny_config("t5")
@@ -44,8 +49,15 @@ def test_unknown_config_field_names_the_nearest_valid_one(tmp_path):
     config_lib.check_overrides(config, ["--config.rst.xyzzy=1"])
   with pytest.raises(config_lib.ConfigError, match="config.seed is a value"):
     config_lib.check_overrides(config, ["--config.seed.x=1"])
-  config_lib.check_overrides(config, ["--config.train.budget_hours=1", "--config.model.noremat",
-                                      "--workdir=x", "--config=configs/t5.py"])
+  config_lib.check_overrides(
+    config,
+    [
+      "--config.train.budget_hours=1",
+      "--config.model.noremat",
+      "--workdir=x",
+      "--config=configs/t5.py",
+    ],
+  )
 
 
 def test_configs_resolve_relative_to_the_package(tmp_path, monkeypatch):
@@ -58,11 +70,14 @@ def test_configs_resolve_relative_to_the_package(tmp_path, monkeypatch):
   assert config_lib.resolve_config_path("configs/t5.py") == "configs/t5.py"
 
 
-@pytest.mark.parametrize("field, value, phrase", [
+@pytest.mark.parametrize(
+  "field, value, phrase",
+  [
     ("train.max_steps", -5, "train.max_steps must be 0 (no limit) or a positive"),
     ("train.keep_checkpoints", 0, "train.keep_checkpoints must be at least 1"),
     ("train.keep_checkpoints", -1, "train.keep_checkpoints must be at least 1"),
-])
+  ],
+)
 def test_negative_counts_are_config_errors(field, value, phrase):
   with pytest.raises(config_lib.ConfigError, match=re.escape(phrase)):
     config_lib.validate(tiny_config("bert", **{field: value}))
@@ -70,14 +85,22 @@ def test_negative_counts_are_config_errors(field, value, phrase):
 
 def test_negative_max_steps_from_another_directory(tmp_path):
   """Before: 0 steps, exit 0 and NaN in summary.json; and no config found outside the repo."""
-  proc = run_module("launch.pretrain", f"--workdir={tmp_path}/w", "--config=configs/t5.py",
-                    "--config.train.max_steps=-5", check=False, cwd=tmp_path, timeout=300)
+  proc = run_module(
+    "launch.pretrain",
+    f"--workdir={tmp_path}/w",
+    "--config=configs/t5.py",
+    "--config.train.max_steps=-5",
+    check=False,
+    cwd=tmp_path,
+    timeout=300,
+  )
   one_sentence(proc, "train.max_steps must be 0")
   assert not (tmp_path / "w" / "summary.json").exists()
 
 
 def test_budget_that_buys_no_step_is_a_start_up_error(tmp_path):
   from ntng_jax.train import loop
+
   config = tiny_config("bert", **{"data.num_lines": 500, "train.budget_hours": 1e-4})
   config.rst.table = fixed_table(config, tmp_path / "t.json", step_seconds=1.0)  # 0.36 s budget
   with pytest.raises(config_lib.ConfigError, match=r"buys no step.*at least 0\.000278"):
@@ -89,14 +112,17 @@ def test_budget_that_buys_no_step_is_a_start_up_error(tmp_path):
 def test_workdir_problems_are_one_sentence(tmp_path, monkeypatch):
   afile = tmp_path / "afile"
   afile.write_text("x")
-  cases = [(str(afile), "is a file, not a directory"),
-           (str(afile / "run"), "lies under"),
-           (str(tmp_path / ("x" * 300) / "run"), "over the 255-byte limit")]
+  cases = [
+    (str(afile), "is a file, not a directory"),
+    (str(afile / "run"), "lies under"),
+    (str(tmp_path / ("x" * 300) / "run"), "over the 255-byte limit"),
+  ]
   for path, phrase in cases:
     with pytest.raises(config_lib.ConfigError, match=phrase):
       config_lib.check_workdir(path)
   config_lib.check_workdir(str(tmp_path / "new" / "run"))  # a new directory is fine
   import errno
+
   err = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro" / "config.json"))
   assert "permission denied for" in config_lib.workdir_problem(str(tmp_path / "ro"), err)
   err = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro"))
@@ -110,8 +136,9 @@ def test_workdir_problems_are_one_sentence(tmp_path, monkeypatch):
 
 def test_workdir_that_is_a_file_ends_pretrain_in_one_sentence(tmp_path):
   (tmp_path / "w").write_text("not a directory")
-  proc = run_module("launch.pretrain", f"--workdir={tmp_path / 'w' / 'run'}", check=False,
-                    timeout=300)
+  proc = run_module(
+    "launch.pretrain", f"--workdir={tmp_path / 'w' / 'run'}", check=False, timeout=300
+  )
   one_sentence(proc, ("lies under", "Not a directory"))
 
 
@@ -136,18 +163,26 @@ def test_malformed_rst_tables_name_the_file_and_field(tmp_path):
   text = open(good).read()
   raw = json.loads(text)
   cases = {
-      "truncated": (text[:len(text) // 2], r"truncated\.json.*not valid JSON"),
-      "missing": (json.dumps({k: v for k, v in raw.items() if k != "train"}),
-                  r"missing\.json.*no field 'train'"),
-      "nonnumeric": (json.dumps({**raw, "train": {**raw["train"], "2": "fast"}}),
-                     r"nonnumeric\.json.*train\['2'\] is 'fast', not a number"),
-      "zero": (json.dumps({**raw, "train": {**raw["train"], "1": 0.0}}),
-               r"zero\.json.*train\['1'\] is 0\.0; every cost must be positive"),
-      "negative": (json.dumps({**raw, "forward": {"1": -0.1}}),
-                   r"negative\.json.*forward\['1'\] is -0\.1"),
-      "list": ("[1, 2]", r"list\.json.*not an object"),
-      "units": (json.dumps({**raw, "unit_sequences": 0}), "unit_sequences"),
-      "layers": (json.dumps({**raw, "train": {"two": 1.0}}), "not indexed by a layer count"),
+    "truncated": (text[: len(text) // 2], r"truncated\.json.*not valid JSON"),
+    "missing": (
+      json.dumps({k: v for k, v in raw.items() if k != "train"}),
+      r"missing\.json.*no field 'train'",
+    ),
+    "nonnumeric": (
+      json.dumps({**raw, "train": {**raw["train"], "2": "fast"}}),
+      r"nonnumeric\.json.*train\['2'\] is 'fast', not a number",
+    ),
+    "zero": (
+      json.dumps({**raw, "train": {**raw["train"], "1": 0.0}}),
+      r"zero\.json.*train\['1'\] is 0\.0; every cost must be positive",
+    ),
+    "negative": (
+      json.dumps({**raw, "forward": {"1": -0.1}}),
+      r"negative\.json.*forward\['1'\] is -0\.1",
+    ),
+    "list": ("[1, 2]", r"list\.json.*not an object"),
+    "units": (json.dumps({**raw, "unit_sequences": 0}), "unit_sequences"),
+    "layers": (json.dumps({**raw, "train": {"two": 1.0}}), "not indexed by a layer count"),
   }
   for name, (content, phrase) in cases.items():
     path = _write(tmp_path / f"{name}.json", content)
@@ -163,8 +198,14 @@ def test_zero_cost_table_ends_pretrain_in_one_sentence(tmp_path):
   raw = json.loads(open(fixed_table(config, tmp_path / "t.json", 1.0)).read())
   raw["train"] = {k: 0.0 for k in raw["train"]}
   path = _write(tmp_path / "zero.json", json.dumps(raw))
-  proc = run_module("launch.pretrain", f"--workdir={tmp_path}/w", f"--config.rst.table={path}",
-                    "--config.data.num_lines=500", check=False, timeout=300)
+  proc = run_module(
+    "launch.pretrain",
+    f"--workdir={tmp_path}/w",
+    f"--config.rst.table={path}",
+    "--config.data.num_lines=500",
+    check=False,
+    timeout=300,
+  )
   one_sentence(proc, "every cost must be positive")
 
 
@@ -172,10 +213,14 @@ def test_zero_cost_table_ends_pretrain_in_one_sentence(tmp_path):
 def test_corpus_that_is_not_utf8_is_refused(tmp_path):
   """Before: Latin-1 text silently became U+FFFD; random bytes reached SentencePiece."""
   from ntng_jax.data.sources import read_text_lines
+
   latin = tmp_path / "latin1.txt"
   latin.write_bytes("un café au lait\nnaïve\n".encode("latin-1"))
-  with pytest.raises(DataError, match=r"latin1\.txt' is not UTF-8 text \(byte 0xe9 at offset 6,"
-                                      r" line 1\); convert it"):
+  with pytest.raises(
+    DataError,
+    match=r"latin1\.txt' is not UTF-8 text \(byte 0xe9 at offset 6,"
+    r" line 1\); convert it",
+  ):
     read_text_lines(latin)
   rand = tmp_path / "random.txt"
   rand.write_bytes(b"ok line\n" + np.random.default_rng(0).bytes(4000))
@@ -193,19 +238,28 @@ def test_corpus_that_is_not_utf8_is_refused(tmp_path):
 def test_not_utf8_corpus_ends_prepare_data_in_one_sentence(tmp_path):
   latin = tmp_path / "latin1.txt"
   latin.write_bytes(("un café au lait\n" * 50).encode("latin-1"))
-  proc = run_module("launch.prepare_data", "--model=bert", f"--input={latin}",
-                    f"--output={tmp_path / 'out'}", check=False)
+  proc = run_module(
+    "launch.prepare_data",
+    "--model=bert",
+    f"--input={latin}",
+    f"--output={tmp_path / 'out'}",
+    check=False,
+  )
   one_sentence(proc, "is not UTF-8 text")
 
 
 def test_corpus_sentencepiece_cannot_train_on(tmp_path):
   """Before: a SentencePiece RuntimeError traceback (3,000 distinct CJK characters, 2,048 ids)."""
   from ntng_jax.data.tokenizers import train_tokenizer
+
   rng = np.random.default_rng(0)
   chars = [chr(0x4E00 + i) for i in range(3000)]
   lines = ["".join(rng.choice(chars, 60)) for _ in range(1500)]
-  with pytest.raises(DataError, match=r"SentencePiece cannot train a bert tokenizer of 2048 ids.*"
-                                      r"distinct characters.*raise the vocabulary size"):
+  with pytest.raises(
+    DataError,
+    match=r"SentencePiece cannot train a bert tokenizer of 2048 ids.*"
+    r"distinct characters.*raise the vocabulary size",
+  ):
     train_tokenizer(lines, "bert", 2048)
 
 
@@ -213,6 +267,7 @@ def test_corpus_sentencepiece_cannot_train_on(tmp_path):
 @pytest.fixture()
 def shards(tmp_path):
   from ntng_jax.data.shards import prepare_shards
+
   corpus = tmp_path / "corpus.txt"
   rng = np.random.default_rng(0)
   words = [f"w{i}" for i in range(300)]
@@ -224,6 +279,7 @@ def shards(tmp_path):
 
 def test_shards_carry_sizes_and_checksums(shards):
   from ntng_jax.data.shards import open_shards, verify_shards
+
   m = json.loads((shards / "manifest.json").read_text())
   assert len(m["shards"]) >= 2
   for s in m["shards"]:
@@ -242,8 +298,11 @@ def test_shards_carry_sizes_and_checksums(shards):
   last.write_bytes(bytes(damaged))
   _, _, chunks = open_shards(shards)
   chunks[0:2]  # intact rows read fine
-  with pytest.raises(DataError, match=r"holds token id 65535 .* outside the tokenizer's 512 ids"
-                                      r".*--verify"):
+  with pytest.raises(
+    DataError,
+    match=r"holds token id 65535 .* outside the tokenizer's 512 ids"
+    r".*--verify",
+  ):
     chunks[np.arange(len(chunks))]
   with pytest.raises(DataError, match=r"does not match the checksum in the manifest"):
     verify_shards(shards)
@@ -257,12 +316,15 @@ def test_verify_command(shards):
   data = bytearray(first.read_bytes())
   data[-1] ^= 0x01  # one flipped bit in a token id: only the checksum sees it
   first.write_bytes(bytes(data))
-  one_sentence(run_module("launch.prepare_data", f"--verify={shards}", check=False),
-               "does not match the checksum")
+  one_sentence(
+    run_module("launch.prepare_data", f"--verify={shards}", check=False),
+    "does not match the checksum",
+  )
 
 
 def test_nonfinite_loss_hint_suspects_shards_early():
   from ntng_jax.data.shards import nonfinite_loss_hint
+
   config = tiny_config("bert", **{"data.source": "shards", "data.path": "/data/s"})
   assert "--verify=/data/s" in nonfinite_loss_hint(config.data, step=1)
   assert nonfinite_loss_hint(config.data, step=5000) == ""
@@ -272,12 +334,17 @@ def test_nonfinite_loss_hint_suspects_shards_early():
 # ----------------------------------------------------------------------------- IL tables
 def test_truncated_il_table_is_one_sentence(tmp_path):
   from ntng_jax.methods import selection
-  npy, js = selection.write_il_table(str(tmp_path / "il"), np.arange(100, dtype=np.float32),
-                                     dict(signature={}))
+
+  npy, js = selection.write_il_table(
+    str(tmp_path / "il"), np.arange(100, dtype=np.float32), dict(signature={})
+  )
   data = open(npy, "rb").read()
-  open(npy, "wb").write(data[:len(data) // 2])
-  with pytest.raises(ValueError, match=r"il_losses\.npy is truncated or not a \.npy array.*"
-                                       r"launch\.extract_il"):
+  open(npy, "wb").write(data[: len(data) // 2])
+  with pytest.raises(
+    ValueError,
+    match=r"il_losses\.npy is truncated or not a \.npy array.*"
+    r"launch\.extract_il",
+  ):
     selection.read_il_table(str(tmp_path / "il"))
   open(npy, "wb").write(data)
   open(js, "w").write('{"format": ')
@@ -288,12 +355,23 @@ def test_truncated_il_table_is_one_sentence(tmp_path):
 # ----------------------------------------------------------------------------- sweeps
 def test_sweep_validates_every_method_before_starting(tmp_path):
   root = tmp_path / "sweep"
-  proc = run_module("launch.sweep", "--config=configs/bert.py:size=tiny",
-                    "--methods=baseline,foo", f"--root={root}", check=False, cwd=tmp_path)
+  proc = run_module(
+    "launch.sweep",
+    "--config=configs/bert.py:size=tiny",
+    "--methods=baseline,foo",
+    f"--root={root}",
+    check=False,
+    cwd=tmp_path,
+  )
   one_sentence(proc, "unknown method(s) foo (nothing was started)")
   assert not root.exists()
-  proc = run_module("launch.sweep", "--config=configs/nope.py:size=tiny", "--methods=baseline",
-                    f"--root={root}", check=False)
+  proc = run_module(
+    "launch.sweep",
+    "--config=configs/nope.py:size=tiny",
+    "--methods=baseline",
+    f"--root={root}",
+    check=False,
+  )
   one_sentence(proc, "config file 'configs/nope.py' does not exist")
 
 

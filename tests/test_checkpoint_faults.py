@@ -20,8 +20,15 @@ from ntng_jax.train import loop as loop_lib
 from ntng_jax.train import workdir_lock
 
 from conftest import REPO
-from fault_helpers import (SimulatedKill, assert_bitwise_equal, committed, kill_at, make_config,
-                           saved_dirs, seed_workdir)
+from fault_helpers import (
+  SimulatedKill,
+  assert_bitwise_equal,
+  committed,
+  kill_at,
+  make_config,
+  saved_dirs,
+  seed_workdir,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +68,13 @@ def _keep_all(config):
 def test_kill_at_every_phase_of_a_save_resumes_bitwise(base, tmp_path, monkeypatch):
   config, work = base["config"], seed_workdir(base["ref"], str(tmp_path / "run"))
   # (phase, which save of that attempt dies, committed steps right after the kill)
-  plan = [("begin", 1, []), ("staged", 2, [3]), ("manifested", 1, [3]), ("committed", 1, [3, 6]),
-          ("rotated", 2, [6, 9, 12])]
+  plan = [
+    ("begin", 1, []),
+    ("staged", 2, [3]),
+    ("manifested", 1, [3]),
+    ("committed", 1, [3, 6]),
+    ("rotated", 2, [6, 9, 12]),
+  ]
   for phase, number, expect in plan:
     with monkeypatch.context() as mp:
       killed = kill_at(mp, phase, number)
@@ -96,8 +108,10 @@ def test_deleted_legacy_manifests_dir_keeps_intact_checkpoints(base, tmp_path, c
   legacy = os.path.join(work, "checkpoints", "manifests")
   os.makedirs(legacy)
   for step in (3, 6):
-    os.rename(os.path.join(work, "checkpoints", str(step), ckpt_lib.MANIFEST),
-              os.path.join(legacy, f"{step}.json"))
+    os.rename(
+      os.path.join(work, "checkpoints", str(step), ckpt_lib.MANIFEST),
+      os.path.join(legacy, f"{step}.json"),
+    )
   ckpt = ckpt_lib.Checkpointer(work)
   assert ckpt.damage(6) is None and ckpt.read_loop(6)["step"] == 6  # legacy layout is read
   shutil.rmtree(legacy)
@@ -112,6 +126,7 @@ def test_interrupted_final_save_uses_and_names_the_older_step(base, tmp_path, mo
   """K3: the final save dies after the manifest but before the commit: fine-tuning uses step 9
   and says so; the rerun commits the final step."""
   from ntng_jax.eval.pretrained import load_pretrained
+
   work = _copy_mid(base, tmp_path)
   with monkeypatch.context() as mp:
     kill_at(mp, "manifested", save_number=2)  # saves of this attempt: 9, then the final 12
@@ -132,8 +147,10 @@ def test_corrupt_newest_checkpoint_is_moved_aside_not_deleted(base, tmp_path, ca
   lock left by a dead process is taken over."""
   work = _copy_mid(base, tmp_path)
   step_dir = os.path.join(work, "checkpoints", "6")
-  victim = max((os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs
-                if f != ckpt_lib.MANIFEST), key=os.path.getsize)
+  victim = max(
+    (os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if f != ckpt_lib.MANIFEST),
+    key=os.path.getsize,
+  )
   with open(victim, "r+b") as f:
     f.truncate(os.path.getsize(victim) // 2)
   with open(os.path.join(work, workdir_lock.LOCK_NAME), "w") as f:
@@ -159,19 +176,28 @@ def test_every_checkpoint_corrupt_stops_with_one_sentence_then_restart(base, tmp
   with open(manifest, "r+b") as f:
     f.truncate(os.path.getsize(manifest) // 2)
   state_dir = os.path.join(work, "checkpoints", "6", "state")
-  victim = max((os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs),
-               key=os.path.getsize)
+  victim = max(
+    (os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs), key=os.path.getsize
+  )
   with open(victim, "r+b") as f:
     f.truncate(1)
-  listing = sorted(os.path.relpath(os.path.join(r, f), work)
-                   for r, _, fs in os.walk(work) for f in fs if "checkpoints" in r)
+  listing = sorted(
+    os.path.relpath(os.path.join(r, f), work)
+    for r, _, fs in os.walk(work)
+    for f in fs
+    if "checkpoints" in r
+  )
   with pytest.raises(ckpt_lib.CheckpointError) as e:
     loop_lib.train_and_evaluate(base["config"], work)
   message = str(e.value)
   assert "step 6:" in message and "step 3:" in message and "not valid JSON" in message
   assert "--restart" in message and "nothing was deleted" in message and "\n" not in message
-  assert listing == sorted(os.path.relpath(os.path.join(r, f), work)
-                           for r, _, fs in os.walk(work) for f in fs if "checkpoints" in r)
+  assert listing == sorted(
+    os.path.relpath(os.path.join(r, f), work)
+    for r, _, fs in os.walk(work)
+    for f in fs
+    if "checkpoints" in r
+  )
   summary = loop_lib.train_and_evaluate(base["config"], work, restart=True)
   assert summary["steps"] == 12
   previous = os.listdir(os.path.join(work, "previous"))
@@ -210,12 +236,14 @@ def test_nan_message_is_true_about_dtype_and_checkpoints(base, tmp_path, capsys)
   line = next(l for l in out.splitlines() if l.startswith("error: the training loss became"))
   assert "float32" not in line  # the run already is float32
   kept = committed(work)
-  assert (f"checkpoint (step {kept[-1]}) is kept" if kept
-          else "no checkpoint had been saved yet") in line
+  assert (
+    f"checkpoint (step {kept[-1]}) is kept" if kept else "no checkpoint had been saved yet"
+  ) in line
 
 
 # -------------------------------------------------------------------------------------------------
 # The checkpointer alone, on a small tree (no training).
+
 
 def _tree(value):
   return {"w": np.full((64, 64), value, np.float32), "b": np.arange(16, dtype=np.int32) + value}
@@ -223,9 +251,9 @@ def _tree(value):
 
 def _abstract():
   import jax
+
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
-          for k, v in _tree(0).items()}
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in _tree(0).items()}
 
 
 def test_rotation_keeps_everything_while_a_newer_checkpoint_is_damaged(tmp_path):
@@ -233,8 +261,15 @@ def test_rotation_keeps_everything_while_a_newer_checkpoint_is_damaged(tmp_path)
   for step in range(1, 6):
     ckpt.save(step, _tree(step), {"step": step})
   assert ckpt.steps() == [4, 5]
-  victim = max((os.path.join(r, f) for r, _, fs in os.walk(ckpt.step_dir(5)) for f in fs
-                if f != ckpt_lib.MANIFEST), key=os.path.getsize)
+  victim = max(
+    (
+      os.path.join(r, f)
+      for r, _, fs in os.walk(ckpt.step_dir(5))
+      for f in fs
+      if f != ckpt_lib.MANIFEST
+    ),
+    key=os.path.getsize,
+  )
   with open(victim, "ab") as f:
     f.write(b"x")
   ckpt.save(6, _tree(6), {"step": 6})
@@ -246,6 +281,7 @@ def test_rotation_keeps_everything_while_a_newer_checkpoint_is_damaged(tmp_path)
 def test_full_disk_during_a_save_is_one_sentence_and_keeps_state(tmp_path, monkeypatch):
   import errno
   import orbax.checkpoint as ocp
+
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
   ckpt.save(1, _tree(1), {"step": 1})
   real_save = ocp.Checkpointer.save
@@ -255,6 +291,7 @@ def test_full_disk_during_a_save_is_one_sentence_and_keeps_state(tmp_path, monke
     with open(str(directory) + ".orbax-checkpoint-tmp-1/part", "wb") as f:
       f.write(b"partial")
     raise OSError(errno.ENOSPC, "No space left on device")
+
   monkeypatch.setattr(ocp.Checkpointer, "save", full_disk)
   with pytest.raises(ckpt_lib.CheckpointError) as e:
     ckpt.save(2, _tree(2), {"step": 2})
@@ -292,21 +329,33 @@ def test_damage_names_the_reason(tmp_path):
 
 def ocp_args(tree):
   import orbax.checkpoint as ocp
+
   return ocp.args.Composite(state=ocp.args.StandardSave(tree), loop=ocp.args.JsonSave({"step": 3}))
 
 
 # -------------------------------------------------------------------------------------------------
 # Ctrl-C before the first step.
 
+
 def test_early_ctrl_c_is_one_sentence(base, tmp_path):
   work = seed_workdir(base["ref"], str(tmp_path / "run"))
   c = base["config"]
   proc = subprocess.Popen(
-      [sys.executable, "-m", "launch.pretrain", "--config=configs/bert.py:size=tiny",
-       f"--workdir={work}", f"--config.rst.table={c.rst.table}",
-       f"--config.train.budget_hours={c.train.budget_hours}",
-       f"--config.data.num_lines={c.data.num_lines}"],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-m",
+      "launch.pretrain",
+      "--config=configs/bert.py:size=tiny",
+      f"--workdir={work}",
+      f"--config.rst.table={c.rst.table}",
+      f"--config.train.budget_hours={c.train.budget_hours}",
+      f"--config.data.num_lines={c.data.num_lines}",
+    ],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   # The launcher installs its handler before it imports JAX; JAX's import, the data and the
   # compilation take seconds more, so 1.5 s lands before the training loop on any machine.
   time.sleep(1.5)
@@ -320,14 +369,15 @@ def test_early_ctrl_c_is_one_sentence(base, tmp_path):
 def _tensorboard_steps(logdir, tag):
   """The steps of every `tag` scalar in the event files under `logdir` (TFRecord framing)."""
   from tensorboardX.proto import event_pb2
+
   steps = []
   for name in sorted(os.listdir(logdir)):
     with open(os.path.join(logdir, name), "rb") as f:
       data = f.read()
     i = 0
     while i + 12 <= len(data):
-      (length,) = struct.unpack("<Q", data[i:i + 8])
-      event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+      (length,) = struct.unpack("<Q", data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
       i += 12 + length + 4
       steps += [event.step for v in event.summary.value if v.tag == tag]
   return steps

@@ -11,8 +11,8 @@ from ntng_jax.experiments import rst_compare
 from conftest import run_module
 
 L = 16
-SHARES = (0.125, 0.175, 0.7)           # stacking stages 4, 8, 16 (BERT base schedule)
-MEAN_DROP = 0.5 * (1 - (1 - math.exp(-100.0)) / 100.0)   # RST-average drop level, BERT
+SHARES = (0.125, 0.175, 0.7)  # stacking stages 4, 8, 16 (BERT base schedule)
+MEAN_DROP = 0.5 * (1 - (1 - math.exp(-100.0)) / 100.0)  # RST-average drop level, BERT
 MEAN_ACTIVE = L - MEAN_DROP * (L + 1) / 2
 
 
@@ -25,12 +25,21 @@ def _table(path, name, train, forward, unit=128):
 @pytest.fixture
 def tables(tmp_path):
   # A: cost proportional to depth; scoring = a quarter of a training pass at every depth.
-  a = _table(tmp_path / "a.json", "calibrated-cpu-bert-base",
-             {n: float(n) for n in range(1, L + 1)}, {n: n / 4 for n in range(1, L + 1)})
+  a = _table(
+    tmp_path / "a.json",
+    "calibrated-cpu-bert-base",
+    {n: float(n) for n in range(1, L + 1)},
+    {n: n / 4 for n in range(1, L + 1)},
+  )
   # B: a large fixed cost (8) plus half a unit per layer; scoring costs 2 at any depth; priced per
   # 64 sequences (units cancel in the normalisation).
-  b = _table(tmp_path / "b.json", "calibrated-gpu-bert-base",
-             {n: 8 + n / 2 for n in range(1, L + 1)}, {n: 2.0 for n in range(1, L + 1)}, unit=64)
+  b = _table(
+    tmp_path / "b.json",
+    "calibrated-gpu-bert-base",
+    {n: 8 + n / 2 for n in range(1, L + 1)},
+    {n: 2.0 for n in range(1, L + 1)},
+    unit=64,
+  )
   return a, b
 
 
@@ -46,8 +55,7 @@ def test_normalised_ratios_and_drift(tables):
   assert ratios["forward[16]"] == pytest.approx(0.5)
   assert ratios["train[1]"] == pytest.approx(8.5)
   assert ratios["forward[1]"] == pytest.approx((2 / 16) / (0.25 / 16))
-  assert report["largest_drift"] == {"entry": "train[1]", "table": "b",
-                                     "ratio": pytest.approx(8.5)}
+  assert report["largest_drift"] == {"entry": "train[1]", "table": "b", "ratio": pytest.approx(8.5)}
 
 
 def test_method_implications(tables):
@@ -64,7 +72,8 @@ def test_method_implications(tables):
   assert ma["stacking"]["relative"] == pytest.approx(1 / (0.125 * 4 + 0.175 * 2 + 0.7))
   stage_b = [(8 + d / 2) / 16 for d in (4, 8, 16)]
   assert mb["stacking"]["relative"] == pytest.approx(
-      1 / sum(s / c for s, c in zip(SHARES, stage_b)))
+    1 / sum(s / c for s, c in zip(SHARES, stage_b))
+  )
   # Layer dropping at the schedule's mean depth (interpolated between table depths).
   assert ma["layer_drop"]["mean_active_layers"] == pytest.approx(MEAN_ACTIVE, abs=1e-4)
   assert ma["layer_drop"]["relative"] == pytest.approx(MEAN_ACTIVE / 16, abs=1e-5)
@@ -72,6 +81,7 @@ def test_method_implications(tables):
   # Sophia (BERT): an extra training pass over its Hessian batch every 10 steps; Lion: nothing.
   from ntng_jax.config import get_config
   from ntng_jax.train.loop import hessian_micro_batches
+
   c = get_config("bert", "size=base,method=sophia")
   share = hessian_micro_batches(c) * c.train.micro_batch_size / c.train.batch_size
   assert 0 < share <= 1
@@ -90,8 +100,12 @@ def test_paper_tables(tmp_path, tables):
   assert report["ratios"]["a"]["forward[16]"] == pytest.approx(0.25 / (0.09285 / 0.2253))
   assert "forward[3]" not in report["ratios"]["a"]  # the paper's table has no such entry
 
-  t5 = _table(tmp_path / "t5.json", "calibrated-cpu-t5-base",
-              {n: float(n) for n in range(1, 13)}, {n: n / 3 for n in range(1, 13)})
+  t5 = _table(
+    tmp_path / "t5.json",
+    "calibrated-cpu-t5-base",
+    {n: float(n) for n in range(1, 13)},
+    {n: n / 3 for n in range(1, 13)},
+  )
   report = rst_compare.compare(["paper:t5", t5])
   p, c = (t["methods"] for t in report["tables"])
   # The paper's T5 table charges Lion/Sophia their measured per-step extra, every step.
@@ -109,8 +123,12 @@ def test_paper_tables(tmp_path, tables):
 
 def test_partial_table_is_interpolated(tmp_path, tables):
   a, _ = tables
-  sparse = _table(tmp_path / "sparse.json", "calibrated-cpu-bert-base",
-                  {1: 1.0, 4: 4.0, 8: 8.0, 12: 12.0, 16: 16.0}, {16: 4.0})
+  sparse = _table(
+    tmp_path / "sparse.json",
+    "calibrated-cpu-bert-base",
+    {1: 1.0, 4: 4.0, 8: 8.0, 12: 12.0, 16: 16.0},
+    {16: 4.0},
+  )
   report = rst_compare.compare([a, sparse])
   full, part = (t["methods"] for t in report["tables"])
   for m in ("stacking", "layer_drop", "rho_loss", "sophia"):
@@ -135,13 +153,19 @@ def test_depthwise_calibration_writes_a_loadable_partial_table(tmp_path):
   from ntng_jax import data as data_lib, partitioning
   from ntng_jax.train.calibrate import calibrate
   from conftest import tiny_config
-  config = tiny_config("bert", **{"data.num_lines": 2000, "rst.repeats": 1, "rst.warmup": 1,
-                                  "model.num_layers": 3})
+
+  config = tiny_config(
+    "bert", **{"data.num_lines": 2000, "rst.repeats": 1, "rst.warmup": 1, "model.num_layers": 3}
+  )
   dataset = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, str(tmp_path))
   table = calibrate(
-      config, partitioning.make_mesh(config.mesh),
-      lambda: next(iter(dataset.train_iterator(config.train.batch_size, seed=0))),
-      depths=[1, 3], one_at_a_time=True, log=lambda s: None)
+    config,
+    partitioning.make_mesh(config.mesh),
+    lambda: next(iter(dataset.train_iterator(config.train.batch_size, seed=0))),
+    depths=[1, 3],
+    one_at_a_time=True,
+    log=lambda s: None,
+  )
   assert sorted(table.train) == sorted(table.forward) == [1, 3]
   assert all(v > 0 for v in [*table.train.values(), *table.forward.values()])
   path = str(tmp_path / "t.json")
@@ -152,10 +176,13 @@ def test_depthwise_calibration_writes_a_loadable_partial_table(tmp_path):
 
 def test_combined_runs_of_different_depths_take_the_minimum_per_entry():
   from ntng_jax.train.calibrate import combine_runs
-  a = rst.RSTTable("calibrated-cpu-bert-base", 16, {1: 2.0, 4: 5.0}, {4: 1.0}, fingerprint="f",
-                   meta={"date": "d1"})
-  b = rst.RSTTable("calibrated-cpu-bert-base", 16, {4: 4.0}, {4: 3.0}, fingerprint="f",
-                   meta={"date": "d2"})
+
+  a = rst.RSTTable(
+    "calibrated-cpu-bert-base", 16, {1: 2.0, 4: 5.0}, {4: 1.0}, fingerprint="f", meta={"date": "d1"}
+  )
+  b = rst.RSTTable(
+    "calibrated-cpu-bert-base", 16, {4: 4.0}, {4: 3.0}, fingerprint="f", meta={"date": "d2"}
+  )
   m = combine_runs([a, b])
   assert m.train == {1: 2.0, 4: 4.0} and m.forward == {4: 1.0}
   assert m.meta["runs"] == 2 and m.meta["run_dates"] == ["d1", "d2"]

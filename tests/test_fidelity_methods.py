@@ -23,9 +23,13 @@ from test_stacking import make_batch, random_params
 
 # ---- layer dropping per micro-batch -------------------------------------------------------------
 
+
 def _drop_config(family="bert", **overrides):
-  return tiny_config(family, "size=tiny,method=layer_drop", **{
-      "model.num_layers": 16, "train.batch_size": 32, "train.micro_batch_size": 8, **overrides})
+  return tiny_config(
+    family,
+    "size=tiny,method=layer_drop",
+    **{"model.num_layers": 16, "train.batch_size": 32, "train.micro_batch_size": 8, **overrides},
+  )
 
 
 def test_resample_defaults_follow_each_family():
@@ -42,7 +46,7 @@ def test_bert_keeps_per_micro_batch_at_the_schedules_rate():
   method, again = build_method(_drop_config()), build_method(_drop_config())
   level = ld.drop_level(fraction, 0.5, 100.0)
   plans = [method.plan(fraction, s) for s in range(steps)]
-  keep = np.stack([p.keep for p in plans])                       # [steps, 4, L]
+  keep = np.stack([p.keep for p in plans])  # [steps, 4, L]
   assert keep.shape == (steps, 4, L) and keep.dtype == bool
   rows = keep.reshape(-1, L)
   n = rows.shape[0]
@@ -50,8 +54,8 @@ def test_bert_keeps_per_micro_batch_at_the_schedules_rate():
   sigma = np.sqrt(p_run * (1 - p_run) / n)
   assert np.all(np.abs(rows.mean(0) - p_run) < 4.5 * sigma), (rows.mean(0), p_run)
   distinct = [len({r.tobytes() for r in k}) for k in keep]
-  assert np.mean([d > 1 for d in distinct]) > 0.95               # micro-batches differ
-  for s in (0, 17, 599):                                          # reproduced (resume, other host)
+  assert np.mean([d > 1 for d in distinct]) > 0.95  # micro-batches differ
+  for s in (0, 17, 599):  # reproduced (resume, other host)
     np.testing.assert_array_equal(plans[s].keep, again.plan(fraction, s).keep)
     for m in range(4):
       np.testing.assert_array_equal(plans[s].keep[m], ld.sample_keep(level, L, 0, s, m))
@@ -68,7 +72,9 @@ def test_t5_keeps_one_vector_per_step():
 def test_step_charge_is_the_sum_over_micro_batches():
   config = _drop_config()
   method = build_method(config)
-  table = rst.RSTTable(name="t", unit_sequences=8, train={n: 0.01 * n + 0.003 for n in range(1, 17)})
+  table = rst.RSTTable(
+    name="t", unit_sequences=8, train={n: 0.01 * n + 0.003 for n in range(1, 17)}
+  )
   for s in range(30):
     plan = method.plan(0.7, s)
     charges = method.charges(plan, 32)
@@ -96,35 +102,45 @@ def test_train_step_gives_each_micro_batch_its_row(mask):
   step = step_lib.make_train_step(model, tx, 2, "float32")
   if mask:
     step = ld.mask_dropped_train_step(step)
-  new, _ = jax.jit(step)(state, batch, jax.random.PRNGKey(0),
-                         {"learning_rate": np.float32(1.0), "keep": keep})
+  new, _ = jax.jit(step)(
+    state, batch, jax.random.PRNGKey(0), {"learning_rate": np.float32(1.0), "keep": keep}
+  )
   loss_fn = step_lib.make_loss_fn(model, jnp.float32)
   micro = step_lib.split_micro_batches(batch, 2)
-  grads = [jax.grad(loss_fn)(params, jax.tree.map(lambda x: x[m], micro), jnp.asarray(keep[m]))
-           for m in range(2)]
+  grads = [
+    jax.grad(loss_fn)(params, jax.tree.map(lambda x: x[m], micro), jnp.asarray(keep[m]))
+    for m in range(2)
+  ]
   want = jax.tree.map(lambda p, a, b: p - (a + b) / 2, params, *grads)
-  got_layers = {jax.tree_util.keystr(p): x for p, x in
-                jax.tree_util.tree_flatten_with_path(new.params)[0]}
+  got_layers = {
+    jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(new.params)[0]
+  }
   moved = [False, False, False]
   for (path, w), p0 in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(params)):
     g = got_layers[jax.tree_util.keystr(path)]
     if mask and any(getattr(k, "key", None) == "layers" for k in path):
-      np.testing.assert_array_equal(g[2], p0[2])                  # dropped everywhere: unchanged
+      np.testing.assert_array_equal(g[2], p0[2])  # dropped everywhere: unchanged
       np.testing.assert_allclose(g[:2], w[:2], rtol=1e-5, atol=1e-6)
     else:
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     if any(getattr(k, "key", None) == "layers" for k in path):
-      moved = [m or bool(np.abs(np.asarray(g[i]) - np.asarray(p0[i])).max() > 0)
-               for i, m in enumerate(moved)]
-  assert moved[:2] == [True, True]                               # layer 1: micro-batch 1's gradient
+      moved = [
+        m or bool(np.abs(np.asarray(g[i]) - np.asarray(p0[i])).max() > 0)
+        for i, m in enumerate(moved)
+      ]
+  assert moved[:2] == [True, True]  # layer 1: micro-batch 1's gradient
 
 
 # ---- Sophia-G's fresh Hessian batch -------------------------------------------------------------
 
+
 def _sophia_config(**overrides):
   # 4 micro-batches of 8 per step, the Hessian on half of them: BERT base's 6 of 12 in small.
-  return tiny_config("bert", "size=tiny,method=sophia", **{
-      "train.batch_size": 32, "train.micro_batch_size": 8, "data.num_lines": 2000, **overrides})
+  return tiny_config(
+    "bert",
+    "size=tiny,method=sophia",
+    **{"train.batch_size": 32, "train.micro_batch_size": 8, "data.num_lines": 2000, **overrides},
+  )
 
 
 def test_sophia_config_fields_are_real():
@@ -143,6 +159,7 @@ def test_sophia_config_fields_are_real():
 
 def test_sophia_hessian_batch_is_fresh_and_never_trained_on(tmp_path):
   from ntng_jax import data as data_lib
+
   config = _sophia_config(**{"data.num_lines": 5000})
   hook = optimizer_hook(config)
   assert hook.aux_micro_batches == 2 and hook.hessian_sequences == 16
@@ -150,7 +167,7 @@ def test_sophia_hessian_batch_is_fresh_and_never_trained_on(tmp_path):
   it = dataset.train_iterator(32, seed=0)
   assert it.batches_per_epoch >= 28
   trained, hessian = [], []
-  for step in range(25):                       # the loop's draw: fresh batch first on refreshes
+  for step in range(25):  # the loop's draw: fresh batch first on refreshes
     aux = next(it) if hook.draws_fresh(step) else None
     batch, aux_back = hook.split_aux(hook.with_aux(next(it), aux))
     trained.append(np.asarray(batch["example_id"]))
@@ -161,8 +178,8 @@ def test_sophia_hessian_batch_is_fresh_and_never_trained_on(tmp_path):
       hessian.append(ids)
   assert [s for s in range(25) if hook.draws_fresh(s)] == [0, 10, 20]
   trained, hessian = np.concatenate(trained), np.concatenate(hessian)
-  assert len(set(trained)) == trained.size                 # (one epoch: no repeats)
-  assert not set(hessian) & set(trained)                   # disjoint from everything trained on
+  assert len(set(trained)) == trained.size  # (one epoch: no repeats)
+  assert not set(hessian) & set(trained)  # disjoint from everything trained on
 
 
 def test_sophia_step_estimates_on_the_fresh_batch():
@@ -181,23 +198,33 @@ def test_sophia_step_estimates_on_the_fresh_batch():
   new, _ = step(state, hook.with_aux(train, fresh), rng, {"learning_rate": np.float32(1e-3)})
   h = new.opt_state.inner_state[1].hessian
   micro = step_lib.split_micro_batches(fresh, 4)
-  want = gnb_estimate(params, lambda p, b: model.logits(p, b), hook.hessian_batch(micro), rng,
-                      microbatched=True, num_tokens=config.optim.batch_tokens)
+  want = gnb_estimate(
+    params,
+    lambda p, b: model.logits(p, b),
+    hook.hessian_batch(micro),
+    rng,
+    microbatched=True,
+    num_tokens=config.optim.batch_tokens,
+  )
   b2 = config.optim.b2
   for a, b in zip(jax.tree.leaves(h), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, (1 - b2) * np.asarray(b), rtol=2e-4, atol=1e-12)
   other, _ = step(state, hook.with_aux(train, train), rng, {"learning_rate": np.float32(1e-3)})
-  assert any(not np.allclose(a, b) for a, b in zip(
-      jax.tree.leaves(other.opt_state.inner_state[1].hessian), jax.tree.leaves(h)))
+  assert any(
+    not np.allclose(a, b)
+    for a, b in zip(jax.tree.leaves(other.opt_state.inner_state[1].hessian), jax.tree.leaves(h))
+  )
 
 
 def test_sophia_refresh_is_charged_six_micro_batches_unless_free():
   config = tiny_config("bert", "size=base,method=sophia")
   table = rst.paper_table_for(config)
   full = [rst.Charge("train", 16, 1536)]
-  cost = lambda s: rst.step_cost(table, full + loop_lib.optimizer_charges(config, table, s, 1536, 16))
+  cost = lambda s: rst.step_cost(
+    table, full + loop_lib.optimizer_charges(config, table, s, 1536, 16)
+  )
   assert cost(1) == pytest.approx(12 * 0.2253)
-  assert cost(0) - cost(1) == pytest.approx(6 * 0.2253)            # 6 extra full-depth micro-batches
+  assert cost(0) - cost(1) == pytest.approx(6 * 0.2253)  # 6 extra full-depth micro-batches
   assert cost(10) == pytest.approx(18 * 0.2253) and cost(11) == pytest.approx(cost(1))
   config.optim.free_updates = True
   assert cost(0) == pytest.approx(12 * 0.2253)
@@ -205,17 +232,31 @@ def test_sophia_refresh_is_charged_six_micro_batches_unless_free():
 
 # ---- resume ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method, overrides", [
-    ("sophia", {"train.micro_batch_size": 16}),      # refreshes at 0 and 10 draw fresh data
-    ("layer_drop", {"train.micro_batch_size": 16})])  # a keep row per micro-batch
+
+@pytest.mark.parametrize(
+  "method, overrides",
+  [
+    ("sophia", {"train.micro_batch_size": 16}),  # refreshes at 0 and 10 draw fresh data
+    ("layer_drop", {"train.micro_batch_size": 16}),
+  ],
+)  # a keep row per micro-batch
 def test_fresh_draws_and_keep_rows_resume_exactly(tmp_path, method, overrides):
   """A run stopped at step 7 and resumed gives the uninterrupted run's losses exactly."""
   import json
   from conftest import fixed_table
-  config = tiny_config("bert", f"size=tiny,method={method}", **{
-      "data.num_lines": 3000, "train.log_every_steps": 1, "train.validation_batches": 1,
-      "train.eval_every_rst_minutes": 1000.0, "train.checkpoint_every_rst_minutes": 1000.0,
-      **overrides})
+
+  config = tiny_config(
+    "bert",
+    f"size=tiny,method={method}",
+    **{
+      "data.num_lines": 3000,
+      "train.log_every_steps": 1,
+      "train.validation_batches": 1,
+      "train.eval_every_rst_minutes": 1000.0,
+      "train.checkpoint_every_rst_minutes": 1000.0,
+      **overrides,
+    },
+  )
   config.train.budget_hours = 14 * 0.02 / 3600
   config.rst.table = fixed_table(config, tmp_path / "table.json", 0.02)
 

@@ -18,7 +18,7 @@ from ntng_jax.train import state as state_lib
 from conftest import tiny_config
 from test_stacking import make_batch, random_params
 
-WARM_STEPS = 30   # updates before growth: the global count is far from 1
+WARM_STEPS = 30  # updates before growth: the global count is far from 1
 
 
 def _grads(params, rng):
@@ -34,24 +34,33 @@ def _split(tree, n_old):
 def _with_global_counts(opt_state):
   """The pre-fix semantics: every layer counted with the global count."""
   return jax.tree.map(
-      lambda n: n._replace(layer_count=jnp.full_like(n.layer_count, n.count))
-      if has_layer_count(n) else n, opt_state, is_leaf=has_layer_count)
+    lambda n: (
+      n._replace(layer_count=jnp.full_like(n.layer_count, n.count)) if has_layer_count(n) else n
+    ),
+    opt_state,
+    is_leaf=has_layer_count,
+  )
 
 
 def _layer_counts(opt_state):
-  return [np.asarray(n.layer_count) for n in jax.tree.leaves(opt_state, is_leaf=has_layer_count)
-          if has_layer_count(n)]
+  return [
+    np.asarray(n.layer_count)
+    for n in jax.tree.leaves(opt_state, is_leaf=has_layer_count)
+    if has_layer_count(n)
+  ]
 
 
 def _roundtrip(tmp_path, params, opt_state):
   """Saves (params, opt_state) with the trainer's Orbax checkpointer and reads it back."""
-  state = state_lib.TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state,
-                               method_state={})
+  state = state_lib.TrainState(
+    step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state, method_state={}
+  )
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "run"), keep=1)
   ckpt.save(1, state, {"step": 1})
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
-                          state)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), state
+  )
   restored = ckpt.read_state(1, abstract)
   ckpt.close()
   return restored.params, restored.opt_state
@@ -75,9 +84,11 @@ def test_new_layers_start_a_fresh_optimizer(family, optimizer, tmp_path):
   grown_params = st.grow_params(params, 1)
   grown = st.grow_opt_state(opt_state, tx, params, 1, copy=False)
   assert [c.tolist() for c in _layer_counts(grown)] == [[WARM_STEPS, 0]]
-  runs = {"grown": (grown_params, grown),
-          "fresh": (grown_params, tx.init(grown_params)),        # a new optimizer for all layers
-          "global": (grown_params, _with_global_counts(grown))}  # what main did: shared count
+  runs = {
+    "grown": (grown_params, grown),
+    "fresh": (grown_params, tx.init(grown_params)),  # a new optimizer for all layers
+    "global": (grown_params, _with_global_counts(grown)),
+  }  # what main did: shared count
   restored = None
   deviation = []
   for i in range(3):
@@ -95,8 +106,9 @@ def test_new_layers_start_a_fresh_optimizer(family, optimizer, tmp_path):
       assert np.abs(b).max() > 1e-5  # (updates are not vanishing)
     for a, b in zip(old_g, old_s):  # old layers: bitwise what they were before the fix
       np.testing.assert_array_equal(a, b)
-    deviation.append(max(float(np.abs(a - b).max() / np.abs(b).max())
-                         for a, b in zip(new_s, new_f)))
+    deviation.append(
+      max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(new_s, new_f))
+    )
     if i == 0:  # checkpoint round trip after the first update; continue both ways
       restored = _roundtrip(tmp_path, *runs["grown"])
       assert [c.tolist() for c in _layer_counts(restored[1])] == [[WARM_STEPS + 1, 1]]
@@ -116,8 +128,14 @@ def test_copied_optimizer_state_carries_the_source_count():
   params = st.grow_params(random_params(loop_lib.model_at_depth(config, 1), batch), 1)
   opt_state = tx.init(params)
   opt_state = jax.tree.map(
-      lambda n: n._replace(count=n.count + 9, layer_count=jnp.asarray([9, 4], jnp.int32))
-      if has_layer_count(n) else n, opt_state, is_leaf=has_layer_count)
+    lambda n: (
+      n._replace(count=n.count + 9, layer_count=jnp.asarray([9, 4], jnp.int32))
+      if has_layer_count(n)
+      else n
+    ),
+    opt_state,
+    is_leaf=has_layer_count,
+  )
   grown = st.grow_opt_state(opt_state, tx, params, 3, copy=True)
   assert [c.tolist() for c in _layer_counts(grown)] == [[9, 4, 9, 4, 9]]
   fresh = st.grow_opt_state(opt_state, tx, params, 2, copy=False)
@@ -136,6 +154,7 @@ def test_runs_without_stacking_keep_plain_optax(family):
   layered = build_optimizer({**dict(config.optim), "per_layer_step_counts": True})
   assert [c.tolist() for c in _layer_counts(layered.init(params))] == [[0, 0]]
   from ntng_jax.optim.layer_count import adamw_layered
+
   ref_tx = optax.adamw(1e-3, b1=0.9, b2=0.98, eps=1e-12, weight_decay=0.01)
   our_tx = adamw_layered(1e-3, b1=0.9, b2=0.98, eps=1e-12, weight_decay=0.01, stacked=None)
   s_ref, s_our = ref_tx.init(params), our_tx.init(params)

@@ -26,11 +26,13 @@ GLUE = SHARED / "glue"
 SNI = SHARED / "sni"
 CORPUS = SHARED / "text" / "tinyshakespeare" / "train.txt"
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte", "wnli")
-SNI_TASKS = ("task1155_bard_analogical_reasoning_trash_or_treasure",
-             "task1158_bard_analogical_reasoning_manipulating_items")
-STEP_SECONDS = 0.1   # RST seconds per step in the fixed test tables
+SNI_TASKS = (
+  "task1155_bard_analogical_reasoning_trash_or_treasure",
+  "task1158_bard_analogical_reasoning_manipulating_items",
+)
+STEP_SECONDS = 0.1  # RST seconds per step in the fixed test tables
 PRETRAIN_STEPS = 20  # a small RST budget: 20 steps (a longer tiny run collapses to unigram
-                     # statistics and makes SST-2 slower to learn, see the report)
+# statistics and makes SST-2 slower to learn, see the report)
 
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"{GLUE} is absent")
 needs_sni = pytest.mark.skipif(not (SNI / "tasks").is_dir(), reason=f"{SNI} is absent")
@@ -41,8 +43,13 @@ class _Job:
 
   def __init__(self, *args: str):
     self.args = args
-    self.proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    self.proc = subprocess.Popen(
+      [sys.executable, "-m", *args],
+      cwd=REPO,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
     self._result = None
 
   def result(self, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -53,8 +60,9 @@ class _Job:
 
   def ok(self) -> subprocess.CompletedProcess:
     r = self.result()
-    assert r.returncode == 0, (f"{' '.join(self.args)} failed ({r.returncode}):\n"
-                               f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    assert r.returncode == 0, (
+      f"{' '.join(self.args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    )
     return r
 
   def kill(self):
@@ -68,17 +76,23 @@ class _Jobs:
 
   def __init__(self, root: Path):
     self.root = root
-    self.corpus = ["--config.data.source=text", f"--config.data.path={CORPUS}"] \
-        if CORPUS.is_file() else []
+    self.corpus = (
+      ["--config.data.source=text", f"--config.data.path={CORPUS}"] if CORPUS.is_file() else []
+    )
     self.dirs = {"bert": root / "bert", "t5": root / "t5"}
     table = {f: fixed_table(tiny_config(f), root / f"{f}.json", STEP_SECONDS) for f in self.dirs}
     self.pretrain = {
-        family: _Job("launch.pretrain", f"--config={cfg}", f"--workdir={self.dirs[family]}",
-                     f"--config.rst.table={table[family]}",
-                     f"--config.train.budget_hours={PRETRAIN_STEPS * STEP_SECONDS / 3600}",
-                     "--config.train.validation_batches=2", *self.corpus)
-        for family, cfg in (("bert", "configs/bert.py:size=tiny"),
-                            ("t5", "configs/t5.py:size=tiny"))}
+      family: _Job(
+        "launch.pretrain",
+        f"--config={cfg}",
+        f"--workdir={self.dirs[family]}",
+        f"--config.rst.table={table[family]}",
+        f"--config.train.budget_hours={PRETRAIN_STEPS * STEP_SECONDS / 3600}",
+        "--config.train.validation_batches=2",
+        *self.corpus,
+      )
+      for family, cfg in (("bert", "configs/bert.py:size=tiny"), ("t5", "configs/t5.py:size=tiny"))
+    }
     self.runs: dict[str, _Job] = {}
     self._ready: set[str] = set()
 
@@ -95,23 +109,49 @@ class _Jobs:
   def _start_dependents(self, family: str):
     bert, t5 = self.dirs["bert"], self.dirs["t5"]
     if family == "bert" and GLUE.is_dir():
-      self._finetune("glue6", f"--pretrained={bert}", "--suite=glue", f"--data_dir={GLUE}",
-                     f"--tasks={','.join(GLUE_TASKS)}", "--epochs=1", "--max_train_examples=320",
-                     "--max_length=64", "--batch_size=32", "--learning_rate=2e-3",
-                     "--eval_batch_size=256", f"--output={self.root / 'glue6.json'}")
+      self._finetune(
+        "glue6",
+        f"--pretrained={bert}",
+        "--suite=glue",
+        f"--data_dir={GLUE}",
+        f"--tasks={','.join(GLUE_TASKS)}",
+        "--epochs=1",
+        "--max_train_examples=320",
+        "--max_length=64",
+        "--batch_size=32",
+        "--learning_rate=2e-3",
+        "--eval_batch_size=256",
+        f"--output={self.root / 'glue6.json'}",
+      )
       # SST-2 needs a few hundred steps before a tiny model leaves the majority class.
-      self._finetune("sst2", f"--pretrained={bert}", "--suite=glue", f"--data_dir={GLUE}",
-                     "--tasks=sst2", "--epochs=1", "--max_train_examples=8000",
-                     "--max_length=32", "--batch_size=32", "--learning_rate=2e-3",
-                     "--eval_batch_size=256", f"--output={self.root / 'sst2.json'}")
+      self._finetune(
+        "sst2",
+        f"--pretrained={bert}",
+        "--suite=glue",
+        f"--data_dir={GLUE}",
+        "--tasks=sst2",
+        "--epochs=1",
+        "--max_train_examples=8000",
+        "--max_length=32",
+        "--batch_size=32",
+        "--learning_rate=2e-3",
+        "--eval_batch_size=256",
+        f"--output={self.root / 'sst2.json'}",
+      )
       bad = self.root / "bad_glue"
       (bad / "CoLA").mkdir(parents=True)
       (bad / "CoLA" / "train.tsv").write_text("gj04\t1\t\tA fine sentence .\ngj04\t0\t*\n")
       (bad / "CoLA" / "dev.tsv").write_text("gj04\t1\t\tAnother one .\n")
-      self._finetune("malformed", f"--pretrained={bert}", "--suite=glue", f"--data_dir={bad}",
-                     "--tasks=cola")
-      self._finetune("unknown_task", f"--pretrained={bert}", "--suite=glue",
-                     f"--data_dir={GLUE}", "--tasks=cola,nosuchtask")
+      self._finetune(
+        "malformed", f"--pretrained={bert}", "--suite=glue", f"--data_dir={bad}", "--tasks=cola"
+      )
+      self._finetune(
+        "unknown_task",
+        f"--pretrained={bert}",
+        "--suite=glue",
+        f"--data_dir={GLUE}",
+        "--tasks=cola,nosuchtask",
+      )
     if family == "t5" and (SNI / "tasks").is_dir():
       sni = self.root / "sni"
       (sni / "tasks").mkdir(parents=True)
@@ -120,17 +160,24 @@ class _Jobs:
         shutil.copyfile(SNI / "tasks" / f"{task}.json", sni / "tasks" / f"{task}.json")
       # Every task on the test side: load_sni then splits each task's instances in two.
       (sni / "splits" / "default" / "test_tasks.txt").write_text("\n".join(SNI_TASKS) + "\n")
-      self._finetune("sni", f"--pretrained={t5}", "--suite=sni", f"--data_dir={sni}",
-                     "--max_instances=60", "--max_eval_examples=16", "--max_source_len=320",
-                     "--max_target_len=8", "--epochs=3", "--learning_rate=2e-3",
-                     f"--output={self.root / 'sni.json'}")
+      self._finetune(
+        "sni",
+        f"--pretrained={t5}",
+        "--suite=sni",
+        f"--data_dir={sni}",
+        "--max_instances=60",
+        "--max_eval_examples=16",
+        "--max_source_len=320",
+        "--max_target_len=8",
+        "--epochs=3",
+        "--learning_rate=2e-3",
+        f"--output={self.root / 'sni.json'}",
+      )
     if self._ready == {"bert", "t5"}:
       if SNI.is_dir():
-        self._finetune("bert_on_sni", f"--pretrained={bert}", "--suite=sni",
-                       f"--data_dir={SNI}")
+        self._finetune("bert_on_sni", f"--pretrained={bert}", "--suite=sni", f"--data_dir={SNI}")
       if GLUE.is_dir():
-        self._finetune("t5_on_glue", f"--pretrained={t5}", "--suite=glue",
-                       f"--data_dir={GLUE}")
+        self._finetune("t5_on_glue", f"--pretrained={t5}", "--suite=glue", f"--data_dir={GLUE}")
 
   def run(self, name: str) -> _Job:
     if name not in self.runs:
@@ -154,7 +201,7 @@ def _one_sentence_error(result: subprocess.CompletedProcess) -> str:
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
   assert len(errors) == 1, result.stderr
-  message = errors[0][len("error: "):]
+  message = errors[0][len("error: ") :]
   assert message.endswith(".") and "\n" not in message
   return message
 
@@ -215,20 +262,27 @@ def test_classifier_masks_padding_and_drops_the_mlm_head(jobs):
   pre = load_pretrained(jobs.workdir("bert"), suite="glue")
   bert = build_model(ft_core.model_config(pre.model_cfg, 0.1, 0.1)).module
   head = ClassificationHead(num_classes=3)
-  params = {"encoder": F.encoder_params(pre.params),
-            "head": head.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, pre.model_cfg.hidden_size)))
-            ["params"]}
+  params = {
+    "encoder": F.encoder_params(pre.params),
+    "head": head.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, pre.model_cfg.hidden_size)))[
+      "params"
+    ],
+  }
   assert "head" not in params["encoder"]  # the MLM head is not part of the classifier
-  apply = jax.jit(lambda p, a, m, deterministic, rng: F.classifier_apply(
-      bert, head, p, a, m, deterministic, rng), static_argnums=3)
+  apply = jax.jit(
+    lambda p, a, m, deterministic, rng: F.classifier_apply(bert, head, p, a, m, deterministic, rng),
+    static_argnums=3,
+  )
   examples = [{"texts": ("the movie was fine .", "a second text"), "label": 1}]
   short, long = (encode_classification(examples, pre.tokenizer, n, 3) for n in (16, 48))
   key = jax.random.PRNGKey(1)
   logits = [apply(params, a["input_ids"], a["attention_mask"], True, key) for a in (short, long)]
   np.testing.assert_allclose(np.asarray(logits[0]), np.asarray(logits[1]), atol=1e-5)
   # Dropout is active in training mode: two dropout keys give different logits.
-  train = [apply(params, short["input_ids"], short["attention_mask"], False,
-                 jax.random.PRNGKey(i)) for i in (1, 2)]
+  train = [
+    apply(params, short["input_ids"], short["attention_mask"], False, jax.random.PRNGKey(i))
+    for i in (1, 2)
+  ]
   assert not np.allclose(np.asarray(train[0]), np.asarray(train[1]))
 
 
@@ -261,17 +315,23 @@ def test_finetuning_applies_attention_dropout_in_training_only():
 
   for suite in ("glue", "superglue"):  # the original: 0.1 everywhere (arch/bert-c5.yaml)
     recipe = F.paper_recipe(suite)
-    assert (recipe.dropout_rate, recipe.attention_dropout_rate, recipe.head_dropout) == \
-        (0.1, 0.1, 0.1)
+    assert (recipe.dropout_rate, recipe.attention_dropout_rate, recipe.head_dropout) == (
+      0.1,
+      0.1,
+      0.1,
+    )
     model_cfg = F.finetune_model_config(_tiny_bert()[0], recipe)
     assert (model_cfg.dropout_rate, model_cfg.attention_dropout_rate) == (0.1, 0.1)
   model_cfg, params, ids, mask = _tiny_bert()
   head = ClassificationHead(num_classes=3, hidden=32, dropout_rate=0.0)
-  params = {"encoder": F.encoder_params(params),
-            "head": head.init(jax.random.PRNGKey(1), jnp.zeros((1, 1, 64)))["params"]}
+  params = {
+    "encoder": F.encoder_params(params),
+    "head": head.init(jax.random.PRNGKey(1), jnp.zeros((1, 1, 64)))["params"],
+  }
   # Only attention dropout on (hidden and head dropout off), against every dropout off.
-  attn_only = build_model(F.finetune_model_config(
-      model_cfg, F.paper_recipe("glue", dropout_rate=0.0))).module
+  attn_only = build_model(
+    F.finetune_model_config(model_cfg, F.paper_recipe("glue", dropout_rate=0.0))
+  ).module
   no_dropout = build_model(ft_core.model_config(model_cfg, 0.0, 0.0)).module
 
   def apply(bert, deterministic, seed=None):
@@ -296,13 +356,22 @@ def test_finetuning_step_leaves_the_pad_embedding_row_unchanged():
   # A pre-trained pad row is not zero (the tied MLM decoder trains it); give it values.
   emb = params["word_embed"]["embedding"]
   params["word_embed"]["embedding"] = emb.at[0].set(
-      jax.random.normal(jax.random.PRNGKey(3), emb.shape[1:]) * 0.02)
+    jax.random.normal(jax.random.PRNGKey(3), emb.shape[1:]) * 0.02
+  )
   pad_row = np.asarray(params["word_embed"]["embedding"][0])
   recipe = F.paper_recipe("glue", learning_rate=1e-2)
   mesh = F.default_mesh()
-  programs = F._programs(F.finetune_model_config(model_cfg, recipe), 2, recipe.head_hidden,
-                         recipe.head_dropout, recipe.b1, recipe.b2, recipe.eps,
-                         recipe.weight_decay, mesh)
+  programs = F._programs(
+    F.finetune_model_config(model_cfg, recipe),
+    2,
+    recipe.head_hidden,
+    recipe.head_dropout,
+    recipe.b1,
+    recipe.b2,
+    recipe.eps,
+    recipe.weight_decay,
+    mesh,
+  )
   enc = jax.device_put(F.encoder_params(params), programs.state_shardings.params["encoder"])
   labels = np.arange(len(ids), dtype=np.int32) % 2
   with partitioning.activate(mesh):
@@ -311,8 +380,12 @@ def test_finetuning_step_leaves_the_pad_embedding_row_unchanged():
     # did), so that the lookup of pad positions does feed the loss.
     for step, attention_mask in enumerate((mask, np.ones_like(mask))):
       batch = dict(input_ids=ids, attention_mask=attention_mask, labels=labels)
-      state, _ = programs.train_step(state, F._device_batch(mesh, batch, tuple(batch)),
-                                     jax.random.PRNGKey(step), np.float32(1e-2))
+      state, _ = programs.train_step(
+        state,
+        F._device_batch(mesh, batch, tuple(batch)),
+        jax.random.PRNGKey(step),
+        np.float32(1e-2),
+      )
   table = np.asarray(state.params["encoder"]["word_embed"]["embedding"])
   np.testing.assert_array_equal(table[0], pad_row)
   used = int(ids[0, 0])
@@ -329,8 +402,14 @@ def test_sni_decoding_with_cache_equals_without(jobs):
   from ntng_jax.eval.pretrained import load_pretrained
 
   pre = load_pretrained(jobs.workdir("t5"), suite="sni")
-  cfg = S.SNIConfig(learning_rate=2e-3, epochs=1, max_source_len=320, max_target_len=8,
-                    max_instances=8, eval_batch_size=8)
+  cfg = S.SNIConfig(
+    learning_rate=2e-3,
+    epochs=1,
+    max_source_len=320,
+    max_target_len=8,
+    max_instances=8,
+    eval_batch_size=8,
+  )
   splits = S.load_sni_splits(jobs.root / "sni", pre.tokenizer, cfg)
   params, history = S.train_sni(pre, splits["train"], cfg, log=None)
   assert history[0]["steps"] == math.ceil(len(splits["train"]) / cfg.batch_size)
@@ -368,11 +447,16 @@ def test_glue_six_tasks_end_to_end(jobs):
       assert 0 < t["majority_rate"] < 1
     assert f"| {name} | {spec.metrics[0]} |" in r.stdout
   avg = result["average"]
-  assert set(avg["components"]) == {"cola/mcc", "sst2/accuracy", "mrpc/f1", "stsb/pearson",
-                                    "rte/accuracy"}
+  assert set(avg["components"]) == {
+    "cola/mcc",
+    "sst2/accuracy",
+    "mrpc/f1",
+    "stsb/pearson",
+    "rte/accuracy",
+  }
   assert avg["average"] == pytest.approx(np.mean(list(avg["components"].values())))
   assert "| **average** |" in r.stdout
-  print("\n" + r.stdout[r.stdout.index("| task |"):])
+  print("\n" + r.stdout[r.stdout.index("| task |") :])
 
 
 @needs_glue
@@ -381,8 +465,10 @@ def test_sst2_beats_the_majority_class(jobs):
   r = jobs.run("sst2").ok()
   t = json.loads((jobs.root / "sst2.json").read_text())["tasks"]["sst2"]
   accuracy, majority = t["best"]["accuracy"], t["majority_rate"]
-  print(f"\nSST-2 dev accuracy {accuracy:.4f} vs majority-class rate {majority:.4f} "
-        f"({t['num_train']} training examples, {t['steps']} steps)")
+  print(
+    f"\nSST-2 dev accuracy {accuracy:.4f} vs majority-class rate {majority:.4f} "
+    f"({t['num_train']} training examples, {t['steps']} steps)"
+  )
   assert majority == pytest.approx(444 / 872, abs=1e-9)  # the dev set's positive share
   assert accuracy > majority + 0.03, r.stdout[-2000:]
 
@@ -395,8 +481,9 @@ def test_sni_end_to_end(jobs):
   assert set(result["tasks"]) == set(SNI_TASKS)
   assert all(t["num_examples"] == 16 for t in result["tasks"].values())
   assert result["num_test"] == 32 and len(result["epochs"]) == 3
-  assert result["split"] == dict(rule="instance split", train_tasks=2, test_tasks=2,
-                                 missing_test_tasks=0)
+  assert result["split"] == dict(
+    rule="instance split", train_tasks=2, test_tasks=2, missing_test_tasks=0
+  )
   assert result["rouge_l_official"] > 0  # the tiny model learned something
   for key in ("rouge_l_paper", "rouge_l_official"):
     assert 0 <= result[key] <= 100
@@ -407,13 +494,16 @@ def test_sni_end_to_end(jobs):
   # has instances with two references.
   assert all(s["paper_reference"] in s["references"] for s in result["samples"])
   assert result["rouge_l_official"] >= result["rouge_l_paper"] - 1e-9
-  assert all(t["rouge_l_official"] >= t["rouge_l_paper"] - 1e-9
-             for t in result["tasks"].values())
+  assert all(t["rouge_l_official"] >= t["rouge_l_paper"] - 1e-9 for t in result["tasks"].values())
   assert "| **all** |" in r.stdout and "Rouge-L (SNI official)" in r.stdout
-  print(f"\nSNI Rouge-L paper {result['rouge_l_paper']:.2f}, official "
-        f"{result['rouge_l_official']:.2f}: "
-        + ", ".join(f"{k} {v['rouge_l_paper']:.2f}/{v['rouge_l_official']:.2f}"
-                    for k, v in result["tasks"].items()))
+  print(
+    f"\nSNI Rouge-L paper {result['rouge_l_paper']:.2f}, official "
+    f"{result['rouge_l_official']:.2f}: "
+    + ", ".join(
+      f"{k} {v['rouge_l_paper']:.2f}/{v['rouge_l_official']:.2f}"
+      for k, v in result["tasks"].items()
+    )
+  )
 
 
 @needs_glue
@@ -442,12 +532,22 @@ def test_paper_recipes_and_per_task_warmup():
   glue, sg = paper_recipe("glue"), paper_recipe("superglue")
   assert (glue.learning_rate, glue.epochs, glue.batch_size, glue.max_length) == (4e-5, 5, 16, 128)
   assert (sg.learning_rate, sg.epochs) == (5e-5, 10)
-  assert (glue.b1, glue.b2, glue.eps, glue.weight_decay, glue.warmup_fraction) == \
-      (0.9, 0.98, 1e-6, 0.0, 0.1)
+  assert (glue.b1, glue.b2, glue.eps, glue.weight_decay, glue.warmup_fraction) == (
+    0.9,
+    0.98,
+    1e-6,
+    0.0,
+    0.1,
+  )
   assert paper_recipe("glue", epochs=1, learning_rate=None).epochs == 1
   sni = SNIConfig()
-  assert (sni.learning_rate, sni.epochs, sni.batch_size, sni.max_source_len,
-          sni.max_target_len) == (5e-5, 2, 8, 1024, 128)
+  assert (
+    sni.learning_rate,
+    sni.epochs,
+    sni.batch_size,
+    sni.max_source_len,
+    sni.max_target_len,
+  ) == (5e-5, 2, 8, 1024, 128)
   # CoLA (8551 // 16 * 5 steps) and RTE (2490 // 16 * 5) each get 10 % of their own steps
   # (the original reused CoLA's warmup for every later task).
   cola, rte = 8551 // 16 * 5, 2490 // 16 * 5
@@ -462,9 +562,11 @@ def test_paper_recipes_and_per_task_warmup():
 def test_best_metric_is_the_max_over_epochs():
   from ntng_jax.eval.finetune import best_over_epochs, majority_rate
 
-  epochs = [dict(epoch=1, metrics={"mcc": 0.1, "accuracy": 0.8}),
-            dict(epoch=2, metrics={"mcc": 0.3, "accuracy": 0.7}),
-            dict(epoch=3, metrics={"mcc": float("nan"), "accuracy": 0.75})]
+  epochs = [
+    dict(epoch=1, metrics={"mcc": 0.1, "accuracy": 0.8}),
+    dict(epoch=2, metrics={"mcc": 0.3, "accuracy": 0.7}),
+    dict(epoch=3, metrics={"mcc": float("nan"), "accuracy": 0.75}),
+  ]
   best, best_epoch = best_over_epochs(epochs)
   assert best == {"mcc": 0.3, "accuracy": 0.8} and best_epoch == {"mcc": 2, "accuracy": 1}
   assert majority_rate([0, 1, 1, 1], [0, 0, 1]) == (1, pytest.approx(1 / 3))

@@ -35,13 +35,16 @@ def _leaves_equal(a, b):
 
 
 def test_safetensors_file_format(tmp_path):
-  tensors = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.array(1.5, np.float32),
-             "c": np.arange(4, dtype=np.int64)}
+  tensors = {
+    "b": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "a": np.array(1.5, np.float32),
+    "c": np.arange(4, dtype=np.int64),
+  }
   path = str(tmp_path / "x.safetensors")
   safetensors.save_file(tensors, path, metadata={"format": "pt"})
   raw = open(path, "rb").read()
   (n,) = struct.unpack("<Q", raw[:8])
-  header = json.loads(raw[8:8 + n])
+  header = json.loads(raw[8 : 8 + n])
   assert header["__metadata__"] == {"format": "pt"}
   assert header["b"] == {"dtype": "F32", "shape": [2, 3], "data_offsets": [4, 28]}
   assert header["a"]["shape"] == [] and header["c"]["dtype"] == "I64"
@@ -75,8 +78,9 @@ def test_layout_round_trip_is_bitwise_and_transposes(family):
     w = tensors["encoder.layers.1.attn.self_attention.flash_mha.Wqkv.weight"]
     d, _, h, dh = qkv.shape
     assert w[1 * h * dh + 1 * dh + 3, 5] == qkv[5, 1, 1, 3]  # k, head 1, dim 3 <- input 5
-    assert np.array_equal(tensors["decoder.weight"],
-                          tensors["encoder.embedding.word_embedding.weight"])
+    assert np.array_equal(
+      tensors["decoder.weight"], tensors["encoder.embedding.word_embedding.weight"]
+    )
   else:
     o = np.asarray(params["decoder"]["blocks"]["layers"]["cross_attn"]["o"]["kernel"][0])
     w = tensors["decoder.block.0.layer.1.EncDecAttention.o.weight"]
@@ -93,15 +97,21 @@ def _val_loss(config, params, workdir):
   from ntng_jax import data as data_lib, partitioning
   from ntng_jax.optim import build_optimizer
   from ntng_jax.train import loop
+
   t = config.train
-  dataset = data_lib.build_dataset(config.data, config.model.family, config.model.vocab_size,
-                                   str(workdir))
-  batches = dataset.validation_batches(t.micro_batch_size, seed=0,
-                                       max_batches=t.validation_batches)
+  dataset = data_lib.build_dataset(
+    config.data, config.model.family, config.model.vocab_size, str(workdir)
+  )
+  batches = dataset.validation_batches(t.micro_batch_size, seed=0, max_batches=t.validation_batches)
   mesh = partitioning.make_mesh(config.mesh)
   example = {k: np.asarray(v) for k, v in batches[0].items()}
-  built = loop.build_programs(config, loop.model_at_depth(config, config.model.num_layers),
-                              build_optimizer(config.optim), mesh, example)
+  built = loop.build_programs(
+    config,
+    loop.model_at_depth(config, config.model.num_layers),
+    build_optimizer(config.optim),
+    mesh,
+    example,
+  )
   params = jax.device_put(params, built.shardings.params)
   return loop.evaluate(built, params, batches, mesh)["validation_loss"]
 
@@ -109,14 +119,20 @@ def _val_loss(config, params, workdir):
 @pytest.mark.parametrize("family", ["bert", "t5"])
 def test_export_import_round_trip(tmp_path, family):
   from ntng_jax.train import loop
-  config = tiny_config(family, **{"train.max_steps": 2, "data.num_lines": 2000,
-                                  "train.validation_batches": 2})
+
+  config = tiny_config(
+    family, **{"train.max_steps": 2, "data.num_lines": 2000, "train.validation_batches": 2}
+  )
   config.rst.table = fixed_table(config, tmp_path / "table.json", STEP_SECONDS)
   run, out, new = tmp_path / "run", tmp_path / "export", tmp_path / "imported"
   summary = loop.train_and_evaluate(config, str(run))
   run_module("launch.export", f"--workdir={run}", "--format=safetensors", f"--output={out}")
-  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "ntng_config.json",
-                                     "tokenizer"]
+  assert sorted(os.listdir(out)) == [
+    "config.json",
+    "model.safetensors",
+    "ntng_config.json",
+    "tokenizer",
+  ]
   torch_cfg = json.loads((out / "config.json").read_text())
   if family == "bert":
     assert torch_cfg["arch"]["num_transformer_layers"] == 2
@@ -129,6 +145,7 @@ def test_export_import_round_trip(tmp_path, family):
   assert (step, depth, step2, depth2) == (2, 2, 0, 2)
   _leaves_equal(imported, original)
   from ntng_jax.eval.pretrained import load_pretrained  # what launch.finetune reads
+
   _leaves_equal(jax.tree.map(np.asarray, load_pretrained(str(new)).params), original)
 
   loss = _val_loss(run_config, imported, run)

@@ -22,9 +22,16 @@ from test_stacking import layer_leaves, make_batch, random_params, run_summary
 
 # ---- config and schedule -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family, size, gamma, mask, lr", [
-    ("bert", "tiny", 100.0, False, 3e-3), ("bert", "base", 100.0, False, 1e-3),
-    ("t5", "tiny", 20.0, True, 2e-2), ("t5", "base", 20.0, True, 1e-2)])
+
+@pytest.mark.parametrize(
+  "family, size, gamma, mask, lr",
+  [
+    ("bert", "tiny", 100.0, False, 3e-3),
+    ("bert", "base", 100.0, False, 1e-3),
+    ("t5", "tiny", 20.0, True, 2e-2),
+    ("t5", "base", 20.0, True, 1e-2),
+  ],
+)
 def test_default_config(family, size, gamma, mask, lr):
   config = tiny_config(family, f"size={size},method=layer_drop")
   assert config.method.theta_bar == 0.5
@@ -49,8 +56,9 @@ def test_drop_level():
 def test_plan_is_deterministic_and_charged_at_active_layers():
   config = tiny_config("bert", "size=tiny,method=layer_drop", **{"model.num_layers": 16})
   a, b = build_method(config), build_method(config)  # b: e.g. a resumed run, or another host
-  other = build_method(tiny_config("bert", "size=tiny,method=layer_drop,seed=1",
-                                   **{"model.num_layers": 16}))
+  other = build_method(
+    tiny_config("bert", "size=tiny,method=layer_drop,seed=1", **{"model.num_layers": 16})
+  )
   plans = [a.plan(0.4, s) for s in range(50)]
   for s, p in enumerate(plans):
     # tiny BERT: one micro-batch per step, so one keep row (test_fidelity_methods: several)
@@ -59,7 +67,7 @@ def test_plan_is_deterministic_and_charged_at_active_layers():
     assert p.drop_level == pytest.approx(ld.drop_level(0.4, 0.5, 100.0))
     assert a.metrics(p) == {"active_layers": int(p.keep.sum()), "drop_level": p.drop_level}
     assert a.charges(p, 32) == [rst.Charge("train", int(p.keep.sum()), 32)]
-  assert len({p.keep.tobytes() for p in plans}) > 10                 # resampled every step
+  assert len({p.keep.tobytes() for p in plans}) > 10  # resampled every step
   assert any((p.keep != other.plan(0.4, s).keep).any() for s, p in enumerate(plans))  # seed
   # At the start nothing is dropped; the keep vector is still given (one compiled program).
   assert a.plan(0.0, 0).keep.all()
@@ -71,8 +79,9 @@ def test_plan_is_deterministic_and_charged_at_active_layers():
 @pytest.mark.parametrize("fraction", [0.005, 1.0])
 def test_empirical_drop_frequency(fraction):
   L, n = 16, 4000
-  method = build_method(tiny_config("bert", "size=tiny,method=layer_drop",
-                                    **{"model.num_layers": L}))
+  method = build_method(
+    tiny_config("bert", "size=tiny,method=layer_drop", **{"model.num_layers": L})
+  )
   level = ld.drop_level(fraction, 0.5, 100.0)
   dropped = np.stack([~method.plan(fraction, s).keep[0] for s in range(n)])
   p = level * np.arange(1, L + 1) / L
@@ -80,7 +89,7 @@ def test_empirical_drop_frequency(fraction):
   assert np.all(np.abs(dropped.mean(0) - p) < 4.5 * sigma + 1e-9), (dropped.mean(0), p)
   # Expected depth L - D(L+1)/2: (3L-1)/4 = 11.75 for L = 16 at the end (docs/paper.md §4.2).
   active = L - dropped.sum(1)
-  assert active.mean() == pytest.approx(L - level * (L + 1) / 2, abs=4 * active.std() / n ** 0.5)
+  assert active.mean() == pytest.approx(L - level * (L + 1) / 2, abs=4 * active.std() / n**0.5)
   if fraction == 1.0:
     assert abs(active.mean() - 11.75) < 0.1
   # Layers are independent: correlation of the first and last layer's drops is ~0.
@@ -94,11 +103,13 @@ _OUTPUT_PROJECTIONS = ("out", "o", "wo")  # the last Linear of every residual br
 
 def _identity_layers(params):
   """params whose every layer is the identity: residual branches' output projections zeroed."""
+
   def zero(path, x):
     names = [getattr(k, "key", None) for k in path]
     if "layers" in names and any(n in _OUTPUT_PROJECTIONS for n in names):
       return jnp.zeros_like(x)
     return x
+
   return jax.tree_util.tree_map_with_path(zero, params)
 
 
@@ -113,13 +124,15 @@ def test_keep_all_is_full_model_and_keep_none_is_identity(family):
   full = jax.jit(lambda p: model.logits(p, batch)[0])
   np.testing.assert_allclose(fwd(params, jnp.ones(L, bool)), full(params), rtol=1e-6, atol=1e-6)
   # Every layer dropped = a stack of identity layers (T5: encoder and decoder stacks alike).
-  np.testing.assert_allclose(fwd(params, jnp.zeros(L, bool)), full(_identity_layers(params)),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    fwd(params, jnp.zeros(L, bool)), full(_identity_layers(params)), rtol=1e-6, atol=1e-6
+  )
   a, b = np.asarray(full(params)), np.asarray(full(_identity_layers(params)))
   assert np.abs(a - b).max() > 0.01 * np.abs(a).max()  # the layers do matter when kept
 
 
 # ---- train step ----------------------------------------------------------------------------------
+
 
 def _tree_equal(a, b):
   return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -153,11 +166,14 @@ def test_train_step_with_keep_is_conditional_and_masked_update():
     old, new, got = (layer_leaves(getattr(s, tree)) for s in (s1, s2, masked))
     assert len(got) >= len(layer_leaves(s1.params))
     for k in got:
-      np.testing.assert_array_equal(got[k][1], old[k][1], err_msg=k)   # dropped: unchanged
-      np.testing.assert_array_equal(got[k][0], new[k][0], err_msg=k)   # kept: updated
+      np.testing.assert_array_equal(got[k][1], old[k][1], err_msg=k)  # dropped: unchanged
+      np.testing.assert_array_equal(got[k][0], new[k][0], err_msg=k)  # kept: updated
   # Everything outside the stacked layers comes from the new state (embeddings, count, lr).
-  nonlayer = lambda t: [x for p, x in jax.tree_util.tree_flatten_with_path(t)[0]
-                        if not any(getattr(k, "key", None) == "layers" for k in p)]
+  nonlayer = lambda t: [
+    x
+    for p, x in jax.tree_util.tree_flatten_with_path(t)[0]
+    if not any(getattr(k, "key", None) == "layers" for k in p)
+  ]
   assert _tree_equal(nonlayer(masked.params), nonlayer(s2.params))
   assert _tree_equal(nonlayer(masked.opt_state), nonlayer(s2.opt_state))
   assert int(masked.step) == 2
@@ -167,20 +183,29 @@ def test_train_step_with_keep_is_conditional_and_masked_update():
 
 def test_wrap_train_step_follows_the_switch():
   """`wrap_train_step` masks dropped layers only with mask_dropped_updates=True."""
+
   def fake_step(state, batch, rng, controls):
     del batch, rng, controls
-    return state.replace(step=state.step + 1,
-                         params=jax.tree.map(lambda x: x + 1, state.params)), {"train_loss": 0.0}
+    return state.replace(step=state.step + 1, params=jax.tree.map(lambda x: x + 1, state.params)), {
+      "train_loss": 0.0
+    }
 
   params = {"encoder": {"layers": {"w": jnp.zeros((3, 2))}}, "embed": jnp.zeros(4)}
-  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               opt_state={"mu": jax.tree.map(jnp.zeros_like, params)},
-                               method_state={})
+  state = state_lib.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state={"mu": jax.tree.map(jnp.zeros_like, params)},
+    method_state={},
+  )
   keep = np.array([True, False, True])
   for mask in (True, False):
-    method = build_method(tiny_config("bert", "size=tiny,method=layer_drop",
-                                      **{"method.mask_dropped_updates": mask,
-                                         "model.num_layers": 3}))
+    method = build_method(
+      tiny_config(
+        "bert",
+        "size=tiny,method=layer_drop",
+        **{"method.mask_dropped_updates": mask, "model.num_layers": 3},
+      )
+    )
     new, _ = method.wrap_train_step(fake_step)(state, None, None, {"keep": keep})
     w = np.asarray(new.params["encoder"]["layers"]["w"])
     np.testing.assert_array_equal(w[:, 0], [1, 0, 1] if mask else [1, 1, 1])
@@ -193,13 +218,16 @@ def test_wrap_train_step_follows_the_switch():
 
 # ---- end to end ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("family, num_layers", [("bert", 4), ("t5", None)])
 def test_layer_drop_takes_more_steps_than_baseline(family, num_layers):
   baseline, _ = run_summary(family, "baseline", num_layers)
   dropped, records = run_summary(family, "layer_drop", num_layers)
   assert dropped["stopped_because"] == baseline["stopped_because"] == "budget"
   assert dropped["steps"] > baseline["steps"]
-  assert np.isfinite(dropped["final_train_loss"]) and dropped["final_depth"] == baseline["final_depth"]
+  assert (
+    np.isfinite(dropped["final_train_loss"]) and dropped["final_depth"] == baseline["final_depth"]
+  )
   train = [r for r in records if "train_loss" in r]
   assert len(train) == dropped["steps"]
   L = dropped["final_depth"]

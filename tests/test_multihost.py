@@ -36,8 +36,9 @@ def _start(args, log_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # the worker sets its own device count
   log = open(log_path, "w")
-  return subprocess.Popen([sys.executable, WORKER, *args], cwd=REPO, env=env, stdout=log,
-                          stderr=subprocess.STDOUT), log
+  return subprocess.Popen(
+    [sys.executable, WORKER, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+  ), log
 
 
 def _wait_all(procs: list, deadline: float) -> list[dict]:
@@ -71,9 +72,28 @@ def _train_records(workdir):
 
 def _two_processes(tmp_path, table, workdir, tag, max_steps):
   port = _free_port()
-  return [_start(["--workdir", workdir, "--table", table, "--devices", "4", "--num_processes",
-                  "2", "--process_id", str(i), "--port", str(port), "--max_steps", str(max_steps)],
-                 tmp_path / f"{tag}-p{i}.log") for i in range(2)]
+  return [
+    _start(
+      [
+        "--workdir",
+        workdir,
+        "--table",
+        table,
+        "--devices",
+        "4",
+        "--num_processes",
+        "2",
+        "--process_id",
+        str(i),
+        "--port",
+        str(port),
+        "--max_steps",
+        str(max_steps),
+      ],
+      tmp_path / f"{tag}-p{i}.log",
+    )
+    for i in range(2)
+  ]
 
 
 @pytest.mark.slow
@@ -107,13 +127,16 @@ def test_two_processes_match_one_process(tmp_path):
   train_s, val_s = _train_records(single)
   # Only process 0 writes metrics: one record per logged step, none twice.
   assert [r["step"] for r in train_m] == list(range(1, 11))
-  np.testing.assert_allclose([r["train_loss"] for r in train_m],
-                             [r["train_loss"] for r in train_s], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(
+    [r["train_loss"] for r in train_m], [r["train_loss"] for r in train_s], rtol=0, atol=1e-5
+  )
   val_m = {r["step"]: r["validation_loss"] for r in val_m}  # + step 4: the end of phase 1
   val_s = {r["step"]: r["validation_loss"] for r in val_s}
   assert set(val_s) <= set(val_m)
-  np.testing.assert_allclose([val_m[s] for s in sorted(val_s)], [val_s[s] for s in sorted(val_s)],
-                             rtol=0, atol=1e-5)
-  np.testing.assert_allclose(s_multi["final_validation_loss"], s_single["final_validation_loss"],
-                             rtol=0, atol=1e-5)
+  np.testing.assert_allclose(
+    [val_m[s] for s in sorted(val_s)], [val_s[s] for s in sorted(val_s)], rtol=0, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    s_multi["final_validation_loss"], s_single["final_validation_loss"], rtol=0, atol=1e-5
+  )
   assert train_m[-1]["train_loss"] < train_m[0]["train_loss"]

@@ -13,9 +13,18 @@ import numpy as np
 import optax
 import pytest
 
-from ntng_jax.optim import (PAPER_RECIPES, adamw_scale, build_optimizer, gnb_estimate, gnb_hessian_diagonal,
-                            is_hessian_refresh_step, lion, scale_by_param_rms, sophia_g,
-                            weight_decay_mask)
+from ntng_jax.optim import (
+  PAPER_RECIPES,
+  adamw_scale,
+  build_optimizer,
+  gnb_estimate,
+  gnb_hessian_diagonal,
+  is_hessian_refresh_step,
+  lion,
+  scale_by_param_rms,
+  sophia_g,
+  weight_decay_mask,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,21 +36,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def make_params():
   r = np.random.RandomState(0)
   return {
-      "w": r.normal(size=(3, 4)).astype(np.float32),
-      "bias": r.normal(size=(4,)).astype(np.float32),
-      "tiny": (1e-4 * r.normal(size=(5,))).astype(np.float32),
-      "layers": (r.normal(size=(2, 3)) * np.array([[0.1], [2.0]])).astype(np.float32),
+    "w": r.normal(size=(3, 4)).astype(np.float32),
+    "bias": r.normal(size=(4,)).astype(np.float32),
+    "tiny": (1e-4 * r.normal(size=(5,))).astype(np.float32),
+    "layers": (r.normal(size=(2, 3)) * np.array([[0.1], [2.0]])).astype(np.float32),
   }
 
 
-MASK = {"w": True, "bias": False, "tiny": True, "layers": True}   # True = decayed
+MASK = {"w": True, "bias": False, "tiny": True, "layers": True}  # True = decayed
 STACKED = {"w": False, "bias": False, "tiny": False, "layers": True}
 
 
 def grad_seq(params, n, seed=1):
   r = np.random.RandomState(seed)
-  return [{k: r.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
-          for _ in range(n)]
+  return [
+    {k: r.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(n)
+  ]
 
 
 def rms_np(p, stacked):
@@ -80,8 +90,9 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-7):
 def test_lion_matches_formula(rms):
   lr, b1, b2, wd = 3e-2, 0.9, 0.99, 0.5
   params, grads = make_params(), grad_seq(make_params(), 6)
-  got, _ = run_tx(lion(lr, b1, b2, wd, MASK, scale_by_param_rms=rms, stacked=STACKED),
-                  params, grads)
+  got, _ = run_tx(
+    lion(lr, b1, b2, wd, MASK, scale_by_param_rms=rms, stacked=STACKED), params, grads
+  )
   p = {k: v.astype(np.float64) for k, v in params.items()}
   m = {k: np.zeros_like(v) for k, v in p.items()}
   for t, g in enumerate(grads):
@@ -109,13 +120,17 @@ def test_adamw_scale_matches_hf_reference():
   for t, g in enumerate(grads, start=1):
     for k in p:
       m[k] = b1 * m[k] + (1 - b1) * g[k]
-      v[k] = b2 * v[k] + (1 - b2) * g[k].astype(np.float64)**2
+      v[k] = b2 * v[k] + (1 - b2) * g[k].astype(np.float64) ** 2
       step = lr * np.sqrt(1 - b2**t) / (1 - b1**t) * np.maximum(1e-3, rms_np(p[k], STACKED[k]))
       p[k] = p[k] - step * m[k] / (np.sqrt(v[k]) + eps) - lr * wd * MASK[k] * p[k]
     assert_trees_close(got[t - 1], p)
   # optax.scale_by_adam's eps placement differs measurably here (so the test has teeth).
-  alt = optax.chain(optax.scale_by_adam(b1, b2, eps), scale_by_param_rms(1e-3, STACKED),
-                    optax.add_decayed_weights(wd, MASK), optax.scale_by_learning_rate(lr))
+  alt = optax.chain(
+    optax.scale_by_adam(b1, b2, eps),
+    scale_by_param_rms(1e-3, STACKED),
+    optax.add_decayed_weights(wd, MASK),
+    optax.scale_by_learning_rate(lr),
+  )
   alt_out, _ = run_tx(alt, params, grads)
   assert not np.allclose(alt_out[0]["w"], got[0]["w"], rtol=1e-4, atol=0)
 
@@ -137,7 +152,7 @@ def sophia_reference(params, grads, cs, *, lr, b1, b2, rho, wd, k, eps, rms, at_
   outs, ratios = [], []
   for t, g in enumerate(grads):
     if t % k == 0 and (at_zero or t > 0):
-      h = {key: b2 * h[key] + (1 - b2) * (p[key]**2 + 0.05) * cs[t] for key in p}
+      h = {key: b2 * h[key] + (1 - b2) * (p[key] ** 2 + 0.05) * cs[t] for key in p}
     for key in p:
       p_dec = p[key] * (1 - lr * wd * MASK[key])
       m[key] = b1 * m[key] + (1 - b1) * g[key]
@@ -155,15 +170,26 @@ def test_sophia_matches_reference(rms, at_zero):
   params, n = make_params(), 25
   grads = grad_seq(params, n)
   cs = [1.0 + 0.1 * t for t in range(n)]
-  tx = sophia_g(hp["lr"], hp["b1"], hp["b2"], hp["rho"], hp["wd"], hp["k"], hp["eps"],
-                mask=MASK, scale_by_param_rms=rms, refresh_at_zero=at_zero,
-                hessian_estimator=stub_estimator, stacked=STACKED)
+  tx = sophia_g(
+    hp["lr"],
+    hp["b1"],
+    hp["b2"],
+    hp["rho"],
+    hp["wd"],
+    hp["k"],
+    hp["eps"],
+    mask=MASK,
+    scale_by_param_rms=rms,
+    refresh_at_zero=at_zero,
+    hessian_estimator=stub_estimator,
+    stacked=STACKED,
+  )
   got, state = run_tx(tx, params, grads, [{"gnb_batch": jnp.float32(c)} for c in cs])
   want, ratios = sophia_reference(params, grads, cs, rms=rms, at_zero=at_zero, **hp)
   for t in range(n):
     assert_trees_close(got[t], want[t], rtol=2e-5, atol=1e-6)
   assert int(state.count) == n
-  assert (ratios < 1).any() and (ratios == 1).any()   # both branches of the clip were exercised
+  assert (ratios < 1).any() and (ratios == 1).any()  # both branches of the clip were exercised
 
   # No blow-up: each step moves p by at most lr·s beyond the decay (|sign·min(.,1)| ≤ 1), also
   # while h = 0 (before the first refresh when refresh_at_zero=False).
@@ -180,8 +206,13 @@ def test_sophia_matches_reference(rms, at_zero):
 
 
 def test_is_hessian_refresh_step():
-  assert [is_hessian_refresh_step(t, 10) for t in (0, 1, 9, 10, 20)] == [True, False, False,
-                                                                         True, True]
+  assert [is_hessian_refresh_step(t, 10) for t in (0, 1, 9, 10, 20)] == [
+    True,
+    False,
+    False,
+    True,
+    True,
+  ]
   assert [is_hessian_refresh_step(t, 10, refresh_at_zero=False) for t in (0, 10)] == [False, True]
   arr = jax.jit(lambda c: is_hessian_refresh_step(c, 10))(jnp.arange(21))
   assert np.flatnonzero(np.asarray(arr)).tolist() == [0, 10, 20]
@@ -196,7 +227,7 @@ def softmax_regression(seed=0, B=2, T=3, D=3, V=4, w_scale=0.8):
   x = r.normal(size=(B, T, D)).astype(np.float32)
   w = (w_scale * r.normal(size=(D, V))).astype(np.float32)
   weights = np.ones((B, T), np.float32)
-  weights[1, 2] = 0.0    # a padding token: must not contribute
+  weights[1, 2] = 0.0  # a padding token: must not contribute
   labels = r.randint(V, size=(B, T)).astype(np.int32)
   return {"W": w}, {"x": x, "labels": labels, "weights": weights}
 
@@ -213,12 +244,12 @@ def exact_gn_diagonal(params, batch):
   gn = np.zeros((W.size, W.size))
   for xt, wt in zip(x, w):
     p = np.asarray(jax.nn.softmax(xt @ W), np.float64)
-    J = np.asarray(jac(W, xt), np.float64).reshape(W.shape[1], -1)   # [V, D·V]
+    J = np.asarray(jac(W, xt), np.float64).reshape(W.shape[1], -1)  # [V, D·V]
     gn += wt * J.T @ (np.diag(p) - np.outer(p, p)) @ J
   diag = np.diag(gn / w.sum()).reshape(W.shape)
   # The same in closed form: x_d² p_v (1 − p_v) averaged over weighted tokens.
   p = np.asarray(jax.nn.softmax(x @ W), np.float64)
-  closed = np.einsum("t,td,tv->dv", w, x.astype(np.float64)**2, p * (1 - p)) / w.sum()
+  closed = np.einsum("t,td,tv->dv", w, x.astype(np.float64) ** 2, p * (1 - p)) / w.sum()
   np.testing.assert_allclose(diag, closed, rtol=1e-5)
   return diag
 
@@ -241,14 +272,19 @@ def test_gnb_converges_to_gauss_newton_diagonal():
   # Micro-batched Hessian batch ([n=2, B/2, ...]): all micro-batches count (the paper's BERT code
   # kept only the last one's gradient).
   micro = jax.tree.map(lambda a: a.reshape(2, 1, *a.shape[1:]), batch)
-  check(jax.jit(jax.vmap(
-      lambda k: gnb_estimate(params, logits_fn, micro, k, microbatched=True)["W"]))(keys))
+  check(
+    jax.jit(jax.vmap(lambda k: gnb_estimate(params, logits_fn, micro, k, microbatched=True)["W"]))(
+      keys
+    )
+  )
 
   # The paper's scale: num_tokens = bs instead of N = 5 label tokens.
   k0 = jax.random.key(1)
   np.testing.assert_allclose(
-      gnb_estimate(params, logits_fn, batch, k0, num_tokens=196608)["W"],
-      gnb_estimate(params, logits_fn, batch, k0)["W"] * 196608 / 5, rtol=1e-5)
+    gnb_estimate(params, logits_fn, batch, k0, num_tokens=196608)["W"],
+    gnb_estimate(params, logits_fn, batch, k0)["W"] * 196608 / 5,
+    rtol=1e-5,
+  )
 
 
 def test_gnb_microbatched_equals_hand_accumulation():
@@ -264,10 +300,11 @@ def test_gnb_microbatched_equals_hand_accumulation():
     for i in range(2):
       mb = jax.tree.map(lambda a: a[i], micro)
       y = jax.random.categorical(jax.random.fold_in(rng, i), logits_fn(params, mb)[0])
-      f = lambda W: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(mb["x"] @ W, y)
-                            * mb["weights"])
+      f = lambda W: jnp.sum(
+        optax.softmax_cross_entropy_with_integer_labels(mb["x"] @ W, y) * mb["weights"]
+      )
       g_sum, n = g_sum + jax.grad(f)(params["W"]), n + mb["weights"].sum()
-    return got, n * (g_sum / n)**2
+    return got, n * (g_sum / n) ** 2
 
   got, want = both(params, micro, jax.random.key(3))
   np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -280,11 +317,12 @@ def test_gnb_microbatched_equals_hand_accumulation():
 def test_transformations_in_clipped_chain_under_jit():
   params, batch = softmax_regression(B=4)
   loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-      logits_fn(p, batch)[0], batch["labels"]).mean()
+    logits_fn(p, batch)[0], batch["labels"]
+  ).mean()
   txs = {
-      "lion": lion(1e-2, weight_decay=0.1, scale_by_param_rms=True),
-      "adamw_scale": adamw_scale(1e-1),
-      "sophia": sophia_g(1e-2, rho=0.05, update_interval=2, weight_decay=0.1),
+    "lion": lion(1e-2, weight_decay=0.1, scale_by_param_rms=True),
+    "adamw_scale": adamw_scale(1e-1),
+    "sophia": sophia_g(1e-2, rho=0.05, update_interval=2, weight_decay=0.1),
   }
   for name, inner in txs.items():
     tx = optax.chain(optax.clip_by_global_norm(1.0), inner)
@@ -320,19 +358,26 @@ def test_sophia_refreshes_with_gnb_estimate():
   clipped, micro-batched); the non-refresh step 1 leaves h alone; gnb_batch=None never refreshes."""
   params, batch = softmax_regression()
   micro = jax.tree.map(lambda a: a.reshape(2, 1, *a.shape[1:]), batch)
-  tx = sophia_g(1e-2, b2=0.99, update_interval=2, batch_tokens=1000, gnb_microbatched=True,
-                gnb_clip_norm=0.1)
-  update = jax.jit(lambda g, s, p, b, k: tx.update(g, s, p, logits_fn=logits_fn, gnb_batch=b,
-                                                     gnb_rng=k))
+  tx = sophia_g(
+    1e-2, b2=0.99, update_interval=2, batch_tokens=1000, gnb_microbatched=True, gnb_clip_norm=0.1
+  )
+  update = jax.jit(
+    lambda g, s, p, b, k: tx.update(g, s, p, logits_fn=logits_fn, gnb_batch=b, gnb_rng=k)
+  )
   s = tx.init(params)
   _, s = update(params, s, params, micro, jax.random.key(0))
-  want = 0.01 * gnb_estimate(params, logits_fn, micro, jax.random.key(0), microbatched=True,
-                             num_tokens=1000, clip_norm=0.1)["W"]
+  want = (
+    0.01
+    * gnb_estimate(
+      params, logits_fn, micro, jax.random.key(0), microbatched=True, num_tokens=1000, clip_norm=0.1
+    )["W"]
+  )
   np.testing.assert_allclose(s.hessian["W"], want, rtol=1e-5)
   _, s1 = update(params, s, params, micro, jax.random.key(1))
   np.testing.assert_array_equal(s1.hessian["W"], s.hessian["W"])
-  _, s0 = jax.jit(lambda g, s, p: tx.update(g, s, p, gnb_batch=None))(params, tx.init(params),
-                                                                        params)
+  _, s0 = jax.jit(lambda g, s, p: tx.update(g, s, p, gnb_batch=None))(
+    params, tx.init(params), params
+  )
   assert not np.asarray(s0.hessian["W"]).any()
 
 
@@ -341,7 +386,8 @@ def test_gnb_plugs_into_optax_contrib_sophia():
   tx = optax.contrib.sophia(1e-2, gamma=0.05, hessian_diagonal_fn=gnb_hessian_diagonal(logits_fn))
   s = tx.init(params)
   u, s = jax.jit(lambda p, s: tx.update(p, s, p, gnb_batch=batch, gnb_rng=jax.random.key(0)))(
-      params, s)
+    params, s
+  )
   assert np.isfinite(u["W"]).all() and (np.asarray(s[0].nu["W"]) > 0).all()
 
 
@@ -352,34 +398,54 @@ def test_gnb_plugs_into_optax_contrib_sophia():
 def flax_like_params():
   r = np.random.RandomState(0)
   f = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
-  return {"params": {
+  return {
+    "params": {
       "embed": {"embedding": f(8, 4)},
-      "encoder": {"layers": {"norm1": {"scale": f(2, 4), "bias": f(2, 4)},
-                             "attn": {"kernel": f(2, 4, 4)}},
-                  "final_norm": {"scale": f(4), "bias": f(4)}}}}
+      "encoder": {
+        "layers": {"norm1": {"scale": f(2, 4), "bias": f(2, 4)}, "attn": {"kernel": f(2, 4, 4)}},
+        "final_norm": {"scale": f(4), "bias": f(4)},
+      },
+    }
+  }
 
 
 def test_weight_decay_mask_policies():
   params = flax_like_params()
-  flat = lambda tree: {"/".join(str(k.key) for k in path): v
-                       for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = lambda tree: {
+    "/".join(str(k.key) for k in path): v
+    for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   paper = flat(weight_decay_mask("bias")(params))
   assert paper == {
-      "params/embed/embedding": True, "params/encoder/layers/norm1/scale": True,
-      "params/encoder/layers/norm1/bias": False, "params/encoder/layers/attn/kernel": True,
-      "params/encoder/final_norm/scale": True, "params/encoder/final_norm/bias": False}
+    "params/embed/embedding": True,
+    "params/encoder/layers/norm1/scale": True,
+    "params/encoder/layers/norm1/bias": False,
+    "params/encoder/layers/attn/kernel": True,
+    "params/encoder/final_norm/scale": True,
+    "params/encoder/final_norm/bias": False,
+  }
   intended = flat(weight_decay_mask("bias_and_norm")(params))
   assert {k for k, v in intended.items() if not v} == {
-      "params/encoder/layers/norm1/bias", "params/encoder/layers/norm1/scale",
-      "params/encoder/final_norm/bias", "params/encoder/final_norm/scale"}
+    "params/encoder/layers/norm1/bias",
+    "params/encoder/layers/norm1/scale",
+    "params/encoder/final_norm/bias",
+    "params/encoder/final_norm/scale",
+  }
   assert all(flat(weight_decay_mask("none")(params)).values())
 
 
 @pytest.mark.parametrize("name", ["adamw", "adamw_scale", "lion", "sophia"])
 def test_build_optimizer(name):
-  cfg = ml_collections.ConfigDict(dict(name=name, learning_rate=1e-3, weight_decay=0.1,
-                                       clip_norm=0.5, scale_by_param_rms=True,
-                                       schedule="triangle"))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      name=name,
+      learning_rate=1e-3,
+      weight_decay=0.1,
+      clip_norm=0.5,
+      scale_by_param_rms=True,
+      schedule="triangle",
+    )
+  )
   tx = build_optimizer(cfg)
   params = flax_like_params()
   grads = jax.tree.map(jnp.ones_like, params)
@@ -401,10 +467,10 @@ def test_build_optimizer(name):
   # lr·s and the norm scale by lr·s·(1 + wd·p) (T5 RMS variant on a stacked leaf: s per layer).
   if name == "lion":
     enc = params["params"]["encoder"]["layers"]["norm1"]
-    s = np.maximum(1e-3, np.sqrt(np.mean(np.asarray(enc["bias"])**2, axis=1, keepdims=True)))
+    s = np.maximum(1e-3, np.sqrt(np.mean(np.asarray(enc["bias"]) ** 2, axis=1, keepdims=True)))
     ub = u1["params"]["encoder"]["layers"]["norm1"]["bias"]
     np.testing.assert_allclose(ub, -1e-3 * s * np.ones((2, 4)), rtol=1e-5)
-    s = np.maximum(1e-3, np.sqrt(np.mean(np.asarray(enc["scale"])**2, axis=1, keepdims=True)))
+    s = np.maximum(1e-3, np.sqrt(np.mean(np.asarray(enc["scale"]) ** 2, axis=1, keepdims=True)))
     us = u1["params"]["encoder"]["layers"]["norm1"]["scale"]
     np.testing.assert_allclose(us, -1e-3 * s * (1 + 0.1 * np.asarray(enc["scale"])), rtol=1e-5)
 
@@ -487,8 +553,15 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_eight_device_sharded_batch_matches_single_device():
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  env = dict(
+    os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", MULTI_DEVICE_SCRIPT],
+    env=env,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr

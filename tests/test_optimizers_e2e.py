@@ -15,10 +15,12 @@ from test_train import read_records, small_run_config
 @pytest.mark.parametrize("family", ["bert", "t5"])
 @pytest.mark.parametrize("method", ["lion", "sophia"])
 def test_optimizer_method_trains_in_bf16(tmp_path, family, method):
-  config = small_run_config(tmp_path, family, steps=40, **{"train.compute_dtype": "bfloat16",
-                                                           "train.log_every_steps": 5})
+  config = small_run_config(
+    tmp_path, family, steps=40, **{"train.compute_dtype": "bfloat16", "train.log_every_steps": 5}
+  )
   config.method.name = method
   from ntng_jax.config import get_config
+
   config.optim = get_config(family, f"size=tiny,method={method}").optim
   summary = loop_lib.train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["stopped_because"] == "budget", summary
@@ -35,7 +37,8 @@ def test_sophia_hessian_passes_are_charged_unless_free():
   refresh = [s for s, c in enumerate(charged) if c]
   assert refresh == [0, k]
   assert rst.step_cost(table, charged[0]) == pytest.approx(
-      loop_lib.hessian_micro_batches(config) * config.train.micro_batch_size / 32 * 1.0)
+    loop_lib.hessian_micro_batches(config) * config.train.micro_batch_size / 32 * 1.0
+  )
   config.optim.free_updates = True
   assert not any(loop_lib.optimizer_charges(config, table, s, 32, 2) for s in range(2 * k))
 

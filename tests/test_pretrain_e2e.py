@@ -34,8 +34,12 @@ def test_same_command_in_two_workdirs_gives_the_same_run(tmp_path):
   steps (1,776 vs 3,670 for the default job). Now both are priced by the built-in table."""
   summaries = []
   for name in ("a", "b"):
-    run_module("launch.pretrain", f"--workdir={tmp_path / name}",
-               "--config.train.budget_hours=0.002", timeout=900)
+    run_module(
+      "launch.pretrain",
+      f"--workdir={tmp_path / name}",
+      "--config.train.budget_hours=0.002",
+      timeout=900,
+    )
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     summary.pop("wall_seconds")
     summaries.append(summary)

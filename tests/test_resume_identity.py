@@ -42,13 +42,13 @@ def _changed(config, key, value):
 
 
 CASES = [  # R1/R2 batch size, R3 method, R4 seed, R5 budget (finished run), R6/R7 model shape
-    ("train.batch_size", 64, "train.batch_size 32 → 64"),
-    ("method.name", "stacking", 'method.name "baseline" → "stacking"'),
-    ("seed", 1, "seed 0 → 1"),
-    ("train.budget_hours", 10 * STEP_SECONDS / 3600, "train.budget_hours"),
-    ("model.num_layers", 3, "model.num_layers 2 → 3"),
-    ("model.intermediate_size", 128, "model.intermediate_size 256 → 128"),
-    ("optim.learning_rate", 1e-3, "optim.learning_rate 0.003 → 0.001"),
+  ("train.batch_size", 64, "train.batch_size 32 → 64"),
+  ("method.name", "stacking", 'method.name "baseline" → "stacking"'),
+  ("seed", 1, "seed 0 → 1"),
+  ("train.budget_hours", 10 * STEP_SECONDS / 3600, "train.budget_hours"),
+  ("model.num_layers", 3, "model.num_layers 2 → 3"),
+  ("model.intermediate_size", 128, "model.intermediate_size 256 → 128"),
+  ("optim.learning_rate", 1e-3, "optim.learning_rate 0.003 → 0.001"),
 ]
 
 
@@ -94,8 +94,7 @@ def test_workdir_from_before_run_json_is_checked_against_its_config(finished, tm
 def test_restart_sets_the_old_run_aside(finished, tmp_path):
   work = _copy(finished, tmp_path)
   before = saved_dirs(work)
-  result = loop_lib.train_and_evaluate(_changed(finished["config"], "seed", 1), work,
-                                       restart=True)
+  result = loop_lib.train_and_evaluate(_changed(finished["config"], "seed", 1), work, restart=True)
   assert result["seed"] == 1 and result["steps"] == 6
   (previous,) = os.listdir(os.path.join(work, "previous"))
   old = os.path.join(work, "previous", previous)
@@ -107,15 +106,21 @@ def test_restart_sets_the_old_run_aside(finished, tmp_path):
 def test_cli_changed_seed_is_one_sentence(finished, tmp_path):
   work = _copy(finished, tmp_path)
   c = finished["config"]
-  proc = run_module("launch.pretrain", "--config=configs/bert.py:size=tiny", f"--workdir={work}",
-                    f"--config.rst.table={c.rst.table}",
-                    f"--config.train.budget_hours={c.train.budget_hours}",
-                    f"--config.train.checkpoint_every_rst_minutes={c.train.checkpoint_every_rst_minutes}",
-                    f"--config.train.eval_every_rst_minutes={c.train.eval_every_rst_minutes}",
-                    f"--config.train.log_every_steps={c.train.log_every_steps}",
-                    f"--config.train.validation_batches={c.train.validation_batches}",
-                    f"--config.data.num_lines={c.data.num_lines}", "--config.seed=1",
-                    check=False, timeout=300)
+  proc = run_module(
+    "launch.pretrain",
+    "--config=configs/bert.py:size=tiny",
+    f"--workdir={work}",
+    f"--config.rst.table={c.rst.table}",
+    f"--config.train.budget_hours={c.train.budget_hours}",
+    f"--config.train.checkpoint_every_rst_minutes={c.train.checkpoint_every_rst_minutes}",
+    f"--config.train.eval_every_rst_minutes={c.train.eval_every_rst_minutes}",
+    f"--config.train.log_every_steps={c.train.log_every_steps}",
+    f"--config.train.validation_batches={c.train.validation_batches}",
+    f"--config.data.num_lines={c.data.num_lines}",
+    "--config.seed=1",
+    check=False,
+    timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "Traceback" not in proc.stdout + proc.stderr
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]

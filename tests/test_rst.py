@@ -52,8 +52,13 @@ def test_meter_is_pure_and_rejects_unknown_kinds():
 
 def test_table_json_round_trip_and_fingerprint_check(tmp_path):
   config = tiny_config("bert")
-  table = rst.RSTTable(name="t", unit_sequences=32, train={1: 0.01, 2: 0.02}, forward={1: 0.004},
-                       fingerprint=rst.step_shape_fingerprint(config))
+  table = rst.RSTTable(
+    name="t",
+    unit_sequences=32,
+    train={1: 0.01, 2: 0.02},
+    forward={1: 0.004},
+    fingerprint=rst.step_shape_fingerprint(config),
+  )
   path = str(tmp_path / "t.json")
   rst.save_table(table, path)
   assert rst.load_table(path, config) == table
@@ -67,7 +72,7 @@ def test_table_json_round_trip_and_fingerprint_check(tmp_path):
 def test_fingerprint_ignores_method_and_budget():
   a = tiny_config("bert", "size=tiny,method=baseline")
   b = tiny_config("bert", "size=tiny,method=lion", **{"train.budget_hours": 3.0})
-  c = tiny_config("bert", "size=tiny,method=layer_drop")   # turns on remat
+  c = tiny_config("bert", "size=tiny,method=layer_drop")  # turns on remat
   assert c.model.remat and not a.model.remat
   assert rst.step_shape_fingerprint(a) == rst.step_shape_fingerprint(b)
   assert rst.step_shape_fingerprint(a) == rst.step_shape_fingerprint(c)
@@ -88,7 +93,9 @@ def test_t5_cosine_schedule():
   assert warmup_end == pytest.approx(0.1526, abs=1e-4)
   assert f(warmup_end) == pytest.approx(1.0)
   assert f(1.0) == pytest.approx(1e-5)
-  mid = (schedules.T5_WARMUP + (schedules.T5_HORIZON - schedules.T5_WARMUP) / 2) / schedules.T5_HORIZON
+  mid = (
+    schedules.T5_WARMUP + (schedules.T5_HORIZON - schedules.T5_WARMUP) / 2
+  ) / schedules.T5_HORIZON
   assert f(mid) == pytest.approx(0.5, abs=1e-3)
   assert math.isclose(f(0.999), max(1e-5, f(0.999)))
 
@@ -123,18 +130,29 @@ def test_methods_and_remat_share_the_builtin_table(family, size):
     config = tiny_config(family, f"size={size},method={method}")
     assert rst.builtin_table_for(config) is not None
     assert rst.builtin_table_for(config).name == base.name, method
-  assert rst.builtin_table_for(tiny_config(family, f"size={size}", **{"model.remat": True})) \
-      .name == base.name
+  assert (
+    rst.builtin_table_for(tiny_config(family, f"size={size}", **{"model.remat": True})).name
+    == base.name
+  )
   config = tiny_config(family, f"size={size}")
-  for field, value in (("attention_impl", "einsum"), ("layer_loop", "unroll"),
-                       ("init_std", 0.5), ("attention_dropout_rate", 0.0), ("some_new_switch", 1)):
+  for field, value in (
+    ("attention_impl", "einsum"),
+    ("layer_loop", "unroll"),
+    ("init_std", 0.5),
+    ("attention_dropout_rate", 0.0),
+    ("some_new_switch", 1),
+  ):
     config.model[field] = value
   assert rst.step_shape_fingerprint(config) == base.fingerprint
-  config.model.dropout_rate = 0.1   # dropout adds work: another shape
+  config.model.dropout_rate = 0.1  # dropout adds work: another shape
   assert rst.step_shape_fingerprint(config) != base.fingerprint
-  for field, value in (("model.num_layers", 3), ("model.vocab_size", 4096),
-                       ("train.micro_batch_size", 16), ("data.seq_len", 32),
-                       ("train.compute_dtype", "bfloat16")):
+  for field, value in (
+    ("model.num_layers", 3),
+    ("model.vocab_size", 4096),
+    ("train.micro_batch_size", 16),
+    ("data.seq_len", 32),
+    ("train.compute_dtype", "bfloat16"),
+  ):
     assert rst.builtin_table_for(tiny_config(family, f"size={size}", **{field: value})) is None
 
 
@@ -144,6 +162,7 @@ def _no_calibration():
 
 def test_auto_uses_the_builtin_table_and_records_it(tmp_path):
   from ntng_jax.train import rst_choice
+
   config = tiny_config("bert")
   table = rst_choice.resolve_rst_table(config, str(tmp_path), _no_calibration)
   assert table == rst.builtin_table_for(config)
@@ -154,6 +173,7 @@ def test_auto_uses_the_builtin_table_and_records_it(tmp_path):
   assert rst_choice.resolve_rst_table(config, str(tmp_path), _no_calibration) == other
   config.rst.table = "paper"
   from ntng_jax.config import ConfigError
+
   with pytest.raises(ConfigError, match="rst.table='paper' only prices"):
     rst_choice.resolve_rst_table(config, str(tmp_path / "p"), _no_calibration)
 
@@ -163,16 +183,22 @@ def test_auto_calibration_for_a_shape_without_reference_table(tmp_path, capsys):
   entries exist, that they are positive, the fingerprint, the record, the cache on resume)."""
   from ntng_jax import data as data_lib, partitioning
   from ntng_jax.train import calibrate, rst_choice
-  config = tiny_config("bert", **{"model.num_layers": 3, "data.num_lines": 500,
-                                  "rst.repeats": 2, "rst.warmup": 1})
+
+  config = tiny_config(
+    "bert", **{"model.num_layers": 3, "data.num_lines": 500, "rst.repeats": 2, "rst.warmup": 1}
+  )
   assert rst.reference_table_for(config) is None
   ds = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, str(tmp_path))
   calls = []
 
   def calibrate_fn():
     calls.append(1)
-    return calibrate.calibrate(config, partitioning.make_mesh(config.mesh), lambda: next(iter(
-        ds.train_iterator(config.train.batch_size, seed=0))))
+    return calibrate.calibrate(
+      config,
+      partitioning.make_mesh(config.mesh),
+      lambda: next(iter(ds.train_iterator(config.train.batch_size, seed=0))),
+    )
+
   table = rst_choice.resolve_rst_table(config, str(tmp_path), calibrate_fn)
   out = capsys.readouterr().out
   assert calls == [1] and "No reference RST table matches" in out
@@ -187,10 +213,18 @@ def test_auto_calibration_for_a_shape_without_reference_table(tmp_path, capsys):
 
 def test_combined_calibrations_keep_each_minimum():
   from ntng_jax.train import calibrate
-  a = rst.RSTTable(name="a", unit_sequences=32, train={1: 1.0, 2: 3.0}, forward={1: 0.5},
-                   fingerprint="f", meta=dict(date="d1", repeats=5))
-  b = dataclasses.replace(a, train={1: 2.0, 2: 2.5}, forward={1: 0.4}, meta=dict(date="d2",
-                                                                                 repeats=5))
+
+  a = rst.RSTTable(
+    name="a",
+    unit_sequences=32,
+    train={1: 1.0, 2: 3.0},
+    forward={1: 0.5},
+    fingerprint="f",
+    meta=dict(date="d1", repeats=5),
+  )
+  b = dataclasses.replace(
+    a, train={1: 2.0, 2: 2.5}, forward={1: 0.4}, meta=dict(date="d2", repeats=5)
+  )
   c = calibrate.combine_runs([a, b], name="both")
   assert c.name == "both" and c.train == {1: 1.0, 2: 2.5} and c.forward == {1: 0.4}
   assert c.meta["runs"] == 2 and "minimum over 2 runs" in c.meta["statistic"]

@@ -24,10 +24,11 @@ STEP_SECONDS = 0.02  # RST seconds per full-depth baseline step in the fixed tes
 # -------------------------------------------------------------------------------------------------
 # Pure pieces.
 
+
 def test_percentile_matches_scipy_rank_kind():
   stats = pytest.importorskip("scipy.stats")
   rng = np.random.default_rng(0)
-  hist = np.round(rng.normal(size=70), 1).astype(np.float32)   # many ties
+  hist = np.round(rng.normal(size=70), 1).astype(np.float32)  # many ties
   buf = np.zeros(100, np.float32)
   buf[:70] = hist
   scores = np.concatenate([hist[:20], rng.normal(size=10), [9.0, -9.0]]).astype(np.float32)
@@ -44,31 +45,36 @@ def test_history_ring_buffer_keeps_the_last_entries():
   state = sel.push_history(state, jnp.arange(3.0, 7.0))
   assert int(state["history_count"]) == 5
   assert sorted(np.asarray(state["history"]).tolist()) == [2.0, 3.0, 4.0, 5.0, 6.0]
-  state = sel.push_history(state, jnp.arange(10.0, 18.0))      # more than the buffer holds
+  state = sel.push_history(state, jnp.arange(10.0, 18.0))  # more than the buffer holds
   assert sorted(np.asarray(state["history"]).tolist()) == [13.0, 14.0, 15.0, 16.0, 17.0]
 
 
 def test_fixed_size_sampling_has_exact_inclusion_probabilities():
   rng = np.random.default_rng(1)
   w = rng.random(24).astype(np.float32) ** 3
-  w[:3] = 5.0                                   # forces capping at 1
+  w[:3] = 5.0  # forces capping at 1
   pi = np.asarray(jax.jit(sel.fixed_size_inclusion, static_argnums=1)(w, 10))
   assert pi.sum() == pytest.approx(10, abs=1e-4) and pi.max() <= 1 + 1e-6
   np.testing.assert_allclose(pi[:3], 1.0)
   free = pi < 1
   np.testing.assert_allclose(pi[free] / w[free], (pi[free] / w[free])[0], rtol=1e-4)
-  draws = np.asarray(jax.jit(jax.vmap(lambda k: sel.systematic_sample(k, jnp.asarray(pi), 10)))(
-      jax.random.split(jax.random.PRNGKey(0), 20000)))
-  assert all(len(set(row)) == 10 for row in draws)                # never a duplicate
+  draws = np.asarray(
+    jax.jit(jax.vmap(lambda k: sel.systematic_sample(k, jnp.asarray(pi), 10)))(
+      jax.random.split(jax.random.PRNGKey(0), 20000)
+    )
+  )
+  assert all(len(set(row)) == 10 for row in draws)  # never a duplicate
   rates = np.bincount(draws.ravel(), minlength=24) / len(draws)
   assert np.abs(rates - pi).max() < 4 * np.sqrt(0.25 / len(draws))
 
 
 def _mega(m, seed=0):
   rng = np.random.default_rng(seed)
-  return {"example_id": jnp.asarray(rng.permutation(1000)[:m], jnp.int32),
-          "input_ids": jnp.asarray(rng.integers(0, 50, (m, 6)), jnp.int32),
-          "mlm_weights": jnp.asarray(rng.random((m, 3)), jnp.float32)}
+  return {
+    "example_id": jnp.asarray(rng.permutation(1000)[:m], jnp.int32),
+    "input_ids": jnp.asarray(rng.integers(0, 50, (m, 6)), jnp.int32),
+    "mlm_weights": jnp.asarray(rng.random((m, 3)), jnp.float32),
+  }
 
 
 def _check_rows(mega, batch, b):
@@ -85,33 +91,41 @@ def _check_rows(mega, batch, b):
 def test_sb_inclusion_rates_follow_percentile_power():
   """With Σ pct^β = B the realised rates equal pct^β; otherwise they are ∝ pct^β, capped at 1."""
   m, b = 16, 8
-  config = tiny_config("bert", "size=tiny,method=selective_backprop",
-                       **{"train.batch_size": b, "train.micro_batch_size": b,
-                          "method.history_size": 1000})
+  config = tiny_config(
+    "bert",
+    "size=tiny,method=selective_backprop",
+    **{"train.batch_size": b, "train.micro_batch_size": b, "method.history_size": 1000},
+  )
   mega = _mega(m)
-  scores = jnp.asarray((np.arange(m)[::-1] + 0.5) / m, jnp.float32)   # percentiles ≈ 1 − (i+.5)/16
-  history = sel.push_history(sel.init_history(1000),
-                             jnp.asarray((np.arange(984) + 0.5) / 984, jnp.float32))
+  scores = jnp.asarray((np.arange(m)[::-1] + 0.5) / m, jnp.float32)  # percentiles ≈ 1 − (i+.5)/16
+  history = sel.push_history(
+    sel.init_history(1000), jnp.asarray((np.arange(984) + 0.5) / 984, jnp.float32)
+  )
   rngs = jax.random.split(jax.random.PRNGKey(3), 8000)
   method = build_method(config)
-  draw = jax.jit(jax.vmap(lambda r, beta: method.select_from_scores(history, mega, scores, r,
-                                                                    beta)[3], in_axes=(0, None)))
+  draw = jax.jit(
+    jax.vmap(
+      lambda r, beta: method.select_from_scores(history, mega, scores, r, beta)[3],
+      in_axes=(0, None),
+    )
+  )
   after = sel.push_history(history, scores)
   pct = np.asarray(sel.percentile_of_scores(after["history"], after["history_count"], scores))
   tol = 4 * np.sqrt(0.25 / len(rngs))
   for beta in (1.0, 2.0):
     rates = np.bincount(np.asarray(draw(rngs, beta)).ravel(), minlength=m) / len(rngs)
-    keep = pct ** beta
+    keep = pct**beta
     if beta == 1.0:
-      assert keep.sum() == pytest.approx(b, abs=0.05)    # the paper-matching setting
+      assert keep.sum() == pytest.approx(b, abs=0.05)  # the paper-matching setting
       assert np.abs(rates - keep).max() < tol + 0.01
     else:
-      assert keep.sum() < b - 1                          # Σ p² ≈ 5.3: rescaled to B = 8
+      assert keep.sum() < b - 1  # Σ p² ≈ 5.3: rescaled to B = 8
       expected = np.asarray(sel.fixed_size_inclusion(keep, b))
       assert np.abs(rates - expected).max() < tol
       free = (expected < 0.999) & (expected > 0.1)
-      np.testing.assert_allclose(rates[free] / keep[free],
-                                 np.mean(expected[free] / keep[free]), rtol=0.15)
+      np.testing.assert_allclose(
+        rates[free] / keep[free], np.mean(expected[free] / keep[free]), rtol=0.15
+      )
   state, batch, _, _ = jax.jit(method.select_from_scores)(history, mega, scores, rngs[0])
   _check_rows(mega, batch, b)
   assert int(state["history_count"]) == 1000
@@ -119,9 +133,11 @@ def test_sb_inclusion_rates_follow_percentile_power():
 
 def test_rho_picks_top_reducible_losses():
   m, b = 12, 4
-  config = tiny_config("bert", "size=tiny,method=rho_loss",
-                       **{"train.batch_size": b, "train.micro_batch_size": b,
-                          "method.mega_batch_factor": 3})
+  config = tiny_config(
+    "bert",
+    "size=tiny,method=rho_loss",
+    **{"train.batch_size": b, "train.micro_batch_size": b, "method.mega_batch_factor": 3},
+  )
   mega = _mega(m, seed=2)
   ids = np.asarray(mega["example_id"])
   rng = np.random.default_rng(5)
@@ -129,10 +145,11 @@ def test_rho_picks_top_reducible_losses():
   table[ids] = rng.random(m) * 3
   scores = rng.random(m).astype(np.float32) * 4
   scores[0] = 100.0
-  table[ids[0]] = np.nan                              # no IL loss: never chosen
+  table[ids[0]] = np.nan  # no IL loss: never chosen
   method = sel.RhoLoss(config, il_losses=table, il_meta={})
-  _, batch, metrics, _ = method.select_from_scores({}, mega, jnp.asarray(scores),
-                                                   jnp.asarray(table))
+  _, batch, metrics, _ = method.select_from_scores(
+    {}, mega, jnp.asarray(scores), jnp.asarray(table)
+  )
   reducible = scores - table[ids]
   reducible[0] = -np.inf
   want = set(ids[np.argsort(-reducible)[:b]].tolist())
@@ -156,8 +173,10 @@ def test_charges_defaults_and_paper_cost_ratio():
     b = config.train.batch_size
     assert method.input_batch_size(b) == 2 * b
     plan = Plan(depth=config.model.num_layers)
-    assert method.charges(plan, b) == [rst.Charge("forward", plan.depth, 2 * b),
-                                       rst.Charge("train", plan.depth, b)]
+    assert method.charges(plan, b) == [
+      rst.Charge("forward", plan.depth, 2 * b),
+      rst.Charge("train", plan.depth, b),
+    ]
     method.free_scoring = True
     assert method.charges(plan, b) == [rst.Charge("train", plan.depth, b)]
   table = rst.PAPER_TABLES["bert"]
@@ -168,6 +187,7 @@ def test_charges_defaults_and_paper_cost_ratio():
 
 # -------------------------------------------------------------------------------------------------
 # The IL model's split and the IL table.
+
 
 @pytest.fixture(scope="module")
 def bert_data(tmp_path_factory):
@@ -186,7 +206,8 @@ def test_il_model_trains_on_the_heldout_split(bert_data):
   assert len(il.validation_ids) == len(held) // 10
   row = 3
   np.testing.assert_array_equal(
-      il.train_chunks[row], ds.validation_chunks[list(ds.validation_ids).index(il.train_ids[row])])
+    il.train_chunks[row], ds.validation_chunks[list(ds.validation_ids).index(il.train_ids[row])]
+  )
   method = build_method(config)
   method.prepare_dataset(ds)
   assert method.input_batch_size(32) == 32
@@ -201,8 +222,11 @@ def test_il_table_round_trips_and_rejects_other_data(bert_data, tmp_path):
   back, meta_back = sel.read_il_table(str(tmp_path / "il"))
   np.testing.assert_array_equal(back[ds.train_ids], losses)
   assert np.isnan(back[ds.validation_ids]).all() and len(back) == ds.meta["num_chunks"]
-  rho_cfg = tiny_config("bert", "size=tiny,method=rho_loss",
-                        **{"data.num_lines": 2000, "method.il_path": str(tmp_path / "il")})
+  rho_cfg = tiny_config(
+    "bert",
+    "size=tiny,method=rho_loss",
+    **{"data.num_lines": 2000, "method.il_path": str(tmp_path / "il")},
+  )
   method = build_method(rho_cfg)
   assert method.prepare_dataset(ds) is ds
   np.testing.assert_array_equal(method.il_losses, back)
@@ -213,8 +237,9 @@ def test_il_table_round_trips_and_rejects_other_data(bert_data, tmp_path):
   # Same config but another split or tokenizer: caught against the built dataset.
   rho_cfg.data.num_lines = 2000
   method = build_method(rho_cfg)
-  other = data_lib.Dataset(**{**ds.__dict__, "train_ids": ds.train_ids[1:],
-                              "train_chunks": ds.train_chunks[1:]})
+  other = data_lib.Dataset(
+    **{**ds.__dict__, "train_ids": ds.train_ids[1:], "train_chunks": ds.train_chunks[1:]}
+  )
   with pytest.raises(ValueError, match="num_train"):
     method.prepare_dataset(other)
   other = data_lib.Dataset(**{**ds.__dict__, "meta": {**ds.meta, "tokenizer_fingerprint": "x"}})
@@ -229,8 +254,10 @@ def test_il_table_round_trips_and_rejects_other_data(bert_data, tmp_path):
 # -------------------------------------------------------------------------------------------------
 # Real models: the jitted select step, resume, and whether selection does what it should.
 
+
 def _state(config, batch, method, seed=0):
   import flax.linen as nn
+
   model = build_model(config.model)
   params = jax.jit(lambda r: nn.unbox(model.init(r, batch)))(jax.random.PRNGKey(seed))
   tx = build_optimizer(config.optim)
@@ -239,8 +266,11 @@ def _state(config, batch, method, seed=0):
 
 @pytest.mark.parametrize("family", ["bert", "t5"])
 def test_select_step_gives_a_fixed_size_batch_and_resumes_exactly(family, tmp_path):
-  config = tiny_config(family, "size=tiny,method=selective_backprop",
-                       **{"data.num_lines": 1200, "method.history_size": 100})
+  config = tiny_config(
+    family,
+    "size=tiny,method=selective_backprop",
+    **{"data.num_lines": 1200, "method.history_size": 100},
+  )
   ds = data_lib.build_dataset(config.data, family, config.model.vocab_size, str(tmp_path))
   b = config.train.batch_size
   it = ds.train_iterator(2 * b, seed=0)
@@ -255,16 +285,19 @@ def test_select_step_gives_a_fixed_size_batch_and_resumes_exactly(family, tmp_pa
   # The scoring pass equals the per-example losses of an unchunked forward pass.
   score = step_lib.make_score_step(model)
   direct, chunked = jax.jit(lambda p, m: (score(p, m), sel.chunked_scores(score, p, m, 16)))(
-      state.params, megas[1])
+    state.params, megas[1]
+  )
   np.testing.assert_allclose(chunked, direct, rtol=2e-5, atol=2e-5)
   if family == "t5":
     return
   # Checkpoint the state with its loss history; the restored state selects identically.
   from ntng_jax.train import checkpoint as ckpt_lib
+
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "run"))
   ckpt.save(1, state, {"step": 1})
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+  )
   _, restored, _ = ckpt.restore_latest(abstract)
   ckpt.close()
   for key in ("history", "history_position", "history_count"):
@@ -285,10 +318,12 @@ def test_selection_on_a_corpus_with_noise(tmp_path):
   is ≈ 0). RHO's preference depends on the training stage: a model that has learned the text's
   unigram statistics but not yet the noise marginal would find noise reducible too."""
   noise_fraction, b = 0.25, 32
-  config = tiny_config("bert", "size=tiny,method=rho_loss",
-                       **{"data.num_lines": 6000, "train.batch_size": b})
+  config = tiny_config(
+    "bert", "size=tiny,method=rho_loss", **{"data.num_lines": 6000, "train.batch_size": b}
+  )
   ds = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, str(tmp_path))
   from ntng_jax.data.objectives import _allowed_ids
+
   allowed = _allowed_ids(0, ds.tokenizer.random_token_high, tuple(sorted(ds.tokenizer.special_ids)))
   rng = np.random.default_rng(0)
   n = ds.meta["num_chunks"]
@@ -315,8 +350,9 @@ def test_selection_on_a_corpus_with_noise(tmp_path):
   il_train = sel.score_chunks(score, il.params, ds.train_chunks, ds.objective, 128)
   table, _ = sel.il_table_from_losses(config, ds, il_train)
   rho = sel.RhoLoss(config, il_losses=table, il_meta={})
-  sb = sel.SelectiveBackprop(tiny_config("bert", "size=tiny,method=selective_backprop",
-                                         **{"train.batch_size": b}))
+  sb = sel.SelectiveBackprop(
+    tiny_config("bert", "size=tiny,method=selective_backprop", **{"train.batch_size": b})
+  )
   sb_select = jax.jit(sb.select_from_scores)
   rho_select = jax.jit(rho.select_from_scores)
   sb_state = sb.init_method_state()
@@ -331,8 +367,10 @@ def test_selection_on_a_corpus_with_noise(tmp_path):
     picked["sb"] += np.asarray(sb_batch["example_id"]).tolist()
     picked["rho"] += np.asarray(rho_batch["example_id"]).tolist()
   rates = {k: float(is_noise[v].mean()) for k, v in picked.items()}
-  print(f"\nnoise share: mega-batches {rates['all']:.3f}, SB-selected {rates['sb']:.3f},"
-        f" RHO-selected {rates['rho']:.3f}")
+  print(
+    f"\nnoise share: mega-batches {rates['all']:.3f}, SB-selected {rates['sb']:.3f},"
+    f" RHO-selected {rates['rho']:.3f}"
+  )
   assert rates["sb"] > rates["all"] + 0.1
   assert rates["rho"] < rates["all"] - 0.1
 
@@ -340,13 +378,19 @@ def test_selection_on_a_corpus_with_noise(tmp_path):
 # -------------------------------------------------------------------------------------------------
 # End to end through the launch scripts.
 
+
 def _run_args(config, workdir, table, method, *extra):
   """Tiny runs on the synthetic corpus, validated on its held-out split and on a second corpus."""
-  return [f"--config=configs/{config.model.family}.py:size=tiny,method={method}",
-          f"--workdir={workdir}", f"--config.rst.table={table}",
-          f"--config.train.budget_hours={config.train.budget_hours}",
-          "--config.data.num_lines=2000", "--config.train.validation_batches=2",
-          f"--config.data.validation.other={workdir.parent / 'other.txt'}", *extra]
+  return [
+    f"--config=configs/{config.model.family}.py:size=tiny,method={method}",
+    f"--workdir={workdir}",
+    f"--config.rst.table={table}",
+    f"--config.train.budget_hours={config.train.budget_hours}",
+    "--config.data.num_lines=2000",
+    "--config.train.validation_batches=2",
+    f"--config.data.validation.other={workdir.parent / 'other.txt'}",
+    *extra,
+  ]
 
 
 @pytest.fixture(scope="module", params=["bert", "t5"])
@@ -355,10 +399,12 @@ def e2e(tmp_path_factory, request):
   config = tiny_config(request.param, **{"data.num_lines": 2000})
   config.train.budget_hours = 24 * STEP_SECONDS / 3600
   table = fixed_table(config, root / "table.json", STEP_SECONDS)
-  other = data_lib.SyntheticCorpus(seed=7).lines(300)   # the second validation set's text
+  other = data_lib.SyntheticCorpus(seed=7).lines(300)  # the second validation set's text
   (root / "other.txt").write_text("\n".join(other) + "\n")
-  env = {"JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),   # the runs share programs
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  env = {
+    "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),  # the runs share programs
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  }
   return root, config, table, env
 
 
@@ -373,10 +419,11 @@ def _summary(workdir):
 
 def test_end_to_end_selective_backprop(e2e):
   root, config, table, env = e2e
-  run_module("launch.pretrain", *_run_args(config, root / "sb", table, "selective_backprop"),
-             env=env)
+  run_module(
+    "launch.pretrain", *_run_args(config, root / "sb", table, "selective_backprop"), env=env
+  )
   s = _summary(root / "sb")
-  expected = int(24 * STEP_SECONDS / (STEP_SECONDS * (1 + 2 / 3)) + 1e-9)   # 14 < 24 baseline
+  expected = int(24 * STEP_SECONDS / (STEP_SECONDS * (1 + 2 / 3)) + 1e-9)  # 14 < 24 baseline
   assert s["steps"] == expected and s["stopped_because"] == "budget"
   _check_two_validation_sets(s)
   records = [json.loads(line) for line in (root / "sb" / "metrics.jsonl").open()]
@@ -397,15 +444,27 @@ def test_end_to_end_il_model_extract_and_rho(e2e):
   meta = json.loads((root / "il" / "il_losses" / "il_losses.json").read_text())
   losses = np.load(root / "il" / "il_losses" / "il_losses.npy")
   assert meta["num_scored"] == int(np.isfinite(losses).sum()) > 0
-  run_module("launch.pretrain", *_run_args(config, root / "rho", table, "rho_loss",
-                                           f"--config.method.il_path={root / 'il'}"), env=env)
+  run_module(
+    "launch.pretrain",
+    *_run_args(config, root / "rho", table, "rho_loss", f"--config.method.il_path={root / 'il'}"),
+    env=env,
+  )
   rho = _summary(root / "rho")
   assert rho["steps"] < il["steps"] and rho["stopped_because"] == "budget"
   _check_two_validation_sets(rho)
   # Other data than the table was made for: one sentence, no traceback.
-  proc = run_module("launch.pretrain", *_run_args(
-      config, root / "rho_bad", table, "rho_loss",
-      f"--config.method.il_path={root / 'il' / 'il_losses'}", "--config.data.corpus_seed=1"),
-      env=env, check=False)
+  proc = run_module(
+    "launch.pretrain",
+    *_run_args(
+      config,
+      root / "rho_bad",
+      table,
+      "rho_loss",
+      f"--config.method.il_path={root / 'il' / 'il_losses'}",
+      "--config.data.corpus_seed=1",
+    ),
+    env=env,
+    check=False,
+  )
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "data.corpus_seed is 0 in the table but 1 here" in proc.stderr

@@ -21,8 +21,13 @@ from ntng_jax.experiments import report, sweep  # noqa: E402
 
 
 def _spec(root, **kw):
-  args = dict(config="configs/bert.py:size=tiny", methods=["baseline", "lion"],
-              budgets=[0.002, 0.004], seeds=[0], root=str(root))
+  args = dict(
+    config="configs/bert.py:size=tiny",
+    methods=["baseline", "lion"],
+    budgets=[0.002, 0.004],
+    seeds=[0],
+    root=str(root),
+  )
   args.update(kw)
   return sweep.SweepSpec(**args)
 
@@ -30,9 +35,16 @@ def _spec(root, **kw):
 # -------------------------------------------------------------------------------------------------
 # Planning.
 
+
 def test_plan_commands_and_validation(tmp_path):
-  spec = _spec(tmp_path, methods=["baseline", "rho_loss"], seeds=[0, 1], finetune=["glue"],
-               finetune_args=["--tasks=rte", "--epochs=1"], extra=["--config.data.num_lines=99"])
+  spec = _spec(
+    tmp_path,
+    methods=["baseline", "rho_loss"],
+    seeds=[0, 1],
+    finetune=["glue"],
+    finetune_args=["--tasks=rte", "--epochs=1"],
+    extra=["--config.data.num_lines=99"],
+  )
   runs = sweep.plan(spec)
   assert len(runs) == 8 and runs[0].key == "baseline/budget-0.002/seed-0"
   assert runs[-1].workdir == os.path.join(str(tmp_path), "rho_loss", "budget-0.004", "seed-1")
@@ -51,17 +63,22 @@ def test_plan_commands_and_validation(tmp_path):
   il_losses = os.path.join(str(tmp_path), "il_model", "budget-0.004", "seed-0", "il_losses")
   assert f"--config.method.il_path={il_losses}" in commands[-1]
   assert len(commands) == 2 + 8
-  assert all("&& python -m launch.finetune" in c and "--suite=glue --tasks=rte --epochs=1" in c
-             for c in commands[2:])
+  assert all(
+    "&& python -m launch.finetune" in c and "--suite=glue --tasks=rte --epochs=1" in c
+    for c in commands[2:]
+  )
   # One table for every run: the same --config.rst.table everywhere.
   assert len({re.search(r"--config.rst.table=(\S+)", c).group(1) for c in commands[1:]}) == 1
 
-  for bad, msg in [(dict(config="configs/bert.py:size=tiny,method=lion"), "method"),
-                   (dict(budgets=[0.0]), "budgets"), (dict(methods=["baseline", "baseline"]), "twice"),
-                   (dict(methods=["baseline", "foo"]), "unknown method.*foo.*nothing was started"),
-                   (dict(methods=["stackin"]), "did you mean stacking"),
-                   (dict(extra=["--config.train.budget_hours=1"]), "set by the sweep"),
-                   (dict(rst_table="nope.json"), "rst_table")]:
+  for bad, msg in [
+    (dict(config="configs/bert.py:size=tiny,method=lion"), "method"),
+    (dict(budgets=[0.0]), "budgets"),
+    (dict(methods=["baseline", "baseline"]), "twice"),
+    (dict(methods=["baseline", "foo"]), "unknown method.*foo.*nothing was started"),
+    (dict(methods=["stackin"]), "did you mean stacking"),
+    (dict(extra=["--config.train.budget_hours=1"]), "set by the sweep"),
+    (dict(rst_table="nope.json"), "rst_table"),
+  ]:
     with pytest.raises(sweep.SweepError, match=msg):
       sweep.validate(_spec(tmp_path, **bad))
   assert sweep.format_budget(24.0) == "24" and sweep.format_budget(0.005) == "0.005"
@@ -81,7 +98,7 @@ def test_eta_fits_startup_and_rate():
 # -------------------------------------------------------------------------------------------------
 # The driver, against a stub interpreter that imitates the launch scripts in milliseconds.
 
-STUB = r'''
+STUB = r"""
 import json, os, re, sys
 args = sys.argv[1:]
 assert args[0] == "-m", args
@@ -158,7 +175,7 @@ elif module == "launch.finetune":
             open(os.path.join(wd, "finetune", suite + ".json"), "w"))
 else:
   sys.exit("unknown module " + module)
-'''
+"""
 
 
 @pytest.fixture()
@@ -178,14 +195,20 @@ def stub(tmp_path, monkeypatch):
     out = [json.loads(l) for l in calls.read_text().splitlines()]
     calls.unlink()
     return out
+
   return str(path), read_calls
 
 
 def test_sweep_driver_and_report_with_stub(tmp_path, stub):
   python, calls = stub
   root = tmp_path / "sweep"
-  spec = _spec(root, methods=["baseline", "lion", "stacking", "rho_loss", "diverge"],
-               seeds=[0, 1], finetune=["glue"], finetune_args=["--tasks=rte"])
+  spec = _spec(
+    root,
+    methods=["baseline", "lion", "stacking", "rho_loss", "diverge"],
+    seeds=[0, 1],
+    finetune=["glue"],
+    finetune_args=["--tasks=rte"],
+  )
   log = open(tmp_path / "out.txt", "w+")
   status = sweep.Sweep(spec, out=log, python=python).run()
   made = calls()
@@ -227,12 +250,12 @@ def test_sweep_driver_and_report_with_stub(tmp_path, stub):
   lion = agg["groups"][("lion", 0.002)]["metrics"]
   assert lion["train_loss"]["delta"] == pytest.approx(0.1)
   assert lion["train_loss"]["n"] == 2
-  assert lion["train_loss"]["std"] == pytest.approx(0.01 / 2 ** 0.5)
+  assert lion["train_loss"]["std"] == pytest.approx(0.01 / 2**0.5)
   assert lion["glue/average"]["delta"] == pytest.approx(-1.0)
   assert "validation_loss/minipile" in lion
   assert agg["groups"][("stacking", 0.004)]["counts"] == {"failed": 2}
-  table = md[md.index("### Final training loss"):]
-  table = table[:table.index("\n\n", table.index("|"))]
+  table = md[md.index("### Final training loss") :]
+  table = table[: table.index("\n\n", table.index("|"))]
   assert "| stacking | **2 failed** | **2 failed** |" in table
   assert "| diverge | **2 diverged** | **2 diverged** |" in table
   assert "0.002 h" in table and "0.004 h" in table
@@ -254,6 +277,7 @@ def test_sigterm_is_forwarded_and_stops_the_sweep(tmp_path, stub):
       time.sleep(0.05)
     if marker.exists():  # the sweep's handler is installed before the run starts
       os.kill(os.getpid(), signal.SIGTERM)
+
   threading.Thread(target=terminate_when_started, daemon=True).start()
   with pytest.raises(sweep.SweepInterrupted):
     sweep.Sweep(spec, out=open(os.devnull, "w"), python=python).run()
@@ -267,8 +291,9 @@ def test_report_lists_an_unfinished_grid(tmp_path):
   """A grid run from --dry_run commands (no status file): a run still going is incomplete."""
   wd = tmp_path / "baseline" / "budget-0.5" / "seed-0"
   wd.mkdir(parents=True)
-  (wd / "metrics.jsonl").write_text(json.dumps({"step": 1, "rst_seconds": 3.0,
-                                                "train_loss": 7.0}) + "\n")
+  (wd / "metrics.jsonl").write_text(
+    json.dumps({"step": 1, "rst_seconds": 3.0, "train_loss": 7.0}) + "\n"
+  )
   result = report.write_report(str(tmp_path), figures=False)
   assert [r["status"] for r in result["collected"]["runs"]] == ["incomplete"]
   assert "| baseline | **1 incomplete** |" in open(result["markdown"]).read()
@@ -277,16 +302,23 @@ def test_report_lists_an_unfinished_grid(tmp_path):
 # -------------------------------------------------------------------------------------------------
 # End to end: the real launch scripts on a tiny grid (about 2 minutes on two idle cores).
 
+
 @pytest.mark.slow
 def test_sweep_then_report_end_to_end(tmp_path):
   root = tmp_path / "sweep"
-  args = ["--config=configs/bert.py:size=tiny", "--methods=baseline,lion",
-          "--budgets=0.002,0.003", "--seeds=0", f"--root={root}",
-          "--extra=--config.data.num_lines=4000",
-          "--extra=--config.rst.repeats=1 --config.rst.warmup=1"]
+  args = [
+    "--config=configs/bert.py:size=tiny",
+    "--methods=baseline,lion",
+    "--budgets=0.002,0.003",
+    "--seeds=0",
+    f"--root={root}",
+    "--extra=--config.data.num_lines=4000",
+    "--extra=--config.rst.repeats=1 --config.rst.warmup=1",
+  ]
   # An unknown method is refused before anything starts (no calibration, no run, no root).
-  proc = run_module("launch.sweep", *[a.replace("baseline,lion", "baseline,lion,bogus")
-                                      for a in args], check=False)
+  proc = run_module(
+    "launch.sweep", *[a.replace("baseline,lion", "baseline,lion,bogus") for a in args], check=False
+  )
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
   assert "unknown method(s) bogus" in proc.stderr and not root.exists()
 
@@ -312,8 +344,8 @@ def test_sweep_then_report_end_to_end(tmp_path):
   for fig in ("fig_train_loss.png", "fig_validation_loss.png"):
     assert (root / fig).stat().st_size > 1000
     assert fig in md
-  table = md[md.index("### Final training loss"):]
-  table = table[:table.index("\n\n", table.index("|"))]
+  table = md[md.index("### Final training loss") :]
+  table = table[: table.index("\n\n", table.index("|"))]
   assert "0.002 h" in table and "0.003 h" in table
   assert re.search(r"\| baseline \| \d\.\d{4} \| \d\.\d{4} \|", table), table
   assert re.search(r"\| lion \| \d\.\d{4} \(Δ [+-]\d\.\d{4}\) \|", table), table

@@ -19,8 +19,15 @@ STEP_SECONDS = 0.02  # RST seconds per full-depth step in the fixed test table
 
 
 def small_run_config(tmp_path, family="bert", steps=40, **overrides):
-  config = tiny_config(family, **{"data.num_lines": 4000, "train.log_every_steps": 1,
-                                  "train.validation_batches": 2, **overrides})
+  config = tiny_config(
+    family,
+    **{
+      "data.num_lines": 4000,
+      "train.log_every_steps": 1,
+      "train.validation_batches": 2,
+      **overrides,
+    },
+  )
   config.train.budget_hours = steps * STEP_SECONDS / 3600
   config.rst.table = fixed_table(config, tmp_path / f"table-{family}.json", STEP_SECONDS)
   return config
@@ -43,13 +50,30 @@ def test_budget_schedule_and_rst_clock(tmp_path):
   peak = max(r["learning_rate"] for r in train)
   assert peak == pytest.approx(config.optim.learning_rate, rel=0.05)
   # The last step's rate is the schedule at its midpoint: half a step's share of the budget × 2.
-  assert train[-1]["learning_rate"] <= config.optim.learning_rate * STEP_SECONDS / budget * (1 + 1e-6)
-  for key in ("step", "train_loss", "learning_rate", "tokens", "wall_seconds", "rst_seconds",
-              "rst_budget_fraction", "active_layers"):
+  assert train[-1]["learning_rate"] <= config.optim.learning_rate * STEP_SECONDS / budget * (
+    1 + 1e-6
+  )
+  for key in (
+    "step",
+    "train_loss",
+    "learning_rate",
+    "tokens",
+    "wall_seconds",
+    "rst_seconds",
+    "rst_budget_fraction",
+    "active_layers",
+  ):
     assert key in train[-1]
   assert any("validation_loss" in r for r in read_records(tmp_path / "run"))
-  for key in ("final_train_loss", "final_validation_loss", "steps", "tokens", "rst_seconds",
-              "wall_seconds", "stopped_because"):
+  for key in (
+    "final_train_loss",
+    "final_validation_loss",
+    "steps",
+    "tokens",
+    "rst_seconds",
+    "wall_seconds",
+    "stopped_because",
+  ):
     assert key in summary
 
 
@@ -78,8 +102,9 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
   steps = checkpointer.steps()
   assert len(steps) >= 2
   latest = os.path.join(checkpointer.directory, str(steps[-1]))
-  victim = max((os.path.join(r, f) for r, _, fs in os.walk(latest) for f in fs),
-               key=os.path.getsize)
+  victim = max(
+    (os.path.join(r, f) for r, _, fs in os.walk(latest) for f in fs), key=os.path.getsize
+  )
   with open(victim, "r+b") as f:
     f.truncate(os.path.getsize(victim) // 2)
   built, _ = _abstract(config, workdir)
@@ -100,30 +125,39 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
 def _abstract(config, workdir):
   from ntng_jax import data as data_lib, partitioning
   from ntng_jax.optim import build_optimizer
+
   mesh = partitioning.make_mesh(config.mesh)
   tx = build_optimizer(config.optim)
   ds = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, workdir)
   example = next(iter(ds.train_iterator(config.train.micro_batch_size, seed=0)))
-  built = loop_lib.build_programs(config, loop_lib.model_at_depth(config, config.model.num_layers),
-                                  tx, mesh, example)
+  built = loop_lib.build_programs(
+    config, loop_lib.model_at_depth(config, config.model.num_layers), tx, mesh, example
+  )
   return built, mesh
 
 
 def _pretrain_args(config, workdir):
-  return ["--config=configs/bert.py:size=tiny", f"--workdir={workdir}",
-          f"--config.rst.table={config.rst.table}",
-          f"--config.train.budget_hours={config.train.budget_hours}",
-          f"--config.data.num_lines={config.data.num_lines}",
-          "--config.train.checkpoint_every_rst_minutes=0.01",
-          "--config.train.log_every_steps=5"]
+  return [
+    "--config=configs/bert.py:size=tiny",
+    f"--workdir={workdir}",
+    f"--config.rst.table={config.rst.table}",
+    f"--config.train.budget_hours={config.train.budget_hours}",
+    f"--config.data.num_lines={config.data.num_lines}",
+    "--config.train.checkpoint_every_rst_minutes=0.01",
+    "--config.train.log_every_steps=5",
+  ]
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
   config = small_run_config(tmp_path, steps=300)
   full, killed = tmp_path / "full", tmp_path / "killed"
   run_module("launch.pretrain", *_pretrain_args(config, full))
-  proc = subprocess.Popen([sys.executable, "-m", "launch.pretrain", *_pretrain_args(config, killed)],
-                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "launch.pretrain", *_pretrain_args(config, killed)],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   checkpoints = killed / "checkpoints"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
@@ -162,13 +196,16 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     assert all(np.isfinite(x).all() for x in leaves)
 
 
-@pytest.mark.parametrize("args, field", [
+@pytest.mark.parametrize(
+  "args, field",
+  [
     (["--config=configs/bert.py:size=huge"], "size"),
     (["--config=configs/bert.py:method=magic"], "method"),
     (["--config.data.seq_len=512"], "data.seq_len"),
     (["--config.data.source=text", "--config.data.path=/nonexistent/corpus.txt"], "data.path"),
     (["--config.train.batch_size=0"], "train.batch_size"),
-])
+  ],
+)
 def test_bad_config_is_one_clear_sentence(tmp_path, args, field):
   proc = run_module("launch.pretrain", f"--workdir={tmp_path}/w", *args, check=False, timeout=120)
   assert proc.returncode != 0
@@ -180,18 +217,19 @@ def test_core_and_training_do_not_import_tensorflow(tmp_path):
   config = small_run_config(tmp_path, steps=3)
   code = f"""
 import sys, json
-sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
+sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / "tests")!r})
 import ntng_jax
 from conftest import tiny_config
 from ntng_jax.train.loop import train_and_evaluate
 config = tiny_config('bert', **{{'data.num_lines': 2000}})
 config.train.budget_hours = {config.train.budget_hours}
 config.rst.table = {config.rst.table!r}
-train_and_evaluate(config, {str(tmp_path / 'run')!r})
+train_and_evaluate(config, {str(tmp_path / "run")!r})
 heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{'tensorflow', 'seqio', 'tensorflow_datasets'}})
 print('HEAVY', json.dumps(heavy))
 """
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                        timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "HEAVY []" in proc.stdout

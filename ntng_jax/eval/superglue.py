@@ -18,6 +18,7 @@ Every record yields ``{'texts', 'label', 'idx', 'group'}`` (:class:`~ntng_jax.ev
 A line that is not JSON, lacks a field, or has a bad label raises ``ValueError`` naming the
 file and line. Unlabelled (test) files can be read with ``require_labels=False`` (label -1).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,74 +30,86 @@ __all__ = ["read_superglue_jsonl", "read_superglue"]
 
 
 def _records(spec: TaskSpec, rec: dict) -> list[tuple[dict, tuple[int, int] | None]]:
-    """Flatten one jsonl record into ``(fields, group)`` pairs with the spec's text fields."""
-    if spec.name == "multirc":
-        passage = rec["passage"]
-        out = []
-        for q in passage["questions"]:
-            for a in q["answers"]:
-                fields = {"paragraph": passage["text"], "question": q["question"],
-                          "answer": a["text"], "idx": a["idx"]}
-                if "label" in a:
-                    fields["label"] = a["label"]
-                out.append((fields, (int(rec["idx"]), int(q["idx"]))))
-        return out
-    if spec.name == "wsc" and "target" in rec:
-        rec = {**rec, **rec["target"]}
-    return [(rec, None)]
+  """Flatten one jsonl record into ``(fields, group)`` pairs with the spec's text fields."""
+  if spec.name == "multirc":
+    passage = rec["passage"]
+    out = []
+    for q in passage["questions"]:
+      for a in q["answers"]:
+        fields = {
+          "paragraph": passage["text"],
+          "question": q["question"],
+          "answer": a["text"],
+          "idx": a["idx"],
+        }
+        if "label" in a:
+          fields["label"] = a["label"]
+        out.append((fields, (int(rec["idx"]), int(q["idx"]))))
+    return out
+  if spec.name == "wsc" and "target" in rec:
+    rec = {**rec, **rec["target"]}
+  return [(rec, None)]
 
 
-def read_superglue_jsonl(path: str | Path, task: str | TaskSpec,
-                         require_labels: bool = True) -> list[Example]:
-    """Read one SuperGLUE jsonl file of ``task`` (a SuperGLUE name or spec)."""
-    spec = get_task(task, suite="superglue" if isinstance(task, str) and "/" not in task else None)
-    if spec.suite != "superglue":
-        raise ValueError(f"{spec.key} is not a SuperGLUE task.")
-    path = Path(path)
-    examples: list[Example] = []
-    text = path.read_bytes().decode("utf-8-sig")
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+def read_superglue_jsonl(
+  path: str | Path, task: str | TaskSpec, require_labels: bool = True
+) -> list[Example]:
+  """Read one SuperGLUE jsonl file of ``task`` (a SuperGLUE name or spec)."""
+  spec = get_task(task, suite="superglue" if isinstance(task, str) and "/" not in task else None)
+  if spec.suite != "superglue":
+    raise ValueError(f"{spec.key} is not a SuperGLUE task.")
+  path = Path(path)
+  examples: list[Example] = []
+  text = path.read_bytes().decode("utf-8-sig")
+  for lineno, line in enumerate(text.split("\n"), start=1):
+    if not line.strip():
+      continue
+    try:
+      rec = json.loads(line)
+      if not isinstance(rec, dict):
+        raise ValueError("the line is not a JSON object")
+      flat = _records(spec, rec)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+      what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+      raise ValueError(f"{path}, line {lineno}: malformed {spec.key} record ({what}).") from None
+    for fields, group in flat:
+      missing = [f for f in spec.text_fields if not isinstance(fields.get(f), str)]
+      if missing:
+        raise ValueError(f"{path}, line {lineno}: missing text field(s) {missing} for {spec.key}.")
+      if "label" in fields:
         try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("the line is not a JSON object")
-            flat = _records(spec, rec)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-            raise ValueError(f"{path}, line {lineno}: malformed {spec.key} record ({what}).") from None
-        for fields, group in flat:
-            missing = [f for f in spec.text_fields if not isinstance(fields.get(f), str)]
-            if missing:
-                raise ValueError(f"{path}, line {lineno}: missing text field(s) {missing} "
-                                 f"for {spec.key}.")
-            if "label" in fields:
-                try:
-                    label = parse_label(spec, fields["label"])
-                except ValueError as e:
-                    raise ValueError(f"{path}, line {lineno}: {e} for {spec.key}.") from None
-            elif require_labels:
-                raise ValueError(f"{path}, line {lineno}: missing field 'label' for {spec.key}.")
-            else:
-                label = -1
-            idx = fields.get("idx", len(examples))
-            examples.append(Example(texts=tuple(fields[f] for f in spec.text_fields),
-                                    label=label, idx=int(idx), group=group))
-    return examples
+          label = parse_label(spec, fields["label"])
+        except ValueError as e:
+          raise ValueError(f"{path}, line {lineno}: {e} for {spec.key}.") from None
+      elif require_labels:
+        raise ValueError(f"{path}, line {lineno}: missing field 'label' for {spec.key}.")
+      else:
+        label = -1
+      idx = fields.get("idx", len(examples))
+      examples.append(
+        Example(
+          texts=tuple(fields[f] for f in spec.text_fields), label=label, idx=int(idx), group=group
+        )
+      )
+  return examples
 
 
-def read_superglue(task: str | TaskSpec, split: str = "train",
-                   data_dir: str | Path | None = None, source: str = "local") -> list[Example]:
-    """Examples of a SuperGLUE ``task`` for ``split`` (``'train'``, ``'dev'``) from
-    ``<data_dir>/<TASK>/{train,val}.jsonl`` (``source='local'``) or from tfds
-    (``source='tfds'``, ``data_dir`` = tfds data dir)."""
-    spec = get_task(task, suite="superglue")
-    if source == "tfds":
-        return read_tfds(spec, split, data_dir)
-    if split not in spec.files:
-        raise ValueError(f"{spec.key} has no local split {split!r}; valid splits are: "
-                         + ", ".join(spec.files) + ".")
-    if data_dir is None:
-        raise ValueError("Reading local SuperGLUE files needs data_dir (the superglue/ directory).")
-    return read_superglue_jsonl(Path(data_dir) / spec.dir_name / spec.files[split], spec)
+def read_superglue(
+  task: str | TaskSpec,
+  split: str = "train",
+  data_dir: str | Path | None = None,
+  source: str = "local",
+) -> list[Example]:
+  """Examples of a SuperGLUE ``task`` for ``split`` (``'train'``, ``'dev'``) from
+  ``<data_dir>/<TASK>/{train,val}.jsonl`` (``source='local'``) or from tfds
+  (``source='tfds'``, ``data_dir`` = tfds data dir)."""
+  spec = get_task(task, suite="superglue")
+  if source == "tfds":
+    return read_tfds(spec, split, data_dir)
+  if split not in spec.files:
+    raise ValueError(
+      f"{spec.key} has no local split {split!r}; valid splits are: " + ", ".join(spec.files) + "."
+    )
+  if data_dir is None:
+    raise ValueError("Reading local SuperGLUE files needs data_dir (the superglue/ directory).")
+  return read_superglue_jsonl(Path(data_dir) / spec.dir_name / spec.files[split], spec)

@@ -44,6 +44,7 @@ LOWER_IS_BETTER = ("train_loss", "validation_loss", "perplexity")
 # -------------------------------------------------------------------------------------------------
 # Reading runs.
 
+
 def read_metrics(workdir: str) -> list[dict]:
   records = []
   try:
@@ -140,25 +141,45 @@ def collect(root: str) -> dict:
     error = entry.get("error")
     if run_status == DIVERGED and not error:
       error = "non-finite training loss"
-    runs.append(dict(
-        key=key, method=method, budget_hours=budget, seed=seed, workdir=workdir,
-        status=run_status, error=error if run_status in (FAILED, DIVERGED, INCOMPLETE) else None,
-        returncode=entry.get("returncode"), summary=summary, finetune=finetune,
+    runs.append(
+      dict(
+        key=key,
+        method=method,
+        budget_hours=budget,
+        seed=seed,
+        workdir=workdir,
+        status=run_status,
+        error=error if run_status in (FAILED, DIVERGED, INCOMPLETE) else None,
+        returncode=entry.get("returncode"),
+        summary=summary,
+        finetune=finetune,
         finetune_status={k: v.get("status") for k, v in entry.get("finetune", {}).items()},
-        curve=[(r["rst_seconds"], r["train_loss"]) for r in records
-               if "train_loss" in r and "rst_seconds" in r],
-        validation_curve=[(r["rst_seconds"], r["validation_loss"]) for r in records
-                          if r.get("validation_loss") is not None and "rst_seconds" in r],
-        epoch_curve=[(r["epoch"], r["validation_loss"]) for r in records
-                     if r.get("validation_loss") is not None and _number(r.get("epoch"))
-                     is not None],
-        epochs=max((r["epoch"] for r in records if _number(r.get("epoch")) is not None),
-                   default=None)))
+        curve=[
+          (r["rst_seconds"], r["train_loss"])
+          for r in records
+          if "train_loss" in r and "rst_seconds" in r
+        ],
+        validation_curve=[
+          (r["rst_seconds"], r["validation_loss"])
+          for r in records
+          if r.get("validation_loss") is not None and "rst_seconds" in r
+        ],
+        epoch_curve=[
+          (r["epoch"], r["validation_loss"])
+          for r in records
+          if r.get("validation_loss") is not None and _number(r.get("epoch")) is not None
+        ],
+        epochs=max(
+          (r["epoch"] for r in records if _number(r.get("epoch")) is not None), default=None
+        ),
+      )
+    )
   return dict(root=root, status=status, runs=runs)
 
 
 # -------------------------------------------------------------------------------------------------
 # Aggregation.
+
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
   vals = [v for v in values if v is not None and math.isfinite(v)]
@@ -175,8 +196,10 @@ def run_metrics(run: dict) -> dict:
   'validation_loss/<set>', '<suite>/average', '<suite>/<task>/<metric>'}."""
   s = run["summary"] or {}
   out = {}
-  for key, name in (("final_train_loss", "train_loss"), ("final_validation_loss",
-                                                         "validation_loss")):
+  for key, name in (
+    ("final_train_loss", "train_loss"),
+    ("final_validation_loss", "validation_loss"),
+  ):
     if _number(s.get(key)) is not None:
       out[name] = float(s[key])
   for name, v in (s.get("final_validation_losses") or {}).items():
@@ -233,16 +256,26 @@ def aggregate(collected: dict, baseline: str = "baseline") -> dict:
         mean, std = _mean_std(xs)
         if mean is not None:
           per_metric[name] = dict(mean=mean, std=std, n=len(xs))
-      groups[(m, b)] = dict(method=m, budget_hours=b, seeds=sorted(r["seed"] for r in members),
-                            counts=counts, metrics=per_metric,
-                            errors=sorted({r["error"] for r in members if r["error"]}))
+      groups[(m, b)] = dict(
+        method=m,
+        budget_hours=b,
+        seeds=sorted(r["seed"] for r in members),
+        counts=counts,
+        metrics=per_metric,
+        errors=sorted({r["error"] for r in members if r["error"]}),
+      )
   for (m, b), g in groups.items():
     base = groups.get((baseline, b))
     for name, cell in g["metrics"].items():
       if m != baseline and base and name in base["metrics"]:
         cell["delta"] = cell["mean"] - base["metrics"][name]["mean"]
-  return dict(methods=methods, budgets=budgets, metric_names=_sort_metrics(metric_names),
-              groups=groups, baseline=baseline)
+  return dict(
+    methods=methods,
+    budgets=budgets,
+    metric_names=_sort_metrics(metric_names),
+    groups=groups,
+    baseline=baseline,
+  )
 
 
 def _sort_metrics(names: list[str]) -> list[str]:
@@ -258,11 +291,13 @@ def _sort_metrics(names: list[str]) -> list[str]:
     if n.endswith("/average"):
       return (3, n)
     return (4, n)
+
   return sorted(names, key=rank)
 
 
 # -------------------------------------------------------------------------------------------------
 # Markdown.
+
 
 def _decimals(x: float) -> int:
   return 2 if abs(x) >= 10 else 4
@@ -322,8 +357,10 @@ def _budget_label(b: float) -> str:
 
 
 def metric_table(agg: dict, name: str) -> list[str]:
-  lines = ["| method | " + " | ".join(_budget_label(b) for b in agg["budgets"]) + " |",
-           "|---|" + "---|" * len(agg["budgets"])]
+  lines = [
+    "| method | " + " | ".join(_budget_label(b) for b in agg["budgets"]) + " |",
+    "|---|" + "---|" * len(agg["budgets"]),
+  ]
   for m in agg["methods"]:
     cells = [cell_text(agg["groups"].get((m, b)), name) for b in agg["budgets"]]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -333,8 +370,11 @@ def metric_table(agg: dict, name: str) -> list[str]:
 def _verdicts(agg: dict) -> list[str]:
   """One line per method: at how many budgets it beats the baseline, and by more than noise."""
   base, lines = agg["baseline"], []
-  headline = [n for n in agg["metric_names"]
-              if n in ("train_loss", "validation_loss", "perplexity") or n.endswith("/average")]
+  headline = [
+    n
+    for n in agg["metric_names"]
+    if n in ("train_loss", "validation_loss", "perplexity") or n.endswith("/average")
+  ]
   for m in agg["methods"]:
     if m == base:
       continue
@@ -347,8 +387,11 @@ def _verdicts(agg: dict) -> list[str]:
           continue
         cell, bcell = g["metrics"][name], gb["metrics"][name]
         compared += 1
-        sign = -1 if name in LOWER_IS_BETTER or name.startswith(("validation_loss/",
-                                                                  "perplexity/")) else 1
+        sign = (
+          -1
+          if name in LOWER_IS_BETTER or name.startswith(("validation_loss/", "perplexity/"))
+          else 1
+        )
         gain = sign * cell["delta"]
         if gain > 0:
           better += 1
@@ -356,13 +399,21 @@ def _verdicts(agg: dict) -> list[str]:
           if noise and gain > noise:
             clear += 1
       if compared:
-        parts.append(f"{name}: better at {better}/{compared} budgets"
-                     + (f" ({clear} by more than one std)" if clear else ""))
-    status = [f"{_status_note(g['counts'])} at {_budget_label(b)}"
-              for b in agg["budgets"] if (g := agg["groups"].get((m, b))) and _status_note(
-                  g["counts"])]
-    lines.append(f"- **{m}** vs {base}: " + ("; ".join(parts) if parts else "no comparable runs")
-                 + (f" — runs: {'; '.join(status)}" if status else "") + ".")
+        parts.append(
+          f"{name}: better at {better}/{compared} budgets"
+          + (f" ({clear} by more than one std)" if clear else "")
+        )
+    status = [
+      f"{_status_note(g['counts'])} at {_budget_label(b)}"
+      for b in agg["budgets"]
+      if (g := agg["groups"].get((m, b))) and _status_note(g["counts"])
+    ]
+    lines.append(
+      f"- **{m}** vs {base}: "
+      + ("; ".join(parts) if parts else "no comparable runs")
+      + (f" — runs: {'; '.join(status)}" if status else "")
+      + "."
+    )
   return lines
 
 
@@ -388,23 +439,32 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
   out = ["# Sweep report", ""]
   out.append(f"Root: `{root}`  ")
   if status.get("config"):
-    out.append(f"Config: `{status['config']}`" + (f" with `{' '.join(status['extra'])}`"
-                                                   if status.get("extra") else "") + "  ")
+    out.append(
+      f"Config: `{status['config']}`"
+      + (f" with `{' '.join(status['extra'])}`" if status.get("extra") else "")
+      + "  "
+    )
   table = status.get("rst_table")
   table_json = sweep_lib.read_json(table) if table and os.path.exists(str(table)) else None
   if table_json:
     meta = table_json.get("meta", {})
-    out.append(f"RST table: `{table_json.get('name')}` (`{table}`; {meta.get('device', '?')},"
-               f" {meta.get('date', '?')}), shared by every run  ")
+    out.append(
+      f"RST table: `{table_json.get('name')}` (`{table}`; {meta.get('device', '?')},"
+      f" {meta.get('date', '?')}), shared by every run  "
+    )
   elif table:
     out.append(f"RST table: `{table}`, shared by every run  ")
   il = status.get("il_model")
   if il:
-    out.append(f"IL model for rho_loss: `{il.get('workdir')}` ({il.get('status', '?')}"
-               + (f"; losses `{il['il_path']}`" if il.get("il_path") else "")
-               + (f"; {il['error']}" if il.get("error") and il.get("status") == "failed" else "")
-               + ")  ")
-  out.append(f"Generated: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    out.append(
+      f"IL model for rho_loss: `{il.get('workdir')}` ({il.get('status', '?')}"
+      + (f"; losses `{il['il_path']}`" if il.get("il_path") else "")
+      + (f"; {il['error']}" if il.get("error") and il.get("status") == "failed" else "")
+      + ")  "
+    )
+  out.append(
+    f"Generated: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}"
+  )
   out.append("")
   n = len(collected["runs"])
   counts = {}
@@ -414,21 +474,33 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
   out.append("")
   out.append("## Results (methods × RST budgets)")
   out.append("")
-  out.append(f"Mean ± sample std over seeds that finished (budget or max_steps); Δ = method mean"
-             f" − {agg['baseline']} mean at the same budget. Runs that diverged, failed, are"
-             " incomplete or missing are counted in each cell.")
+  out.append(
+    f"Mean ± sample std over seeds that finished (budget or max_steps); Δ = method mean"
+    f" − {agg['baseline']} mean at the same budget. Runs that diverged, failed, are"
+    " incomplete or missing are counted in each cell."
+  )
   for name in agg["metric_names"]:
-    if name.count("/") >= 2 or (name.count("/") == 1 and not name.startswith(
-        ("validation_loss/", "perplexity/")) and not name.endswith("/average")):
+    if name.count("/") >= 2 or (
+      name.count("/") == 1
+      and not name.startswith(("validation_loss/", "perplexity/"))
+      and not name.endswith("/average")
+    ):
       continue  # per-task metrics go to their own table
-    if name.startswith(("validation_loss/", "perplexity/")) and sum(
-        1 for x in agg["metric_names"] if x.startswith("validation_loss/")) < 2:
+    if (
+      name.startswith(("validation_loss/", "perplexity/"))
+      and sum(1 for x in agg["metric_names"] if x.startswith("validation_loss/")) < 2
+    ):
       continue  # one validation set: the same numbers as validation_loss / perplexity
     out += ["", f"### {_title(name)}", ""] + metric_table(agg, name)
   if not collected["runs"]:
     out += ["", "No runs found."]
-  task_names = [n for n in agg["metric_names"] if "/" in n and not n.startswith(
-      ("validation_loss", "perplexity")) and not n.endswith("/average")]
+  task_names = [
+    n
+    for n in agg["metric_names"]
+    if "/" in n
+    and not n.startswith(("validation_loss", "perplexity"))
+    and not n.endswith("/average")
+  ]
   if task_names:
     out += ["", "### Downstream tasks (mean over seeds)", ""]
     out.append("| method | budget | " + " | ".join(task_names) + " |")
@@ -437,34 +509,49 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
       for b in agg["budgets"]:
         g = agg["groups"].get((m, b))
         if g and any(t in g["metrics"] for t in task_names):
-          out.append(f"| {m} | {_budget_label(b)} | " + " | ".join(
-              _fmt(g["metrics"][t]["mean"]) if t in g["metrics"] else "—" for t in task_names)
-                     + " |")
+          out.append(
+            f"| {m} | {_budget_label(b)} | "
+            + " | ".join(
+              _fmt(g["metrics"][t]["mean"]) if t in g["metrics"] else "—" for t in task_names
+            )
+            + " |"
+          )
   out += ["", "## Against the baseline", ""] + _verdicts(agg) + ["", PAPER_FINDINGS]
   if figures:
     out += ["", "## Figures", ""]
     captions = dict(
-        train_loss="Training loss vs RST, one panel per budget (mean over finished seeds; thin"
-                   " dashed lines: single diverged or incomplete seeds).",
-        validation_loss="Final validation loss per validation set vs budget (mean ± std).",
-        downstream="Fine-tuning averages per suite vs budget (mean ± std over seeds).",
-        validation_epochs="Validation loss vs epochs of the (limited, repeated) training data,"
-                          " one panel per budget (mean over finished seeds).")
+      train_loss="Training loss vs RST, one panel per budget (mean over finished seeds; thin"
+      " dashed lines: single diverged or incomplete seeds).",
+      validation_loss="Final validation loss per validation set vs budget (mean ± std).",
+      downstream="Fine-tuning averages per suite vs budget (mean ± std over seeds).",
+      validation_epochs="Validation loss vs epochs of the (limited, repeated) training data,"
+      " one panel per budget (mean over finished seeds).",
+    )
     for key, path in figures.items():
       out += [f"![{key}]({os.path.basename(path)})", "", captions.get(key, key), ""]
   epochs = epoch_table(collected, agg)
   if epochs:
-    out += ["", "## Epochs of training data", "",
-            "Epochs each run consumed (mean over seeds; data limited by `data.unique_tokens`).",
-            ""] + epochs
+    out += [
+      "",
+      "## Epochs of training data",
+      "",
+      "Epochs each run consumed (mean over seeds; data limited by `data.unique_tokens`).",
+      "",
+    ] + epochs
   for note in notes:
     out += ["", f"_{note}_"]
-  out += ["", "## Runs", "",
-          "| method | budget | seed | status | steps | RST s | stopped | train loss |"
-          " validation loss | fine-tuning | error |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for r in sorted(collected["runs"], key=lambda r: (agg["methods"].index(r["method"]),
-                                                    r["budget_hours"], r["seed"])):
+  out += [
+    "",
+    "## Runs",
+    "",
+    "| method | budget | seed | status | steps | RST s | stopped | train loss |"
+    " validation loss | fine-tuning | error |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in sorted(
+    collected["runs"],
+    key=lambda r: (agg["methods"].index(r["method"]), r["budget_hours"], r["seed"]),
+  ):
     s = r["summary"] or {}
     ft = ", ".join(f"{k}: {_fmt(v.get('average'))}" for k, v in r["finetune"].items())
     ft_fail = [k for k, v in r["finetune_status"].items() if v == "failed"]
@@ -472,21 +559,26 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
       ft = (ft + "; " if ft else "") + ", ".join(f"{k} failed" for k in ft_fail)
     err = (r["error"] or "").replace("|", "\\|")
     rst_s = s.get("rst_seconds")
-    out.append(f"| {r['method']} | {_budget_label(r['budget_hours'])} | {r['seed']} |"
-               f" {r['status']} | {s.get('steps', '—')} |"
-               f" {f'{rst_s:.1f}' if isinstance(rst_s, (int, float)) else '—'} |"
-               f" {s.get('stopped_because') or '—'} | {_fmt(_number(s.get('final_train_loss')))} |"
-               f" {_fmt(_number(s.get('final_validation_loss')))} | {ft or '—'} | {err} |")
+    out.append(
+      f"| {r['method']} | {_budget_label(r['budget_hours'])} | {r['seed']} |"
+      f" {r['status']} | {s.get('steps', '—')} |"
+      f" {f'{rst_s:.1f}' if isinstance(rst_s, (int, float)) else '—'} |"
+      f" {s.get('stopped_because') or '—'} | {_fmt(_number(s.get('final_train_loss')))} |"
+      f" {_fmt(_number(s.get('final_validation_loss')))} | {ft or '—'} | {err} |"
+    )
   return "\n".join(out) + "\n"
 
 
 # -------------------------------------------------------------------------------------------------
 # Figures.
 
+
 def _pyplot():
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
@@ -514,6 +606,7 @@ def _smooth(ys: list[float], window: int) -> list[float]:
 def _mean_curve(curves: list[list[tuple[float, float]]], points: int = 200):
   """Mean over seeds on a common RST grid (linear interpolation, each seed within its range)."""
   import numpy as np
+
   curves = [c for c in curves if len(c) >= 2]
   if not curves:
     return None, None
@@ -528,6 +621,7 @@ def _mean_curve(curves: list[list[tuple[float, float]]], points: int = 200):
     stack.append(y)
   with np.errstate(all="ignore"):
     import warnings
+
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", RuntimeWarning)
       mean = np.nanmean(np.stack(stack), axis=0)
@@ -554,6 +648,7 @@ def _panels(plt, n: int, width: float = 4.2, height: float = 3.4):
 
 def plot_train_loss(collected: dict, agg: dict, path: str) -> str | None:
   import numpy as np
+
   plt = _pyplot()
   budgets, methods = agg["budgets"], agg["methods"]
   if not any(r["curve"] for r in collected["runs"]):
@@ -570,8 +665,7 @@ def plot_train_loss(collected: dict, agg: dict, path: str) -> str | None:
       grid, mean = _mean_curve(ok)
       if grid is not None:
         y = np.array(_smooth(list(mean), window))
-        ax.plot(grid / 3600.0 * scale, y, color=colors[m], lw=1.6,
-                label=f"{m} (n={len(ok)})")
+        ax.plot(grid / 3600.0 * scale, y, color=colors[m], lw=1.6, label=f"{m} (n={len(ok)})")
         finite = y[np.isfinite(y)]
         if finite.size:
           lows.append(finite.min())
@@ -580,8 +674,9 @@ def plot_train_loss(collected: dict, agg: dict, path: str) -> str | None:
         if r["status"] in (DIVERGED, INCOMPLETE) and len(r["curve"]) >= 2:
           xs = np.array([p[0] for p in r["curve"]]) / 3600.0 * scale
           ys = np.array([p[1] for p in r["curve"]], dtype=float)
-          ax.plot(xs, ys, color=colors[m], lw=0.8, ls="--",
-                  label=f"{m} seed {r['seed']} ({r['status']})")
+          ax.plot(
+            xs, ys, color=colors[m], lw=0.8, ls="--", label=f"{m} seed {r['seed']} ({r['status']})"
+          )
           ax.plot(xs[-1:], ys[-1:], "x", color=colors[m])
     ax.set_title(f"budget {_budget_label(b)}")
     ax.set_xlabel(unit)
@@ -595,15 +690,19 @@ def plot_train_loss(collected: dict, agg: dict, path: str) -> str | None:
   return _save(plt, fig, path)
 
 
-def _points_vs_budget(agg: dict, names: list[str], titles: list[str], ylabels: list[str],
-                      path: str) -> str | None:
+def _points_vs_budget(
+  agg: dict, names: list[str], titles: list[str], ylabels: list[str], path: str
+) -> str | None:
   plt = _pyplot()
   methods, budgets = agg["methods"], agg["budgets"]
   fig, axes = _panels(plt, len(names))
   colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
   for ax, name, title, ylabel in zip(axes, names, titles, ylabels):
-    shown = [m for m in methods if any(
-        (g := agg["groups"].get((m, b))) and name in g["metrics"] for b in budgets)]
+    shown = [
+      m
+      for m in methods
+      if any((g := agg["groups"].get((m, b))) and name in g["metrics"] for b in budgets)
+    ]
     width = 0.6 / max(len(shown), 1)
     for i, m in enumerate(shown):
       xs, ys, es = [], [], []
@@ -628,12 +727,16 @@ def _points_vs_budget(agg: dict, names: list[str], titles: list[str], ylabels: l
 
 def plot_validation(agg: dict, path: str) -> str | None:
   sets = [n for n in agg["metric_names"] if n.startswith("validation_loss/")]
-  names = sets if len(sets) >= 2 else (["validation_loss"] if "validation_loss" in
-                                       agg["metric_names"] else [])
+  names = (
+    sets
+    if len(sets) >= 2
+    else (["validation_loss"] if "validation_loss" in agg["metric_names"] else [])
+  )
   if not names:
     return None
-  titles = [f"validation loss: {n.split('/', 1)[1]}" if "/" in n else "validation loss"
-            for n in names]
+  titles = [
+    f"validation loss: {n.split('/', 1)[1]}" if "/" in n else "validation loss" for n in names
+  ]
   return _points_vs_budget(agg, names, titles, ["final validation loss"] * len(names), path)
 
 
@@ -646,13 +749,21 @@ def epoch_table(collected: dict, agg: dict) -> list[str]:
   """Markdown rows: mean epochs consumed per method x budget; [] when no data repeated."""
   if not _repeats(collected):
     return []
-  lines = ["| method | " + " | ".join(_budget_label(b) for b in agg["budgets"]) + " |",
-           "|---|" + "---|" * len(agg["budgets"])]
+  lines = [
+    "| method | " + " | ".join(_budget_label(b) for b in agg["budgets"]) + " |",
+    "|---|" + "---|" * len(agg["budgets"]),
+  ]
   for m in agg["methods"]:
     cells = []
     for b in agg["budgets"]:
-      xs = [r["epochs"] for r in collected["runs"] if r["method"] == m and r["budget_hours"] == b
-            and r["status"] == OK and r.get("epochs") is not None]
+      xs = [
+        r["epochs"]
+        for r in collected["runs"]
+        if r["method"] == m
+        and r["budget_hours"] == b
+        and r["status"] == OK
+        and r.get("epochs") is not None
+      ]
       cells.append(f"{sum(xs) / len(xs):.2f}" if xs else "—")
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return lines
@@ -668,8 +779,14 @@ def plot_validation_epochs(collected: dict, agg: dict, path: str) -> str | None:
   fig, axes = _panels(plt, len(budgets))
   for ax, b in zip(axes, budgets):
     for m in methods:
-      curves = [r["epoch_curve"] for r in collected["runs"] if r["method"] == m
-                and r["budget_hours"] == b and r["status"] == OK and len(r["epoch_curve"]) >= 2]
+      curves = [
+        r["epoch_curve"]
+        for r in collected["runs"]
+        if r["method"] == m
+        and r["budget_hours"] == b
+        and r["status"] == OK
+        and len(r["epoch_curve"]) >= 2
+      ]
       grid, mean = _mean_curve(curves, points=100)
       if grid is not None:
         ax.plot(grid, mean, "-", color=colors[m], lw=1.4, label=f"{m} (n={len(curves)})")
@@ -691,6 +808,7 @@ def plot_downstream(agg: dict, path: str) -> str | None:
 
 # -------------------------------------------------------------------------------------------------
 
+
 def _jsonable(agg: dict) -> dict:
   return dict(agg, groups=[dict(g) for g in agg["groups"].values()])
 
@@ -707,11 +825,12 @@ def write_report(root: str, baseline: str = "baseline", figures: bool = True) ->
     except ImportError:
       notes.append("Figures skipped: matplotlib is not installed (pip install matplotlib).")
     else:
-      for key, fn in (("train_loss", lambda p: plot_train_loss(collected, agg, p)),
-                      ("validation_loss", lambda p: plot_validation(agg, p)),
-                      ("downstream", lambda p: plot_downstream(agg, p)),
-                      ("validation_epochs",
-                       lambda p: plot_validation_epochs(collected, agg, p))):
+      for key, fn in (
+        ("train_loss", lambda p: plot_train_loss(collected, agg, p)),
+        ("validation_loss", lambda p: plot_validation(agg, p)),
+        ("downstream", lambda p: plot_downstream(agg, p)),
+        ("validation_epochs", lambda p: plot_validation_epochs(collected, agg, p)),
+      ):
         path = fn(os.path.join(root, f"fig_{key}.png"))
         if path:
           made[key] = path
@@ -722,8 +841,16 @@ def write_report(root: str, baseline: str = "baseline", figures: bool = True) ->
     f.write(render_markdown(collected, agg, made, notes))
   json_path = os.path.join(root, "report.json")
   with open(json_path, "w") as f:
-    json.dump(dict(aggregate=_jsonable(agg),
-                   runs=[{k: v for k, v in r.items() if k not in ("curve", "validation_curve",
-                                                                 "epoch_curve")}
-                         for r in collected["runs"]]), f, indent=1, default=str)
+    json.dump(
+      dict(
+        aggregate=_jsonable(agg),
+        runs=[
+          {k: v for k, v in r.items() if k not in ("curve", "validation_curve", "epoch_curve")}
+          for r in collected["runs"]
+        ],
+      ),
+      f,
+      indent=1,
+      default=str,
+    )
   return dict(markdown=md_path, json=json_path, figures=made, aggregate=agg, collected=collected)

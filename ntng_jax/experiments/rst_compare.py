@@ -31,8 +31,15 @@ import numpy as np
 from ntng_jax import rst
 from ntng_jax.config import ConfigError
 
-_METHODS = ("baseline", "stacking", "layer_drop", "selective_backprop", "rho_loss", "lion",
-            "sophia")
+_METHODS = (
+  "baseline",
+  "stacking",
+  "layer_drop",
+  "selective_backprop",
+  "rho_loss",
+  "lion",
+  "sophia",
+)
 
 
 class CompareError(ConfigError):
@@ -42,13 +49,16 @@ class CompareError(ConfigError):
 # -------------------------------------------------------------------------------------------------
 # Loading.
 
+
 def load(spec: str) -> tuple[str, rst.RSTTable]:
   """(label, table) for 'paper:bert', 'paper:t5' or a JSON path written by launch.calibrate_rst."""
   if spec.startswith("paper:"):
     family = spec.split(":", 1)[1]
     if family not in rst.PAPER_TABLES:
-      raise CompareError(f"unknown built-in table {spec!r}; use one of "
-                         f"{', '.join('paper:' + f for f in rst.PAPER_TABLES)} or a JSON path.")
+      raise CompareError(
+        f"unknown built-in table {spec!r}; use one of "
+        f"{', '.join('paper:' + f for f in rst.PAPER_TABLES)} or a JSON path."
+      )
     return spec, rst.PAPER_TABLES[family]
   table = rst.load_table(spec)
   return os.path.splitext(os.path.basename(spec))[0], table
@@ -65,8 +75,10 @@ def family_of(table: rst.RSTTable) -> str:
   for fam in rst.PAPER_TABLES:
     if fam in table.name.split("-"):
       return fam
-  raise CompareError(f"cannot tell the model family of RST table {table.name!r}; name it"
-                     " 'calibrated-<device>-<family>-<size>' or set applies_to.family.")
+  raise CompareError(
+    f"cannot tell the model family of RST table {table.name!r}; name it"
+    " 'calibrated-<device>-<family>-<size>' or set applies_to.family."
+  )
 
 
 def size_of(table: rst.RSTTable) -> str:
@@ -85,11 +97,14 @@ def depth_of(table: rst.RSTTable) -> int:
 # -------------------------------------------------------------------------------------------------
 # Normalised step kinds.
 
+
 def normalised(table: rst.RSTTable) -> dict:
   """{'train': {n: train[n]/train[L]}, 'forward': {n: forward[n]/train[L]}} (per sequence)."""
   full = table.train[depth_of(table)]
-  return {"train": {int(n): float(v) / full for n, v in sorted(table.train.items())},
-          "forward": {int(n): float(v) / full for n, v in sorted(table.forward.items())}}
+  return {
+    "train": {int(n): float(v) / full for n, v in sorted(table.train.items())},
+    "forward": {int(n): float(v) / full for n, v in sorted(table.forward.items())},
+  }
 
 
 def _entries(norm: dict) -> dict:
@@ -99,10 +114,12 @@ def _entries(norm: dict) -> dict:
 # -------------------------------------------------------------------------------------------------
 # Method implications.
 
+
 def method_config(family: str, size: str, method: str, num_layers: int):
   """The config of `method` for `family`/`size`, at `num_layers` layers (schedules, recipes)."""
   from ntng_jax.config import get_config
   from ntng_jax.methods.base import method_defaults
+
   c = get_config(family, f"size={size},method={method}")
   if int(c.model.num_layers) != num_layers:
     c.model.num_layers = num_layers
@@ -118,8 +135,11 @@ def _seconds(table: rst.RSTTable, charge: rst.Charge) -> float:
   prices = {"train": table.train, "forward": table.forward}.get(charge.kind)
   layers = charge.layers
   if prices is None or layers in prices or len(prices) < 2:
-    return table.seconds(charge._replace(layers=int(layers)) if prices is not None
-                         and float(layers).is_integer() else charge)
+    return table.seconds(
+      charge._replace(layers=int(layers))
+      if prices is not None and float(layers).is_integer()
+      else charge
+    )
   xs = sorted(prices)
   per_unit = float(np.interp(float(layers), xs, [prices[x] for x in xs]))
   return per_unit * charge.sequences / table.unit_sequences
@@ -153,22 +173,29 @@ def method_costs(table: rst.RSTTable, family: str, size: str) -> dict:
   out["baseline"] = {"relative": 1.0}
 
   stacking = Stacking(method_config(family, size, "stacking", L))
-  stage_rel = [_cost(table, stacking.charges(Plan(depth=d), B)) / baseline
-               for d in stacking.depths]
+  stage_rel = [_cost(table, stacking.charges(Plan(depth=d), B)) / baseline for d in stacking.depths]
   bounds = [0.0, *stacking.fractions, 1.0]
   shares = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
   steps_per_baseline_step = sum(s / r for s, r in zip(shares, stage_rel))
-  out["stacking"] = {"relative": 1.0 / steps_per_baseline_step, "depths": stacking.depths,
-                     "stage_fractions": shares, "stage_relative": stage_rel,
-                     "steps_vs_baseline": steps_per_baseline_step}
+  out["stacking"] = {
+    "relative": 1.0 / steps_per_baseline_step,
+    "depths": stacking.depths,
+    "stage_fractions": shares,
+    "stage_relative": stage_rel,
+    "steps_vs_baseline": steps_per_baseline_step,
+  }
 
   drop = LayerDrop(method_config(family, size, "layer_drop", L))
   mean_layers = mean_active_layers(drop)
-  out["layer_drop"] = {"relative": _cost(table, [rst.Charge("train", mean_layers, B)]) / baseline,
-                       "mean_active_layers": mean_layers}
+  out["layer_drop"] = {
+    "relative": _cost(table, [rst.Charge("train", mean_layers, B)]) / baseline,
+    "mean_active_layers": mean_layers,
+  }
 
-  for name, cls, kwargs in (("selective_backprop", SelectiveBackprop, {}),
-                            ("rho_loss", RhoLoss, {"il_losses": np.zeros(1, np.float32)})):
+  for name, cls, kwargs in (
+    ("selective_backprop", SelectiveBackprop, {}),
+    ("rho_loss", RhoLoss, {"il_losses": np.zeros(1, np.float32)}),
+  ):
     m = cls(method_config(family, size, name, L), **kwargs)
     charges = m.charges(Plan(depth=L), B)
     out[name] = {"mega_batch_factor": m.mega_batch_factor}
@@ -192,6 +219,7 @@ def method_costs(table: rst.RSTTable, family: str, size: str) -> dict:
 # -------------------------------------------------------------------------------------------------
 # The comparison.
 
+
 def compare(specs: list[str]) -> dict:
   """The report of tables `specs` (first = reference); JSON-able."""
   if len(specs) < 2:
@@ -199,33 +227,53 @@ def compare(specs: list[str]) -> dict:
   loaded = [load(s) for s in specs]
   families = {family_of(t) for _, t in loaded}
   if len(families) != 1:
-    raise CompareError(f"tables are of different model families ({', '.join(sorted(families))});"
-                       " compare tables of one family at a time.")
+    raise CompareError(
+      f"tables are of different model families ({', '.join(sorted(families))});"
+      " compare tables of one family at a time."
+    )
   family = families.pop()
   depths = {depth_of(t) for _, t in loaded}
   if len(depths) != 1:
-    raise CompareError(f"tables have different full depths ({sorted(depths)}); compare tables of"
-                       " the same model depth.")
+    raise CompareError(
+      f"tables have different full depths ({sorted(depths)}); compare tables of"
+      " the same model depth."
+    )
   labels = _unique([label for label, _ in loaded])
   tables = []
   for label, (spec, table) in zip(labels, loaded):
     norm = normalised(table)
-    tables.append(dict(label=label, spec=spec, name=table.name,
-                       machine=str(dict(table.meta).get("device") or dict(table.meta).get("machine", "")),
-                       unit_sequences=table.unit_sequences, normalised=norm,
-                       methods=method_costs(table, family, size_of(table))))
+    tables.append(
+      dict(
+        label=label,
+        spec=spec,
+        name=table.name,
+        machine=str(dict(table.meta).get("device") or dict(table.meta).get("machine", "")),
+        unit_sequences=table.unit_sequences,
+        normalised=norm,
+        methods=method_costs(table, family, size_of(table)),
+      )
+    )
   ref = _entries(tables[0]["normalised"])
   ratios, drift = {}, None
   for t in tables[1:]:
     entries = _entries(t["normalised"])
-    rs = {f"{kind}[{n}]": entries[(kind, n)] / ref[(kind, n)]
-          for (kind, n) in sorted(ref) if (kind, n) in entries}
+    rs = {
+      f"{kind}[{n}]": entries[(kind, n)] / ref[(kind, n)]
+      for (kind, n) in sorted(ref)
+      if (kind, n) in entries
+    }
     ratios[t["label"]] = rs
     for key, r in rs.items():
       if drift is None or abs(math.log(r)) > abs(math.log(drift["ratio"])):
         drift = dict(entry=key, table=t["label"], ratio=r)
-  return dict(family=family, num_layers=depths.pop(), reference=tables[0]["label"],
-              tables=tables, ratios=ratios, largest_drift=drift)
+  return dict(
+    family=family,
+    num_layers=depths.pop(),
+    reference=tables[0]["label"],
+    tables=tables,
+    ratios=ratios,
+    largest_drift=drift,
+  )
 
 
 def _unique(labels):
@@ -239,46 +287,68 @@ def _unique(labels):
 # -------------------------------------------------------------------------------------------------
 # Output.
 
+
 def markdown(report: dict) -> str:
   tables = report["tables"]
   labels = [t["label"] for t in tables]
   L = report["num_layers"]
   lines = [f"# RST transfer: {report['family']} ({L} layers), reference {report['reference']}", ""]
   lines += ["| table | name | device | unit (sequences) |", "|---|---|---|---|"]
-  lines += [f"| {t['label']} | {t['name']} | {t['machine']} | {t['unit_sequences']} |"
-            for t in tables]
+  lines += [
+    f"| {t['label']} | {t['name']} | {t['machine']} | {t['unit_sequences']} |" for t in tables
+  ]
   lines += ["", "## Step kinds, normalised to each table's full-depth training step", ""]
-  lines += ["| kind | " + " | ".join(labels) + " | " +
-            " | ".join(f"{l} / {labels[0]}" for l in labels[1:]) + " |",
-            "|---" * (1 + 2 * len(labels) - 1) + "|"]
-  keys = sorted({k for t in tables for k in _entries(t["normalised"])},
-                key=lambda k: (k[0] != "train", k[1]))
+  lines += [
+    "| kind | "
+    + " | ".join(labels)
+    + " | "
+    + " | ".join(f"{l} / {labels[0]}" for l in labels[1:])
+    + " |",
+    "|---" * (1 + 2 * len(labels) - 1) + "|",
+  ]
+  keys = sorted(
+    {k for t in tables for k in _entries(t["normalised"])}, key=lambda k: (k[0] != "train", k[1])
+  )
   for kind, n in keys:
     vals = [t["normalised"][kind].get(n) for t in tables]
     rats = [report["ratios"][l].get(f"{kind}[{n}]") for l in labels[1:]]
-    lines.append(f"| {kind}[{n}] | " + " | ".join(_fmt(v) for v in vals) + " | "
-                 + " | ".join(_fmt(r, "×") for r in rats) + " |")
+    lines.append(
+      f"| {kind}[{n}] | "
+      + " | ".join(_fmt(v) for v in vals)
+      + " | "
+      + " | ".join(_fmt(r, "×") for r in rats)
+      + " |"
+    )
   d = report["largest_drift"]
   if d:
-    lines += ["", f"Largest drift: {d['entry']} of {d['table']} is {d['ratio']:.2f}× the"
-              f" reference's ({report['reference']})."]
+    lines += [
+      "",
+      f"Largest drift: {d['entry']} of {d['table']} is {d['ratio']:.2f}× the"
+      f" reference's ({report['reference']}).",
+    ]
   lines += ["", "## RST per optimizer step relative to the baseline, under each table", ""]
   lines += ["| method | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
   for m in _METHODS:
-    lines.append(f"| {m} | " + " | ".join(_fmt(t["methods"][m]["relative"], "×") for t in tables)
-                 + " |")
+    lines.append(
+      f"| {m} | " + " | ".join(_fmt(t["methods"][m]["relative"], "×") for t in tables) + " |"
+    )
   st = tables[0]["methods"]["stacking"]
   ld = [t["methods"]["layer_drop"]["mean_active_layers"] for t in tables]
-  lines += ["", f"Stacking: stages {st['depths']} for RST fractions "
-            f"{[round(s, 3) for s in st['stage_fractions']]}, cost per step averaged over the"
-            f" budget. Layer dropping: {ld[0]:.2f} mean active layers of {L}. Selection: forward"
-            f" pass over a {tables[0]['methods']['rho_loss']['mega_batch_factor']}× mega-batch."
-            f" Sophia: Hessian refresh every {tables[0]['methods']['sophia']['update_interval']}"
-            " steps (or the table's per-step optimizer extra)."]
+  lines += [
+    "",
+    f"Stacking: stages {st['depths']} for RST fractions "
+    f"{[round(s, 3) for s in st['stage_fractions']]}, cost per step averaged over the"
+    f" budget. Layer dropping: {ld[0]:.2f} mean active layers of {L}. Selection: forward"
+    f" pass over a {tables[0]['methods']['rho_loss']['mega_batch_factor']}× mega-batch."
+    f" Sophia: Hessian refresh every {tables[0]['methods']['sophia']['update_interval']}"
+    " steps (or the table's per-step optimizer extra).",
+  ]
   unpriced = sorted({m for t in tables for m in _METHODS if t["methods"][m]["relative"] is None})
   if unpriced:
-    lines += ["", f"— : not priceable under that table ({', '.join(unpriced)}; e.g. no forward-only"
-              " entries)."]
+    lines += [
+      "",
+      f"— : not priceable under that table ({', '.join(unpriced)}; e.g. no forward-only entries).",
+    ]
   return "\n".join(lines) + "\n"
 
 
@@ -316,8 +386,10 @@ def _jsonable(x):
 def figure(report: dict, path: str) -> None:
   """Left: normalised train/forward cost by depth per table; right: method cost per table."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
   for i, t in enumerate(report["tables"]):
     color = f"C{i}"
@@ -325,8 +397,14 @@ def figure(report: dict, path: str) -> None:
       pts = sorted(t["normalised"][kind].items())
       if pts:
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, style, marker="o" if len(xs) == 1 else ".", color=color,
-                label=f"{t['label']} {kind}")
+        ax.plot(
+          xs,
+          ys,
+          style,
+          marker="o" if len(xs) == 1 else ".",
+          color=color,
+          label=f"{t['label']} {kind}",
+        )
   ax.set_xlabel("active layers")
   ax.set_ylabel("cost / full-depth training step")
   ax.set_title(f"{report['family']}: step kinds per sequence")
@@ -334,8 +412,13 @@ def figure(report: dict, path: str) -> None:
   width = 0.8 / len(report["tables"])
   x = np.arange(len(_METHODS))
   for i, t in enumerate(report["tables"]):
-    bx.bar(x + i * width, [t["methods"][m]["relative"] or np.nan for m in _METHODS], width,
-           label=t["label"], color=f"C{i}")
+    bx.bar(
+      x + i * width,
+      [t["methods"][m]["relative"] or np.nan for m in _METHODS],
+      width,
+      label=t["label"],
+      color=f"C{i}",
+    )
   bx.axhline(1.0, color="k", lw=0.8)
   bx.set_xticks(x + width * (len(report["tables"]) - 1) / 2)
   bx.set_xticklabels(_METHODS, rotation=30, ha="right", fontsize=8)

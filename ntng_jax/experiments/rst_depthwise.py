@@ -28,17 +28,23 @@ def _main(argv):
   del argv
   from absl import flags
   from ntng_jax import config as config_lib, data as data_lib
+
   f = flags.FLAGS
   config = f.config
   config_lib.validate(config)
   mesh = partitioning.make_mesh(config.mesh)
-  dataset = data_lib.build_dataset(config.data, config.model.family, config.model.vocab_size,
-                                   f.workdir)
+  dataset = data_lib.build_dataset(
+    config.data, config.model.family, config.model.vocab_size, f.workdir
+  )
   depths = [int(d) for d in f.depths.split(",")] if f.depths else None
-  table = calibrate_lib.calibrate(config, mesh, lambda: next(iter(
-      dataset.train_iterator(config.train.batch_size, seed=0))), depths=depths,
-      one_at_a_time=f.one_at_a_time,
-      log=lambda s: print(s, flush=True))
+  table = calibrate_lib.calibrate(
+    config,
+    mesh,
+    lambda: next(iter(dataset.train_iterator(config.train.batch_size, seed=0))),
+    depths=depths,
+    one_at_a_time=f.one_at_a_time,
+    log=lambda s: print(s, flush=True),
+  )
   rst.save_table(table, f.output)
   print(json.dumps(table.to_json(), indent=1))
   print(f"Wrote {f.output}.")
@@ -47,6 +53,7 @@ def _main(argv):
 if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
+
   config_flags.DEFINE_config_file("config", "configs/bert.py", "Config file[:args].")
   flags.DEFINE_string("output", "rst_table.json", "Where to write the table (JSON).")
   flags.DEFINE_string("workdir", "runs/calibration", "Scratch dir (tokenizer cache).")

@@ -51,13 +51,20 @@ from ntng_jax.errors import UserError
 
 STATUS_FILE = "sweep_status.json"
 TABLE_FILE = "rst_table.json"
-COMPLETE = ("budget", "max_steps")   # stopped_because values of a finished run
+COMPLETE = ("budget", "max_steps")  # stopped_because values of a finished run
 DIVERGED = "nan"
 IL_METHOD = "il_model"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_]+)?$")
 # Flags the sweep sets itself; passing them through --extra would break the grid.
-_RESERVED = ("--config.train.budget_hours", "--config.rst.table", "--config.method.name",
-             "--config.seed", "--workdir", "--config=", "--config.method.il_path")
+_RESERVED = (
+  "--config.train.budget_hours",
+  "--config.rst.table",
+  "--config.method.name",
+  "--config.seed",
+  "--workdir",
+  "--config=",
+  "--config.method.il_path",
+)
 
 
 class SweepError(UserError, ValueError):
@@ -110,17 +117,18 @@ class Run:
 @dataclasses.dataclass
 class SweepSpec:
   """What to run. `config` is 'FILE[:ARGS]' without method/seed (the sweep adds them)."""
+
   config: str
   methods: Sequence[str]
   budgets: Sequence[float]
   seeds: Sequence[int]
   root: str
-  extra: Sequence[str] = ()            # flags for every pretrain (and the calibration, IL run)
-  finetune: Sequence[str] = ()         # suites to fine-tune every complete run on, e.g. ('glue',)
-  finetune_args: Sequence[str] = ()    # flags for every `launch.finetune`
-  rst_table: str = "calibrate"         # calibrate | paper | PATH
-  il_path: str = ""                    # existing IL losses for rho_loss ('' = train them here)
-  il_budget: float = 0.0               # RST hours of the IL model (0 = the largest budget)
+  extra: Sequence[str] = ()  # flags for every pretrain (and the calibration, IL run)
+  finetune: Sequence[str] = ()  # suites to fine-tune every complete run on, e.g. ('glue',)
+  finetune_args: Sequence[str] = ()  # flags for every `launch.finetune`
+  rst_table: str = "calibrate"  # calibrate | paper | PATH
+  il_path: str = ""  # existing IL losses for rho_loss ('' = train them here)
+  il_budget: float = 0.0  # RST hours of the IL model (0 = the largest budget)
 
   def __post_init__(self):
     self.methods = tuple(self.methods)
@@ -153,6 +161,7 @@ def split_flags(values: Sequence[str]) -> list[str]:
 def known_methods() -> tuple[str, ...]:
   """The method names a run accepts (checked for every method before a sweep starts anything)."""
   from ntng_jax.config import METHODS  # no jax: the config module only knows the names
+
   return tuple(METHODS)
 
 
@@ -161,24 +170,32 @@ def validate(spec: SweepSpec) -> None:
   if not path:
     raise SweepError("--config must name a config file, e.g. configs/bert.py:size=tiny.")
   from ntng_jax.config import resolve_config_path
+
   if not os.path.exists(resolve_config_path(path)):
-    raise SweepError(f"config file {path!r} does not exist; pass --config=configs/bert.py or"
-                     " configs/t5.py (shipped configs are found from any directory).")
+    raise SweepError(
+      f"config file {path!r} does not exist; pass --config=configs/bert.py or"
+      " configs/t5.py (shipped configs are found from any directory)."
+    )
   for item in filter(None, args.split(",")):
     key = item.partition("=")[0].strip()
     if key in ("method", "seed"):
-      raise SweepError(f"--config must not set {key}= (got {spec.config!r}); the sweep sets it"
-                       " from --methods/--seeds.")
+      raise SweepError(
+        f"--config must not set {key}= (got {spec.config!r}); the sweep sets it"
+        " from --methods/--seeds."
+      )
   if not spec.methods:
     raise SweepError("--methods is empty; name at least one method, e.g. --methods=baseline.")
   for m in spec.methods:
     if not _NAME.match(m):
-      raise SweepError(f"method name {m!r} has characters other than letters, digits, '_', '.'"
-                       " and '-' (and one ':' in a 'module:Class' import path).")
+      raise SweepError(
+        f"method name {m!r} has characters other than letters, digits, '_', '.'"
+        " and '-' (and one ':' in a 'module:Class' import path)."
+      )
   methods = known_methods()
   for m in spec.methods:  # a user's 'module:Class': imported now, so a bad one starts nothing
     if ":" in m:
       from ntng_jax.config import ConfigError, check_method_name
+
       try:
         check_method_name(m)
       except ConfigError as e:
@@ -186,15 +203,20 @@ def validate(spec: SweepSpec) -> None:
   unknown = [m for m in spec.methods if m not in methods and ":" not in m]
   if unknown:
     import difflib
+
     close = difflib.get_close_matches(unknown[0], methods, n=1)
-    raise SweepError(f"--methods names unknown method(s) {', '.join(unknown)} (nothing was"
-                     f" started); {'did you mean ' + close[0] + '? ' if close else ''}the methods"
-                     f" are {', '.join(m for m in methods if m != IL_METHOD)}.")
+    raise SweepError(
+      f"--methods names unknown method(s) {', '.join(unknown)} (nothing was"
+      f" started); {'did you mean ' + close[0] + '? ' if close else ''}the methods"
+      f" are {', '.join(m for m in methods if m != IL_METHOD)}."
+    )
   if len(set(spec.methods)) != len(spec.methods):
     raise SweepError(f"--methods lists a method twice: {','.join(spec.methods)}.")
   if IL_METHOD in spec.methods:
-    raise SweepError(f"{IL_METHOD} is not a method to compare; the sweep trains it itself when"
-                     " rho_loss is requested.")
+    raise SweepError(
+      f"{IL_METHOD} is not a method to compare; the sweep trains it itself when"
+      " rho_loss is requested."
+    )
   if not spec.budgets or any(not (b > 0 and math.isfinite(b)) for b in spec.budgets):
     raise SweepError(f"--budgets must be positive RST hours; got {spec.budgets}.")
   if len({format_budget(b) for b in spec.budgets}) != len(spec.budgets):
@@ -204,24 +226,33 @@ def validate(spec: SweepSpec) -> None:
   for flag in spec.extra:
     for reserved in _RESERVED:
       if flag == reserved or flag.startswith(reserved.rstrip("=") + "="):
-        raise SweepError(f"--extra={flag} is set by the sweep itself; use --budgets, --methods,"
-                         " --seeds, --root, --rst_table or --il_path instead.")
+        raise SweepError(
+          f"--extra={flag} is set by the sweep itself; use --budgets, --methods,"
+          " --seeds, --root, --rst_table or --il_path instead."
+        )
   if spec.rst_table not in ("calibrate", "paper") and not os.path.exists(spec.rst_table):
-    raise SweepError(f"--rst_table={spec.rst_table!r} is neither 'calibrate', 'paper' nor an"
-                     " existing table file.")
+    raise SweepError(
+      f"--rst_table={spec.rst_table!r} is neither 'calibrate', 'paper' nor an existing table file."
+    )
   if spec.il_budget < 0:
-    raise SweepError(f"--il_budget must be positive RST hours (0 = the largest budget);"
-                     f" got {spec.il_budget}.")
+    raise SweepError(
+      f"--il_budget must be positive RST hours (0 = the largest budget); got {spec.il_budget}."
+    )
 
 
 # -------------------------------------------------------------------------------------------------
 # Planning: runs and their commands.
 
+
 def plan(spec: SweepSpec) -> list[Run]:
   """Runs in execution order: seed-major, then budget, then method, so a first complete picture
   (every method at every budget) exists after the first seed."""
-  return [Run(m, b, s, run_dir(spec.root, m, b, s))
-          for s in spec.seeds for b in spec.budgets for m in spec.methods]
+  return [
+    Run(m, b, s, run_dir(spec.root, m, b, s))
+    for s in spec.seeds
+    for b in spec.budgets
+    for m in spec.methods
+  ]
 
 
 def il_run(spec: SweepSpec) -> Run:
@@ -253,16 +284,30 @@ def _config_flag(spec: SweepSpec, method: str | None, seed: int | None) -> str:
 
 
 def calibrate_command(spec: SweepSpec, python: str = sys.executable) -> list[str]:
-  return [python, "-m", "launch.calibrate_rst", _config_flag(spec, None, None),
-          f"--output={table_path(spec)}", f"--workdir={os.path.join(spec.root, 'calibration')}",
-          *spec.extra]
+  return [
+    python,
+    "-m",
+    "launch.calibrate_rst",
+    _config_flag(spec, None, None),
+    f"--output={table_path(spec)}",
+    f"--workdir={os.path.join(spec.root, 'calibration')}",
+    *spec.extra,
+  ]
 
 
-def pretrain_command(spec: SweepSpec, run: Run, il_path: str | None = None,
-                     python: str = sys.executable) -> list[str]:
-  cmd = [python, "-m", "launch.pretrain", _config_flag(spec, run.method, run.seed),
-         f"--config.train.budget_hours={format_budget(run.budget_hours)}",
-         f"--config.rst.table={table_path(spec)}", f"--workdir={run.workdir}", *spec.extra]
+def pretrain_command(
+  spec: SweepSpec, run: Run, il_path: str | None = None, python: str = sys.executable
+) -> list[str]:
+  cmd = [
+    python,
+    "-m",
+    "launch.pretrain",
+    _config_flag(spec, run.method, run.seed),
+    f"--config.train.budget_hours={format_budget(run.budget_hours)}",
+    f"--config.rst.table={table_path(spec)}",
+    f"--workdir={run.workdir}",
+    *spec.extra,
+  ]
   if run.method == "rho_loss":
     cmd.append(f"--config.method.il_path={il_path or spec.il_path or default_il_path(spec)}")
   return cmd
@@ -272,10 +317,17 @@ def extract_command(spec: SweepSpec, python: str = sys.executable) -> list[str]:
   return [python, "-m", "launch.extract_il", f"--workdir={il_run(spec).workdir}"]
 
 
-def finetune_command(spec: SweepSpec, run: Run, suite: str,
-                     python: str = sys.executable) -> list[str]:
-  return [python, "-m", "launch.finetune", f"--pretrained={run.workdir}", f"--suite={suite}",
-          *spec.finetune_args]
+def finetune_command(
+  spec: SweepSpec, run: Run, suite: str, python: str = sys.executable
+) -> list[str]:
+  return [
+    python,
+    "-m",
+    "launch.finetune",
+    f"--pretrained={run.workdir}",
+    f"--suite={suite}",
+    *spec.finetune_args,
+  ]
 
 
 def finetune_result(run: Run, suite: str) -> str:
@@ -286,15 +338,20 @@ def dry_run_lines(spec: SweepSpec, python: str = "python") -> list[str]:
   """Shell lines for cluster dispatch: comments, then the preparatory commands (run them first,
   in order), then one line per run (pre-training `&&` its fine-tuning)."""
   q = shlex.join
-  lines = [f"# sweep {spec.root}: {len(spec.methods)} methods x {len(spec.budgets)} budgets x"
-           f" {len(spec.seeds)} seeds = {len(plan(spec))} runs"]
+  lines = [
+    f"# sweep {spec.root}: {len(spec.methods)} methods x {len(spec.budgets)} budgets x"
+    f" {len(spec.seeds)} seeds = {len(plan(spec))} runs"
+  ]
   if spec.rst_table == "calibrate":
     lines.append("# 1. the one RST table of the sweep (run first; skip if it exists)")
     lines.append(q(calibrate_command(spec, python)))
   if needs_il(spec):
     lines.append("# 2. the irreducible-loss model for rho_loss, then its losses (before rho_loss)")
-    lines.append(q(pretrain_command(spec, il_run(spec), python=python)) + " && " +
-                 q(extract_command(spec, python)))
+    lines.append(
+      q(pretrain_command(spec, il_run(spec), python=python))
+      + " && "
+      + q(extract_command(spec, python))
+    )
   lines.append("# runs (independent of each other; each resumes if restarted)")
   for run in plan(spec):
     parts = [q(pretrain_command(spec, run, python=python))]
@@ -305,6 +362,7 @@ def dry_run_lines(spec: SweepSpec, python: str = "python") -> list[str]:
 
 # -------------------------------------------------------------------------------------------------
 # Run state on disk.
+
 
 def read_json(path: str) -> dict | None:
   try:
@@ -367,7 +425,7 @@ class Eta:
 
   def __init__(self):
     self.samples: list[tuple[float, float]] = []
-    self.extra: dict[str, list[float]] = {}     # other steps (fine-tuning) by name
+    self.extra: dict[str, list[float]] = {}  # other steps (fine-tuning) by name
 
   def add(self, budget_hours: float, seconds: float) -> None:
     self.samples.append((budget_hours, seconds))
@@ -403,6 +461,7 @@ class Eta:
 # -------------------------------------------------------------------------------------------------
 # Execution.
 
+
 class Sweep:
   """Runs a `SweepSpec` and keeps ROOT/sweep_status.json up to date.
 
@@ -410,8 +469,13 @@ class Sweep:
   every subprocess's output to `out` as well as to its log.
   """
 
-  def __init__(self, spec: SweepSpec, out: TextIO = sys.stdout, python: str = sys.executable,
-               verbose: bool = False):
+  def __init__(
+    self,
+    spec: SweepSpec,
+    out: TextIO = sys.stdout,
+    python: str = sys.executable,
+    verbose: bool = False,
+  ):
     validate(spec)
     self.spec, self.out, self.python, self.verbose = spec, out, python, verbose
     self.status_path = os.path.join(spec.root, STATUS_FILE)
@@ -433,8 +497,9 @@ class Sweep:
 
   def _entry(self, run: Run) -> dict:
     entry = self.status["runs"].setdefault(run.key, {})
-    entry.update(method=run.method, budget_hours=run.budget_hours, seed=run.seed,
-                 workdir=run.workdir)
+    entry.update(
+      method=run.method, budget_hours=run.budget_hours, seed=run.seed, workdir=run.workdir
+    )
     return entry
 
   def _log_path(self, name: str) -> str:
@@ -461,12 +526,14 @@ class Sweep:
         for p in procs:
           if p.poll() is None:
             p.send_signal(signum)
+
       try:
         old_handler = signal.signal(signal.SIGTERM, forward)
       except ValueError:  # not the main thread
         old_handler = None
-      proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              bufsize=1)
+      proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+      )
       procs.append(proc)
       if interrupted:  # a SIGTERM arrived before the child existed
         proc.send_signal(signal.SIGTERM)
@@ -484,8 +551,9 @@ class Sweep:
               proc.kill()
               raise
             interrupted = True
-            self.say("  Interrupted: waiting for the run to save a checkpoint (Ctrl-C again to"
-                     " abort).")
+            self.say(
+              "  Interrupted: waiting for the run to save a checkpoint (Ctrl-C again to abort)."
+            )
         proc.wait()
       finally:
         if old_handler is not None:
@@ -512,11 +580,14 @@ class Sweep:
     self.say(f"Calibrating the sweep's RST table into {path} ...")
     rc, seconds, text, log = self.execute(calibrate_command(spec, self.python), "calibrate_rst")
     if rc != 0 or not os.path.exists(path):
-      self.status["calibration"] = dict(status="failed", returncode=rc, error=error_line(text),
-                                        log=log)
+      self.status["calibration"] = dict(
+        status="failed", returncode=rc, error=error_line(text), log=log
+      )
       self.save_status()
-      raise SweepError(f"calibrating the RST table failed (exit {rc}): {error_line(text)}"
-                       f" (log: {log}); every run needs it, so the sweep stops.")
+      raise SweepError(
+        f"calibrating the RST table failed (exit {rc}): {error_line(text)}"
+        f" (log: {log}); every run needs it, so the sweep stops."
+      )
     self.status["calibration"] = dict(status="done", seconds=round(seconds, 1), log=log)
     self.say(f"  calibrated in {_fmt_seconds(seconds)}.")
     return path
@@ -529,14 +600,19 @@ class Sweep:
     run = il_run(spec)
     il = self.status.setdefault("il_model", {})
     il.update(workdir=run.workdir, budget_hours=run.budget_hours)
-    if il.get("status") == "done" and il.get("il_path") and os.path.exists(il["il_path"]) \
-        and run_state(run.workdir) == "complete":
+    if (
+      il.get("status") == "done"
+      and il.get("il_path")
+      and os.path.exists(il["il_path"])
+      and run_state(run.workdir) == "complete"
+    ):
       self.say(f"IL model: {il['il_path']} (extracted earlier).")
       return il["il_path"], None
     if run_state(run.workdir) != "complete":
       self.say(f"Training the irreducible-loss model for rho_loss ({run.label}) ...")
-      rc, seconds, text, log = self.execute(pretrain_command(spec, run, python=self.python),
-                                            run.key)
+      rc, seconds, text, log = self.execute(
+        pretrain_command(spec, run, python=self.python), run.key
+      )
       if rc != 0 or run_state(run.workdir) != "complete":
         reason = f"the IL model run failed (exit {rc}): {error_line(text)}"
         il.update(status="failed", returncode=rc, error=error_line(text), log=log)
@@ -566,8 +642,10 @@ class Sweep:
     state = run_state(run.workdir)
     if state in ("complete", "diverged"):
       summary = read_summary(run.workdir) or {}
-      entry.update(status="done" if state == "complete" else "diverged",
-                   stopped_because=summary.get("stopped_because"))
+      entry.update(
+        status="done" if state == "complete" else "diverged",
+        stopped_because=summary.get("stopped_because"),
+      )
       if state == "complete":
         entry.pop("error", None)
       self.say(f"  {'complete' if state == 'complete' else 'diverged (nan)'} earlier: skipped.")
@@ -588,8 +666,13 @@ class Sweep:
       self.save_status()
       raise
     summary = read_summary(run.workdir) or {}
-    entry.update(returncode=rc, wall_seconds=round(seconds, 1), log=log,
-                 stopped_because=summary.get("stopped_because"), finished=_now())
+    entry.update(
+      returncode=rc,
+      wall_seconds=round(seconds, 1),
+      log=log,
+      stopped_because=summary.get("stopped_because"),
+      finished=_now(),
+    )
     state = run_state(run.workdir)
     if rc == 0 and state == "complete":
       entry["status"] = "done"
@@ -616,8 +699,9 @@ class Sweep:
         results[suite] = dict(status="done", path=path)
         continue
       self.say(f"    fine-tuning on {suite} ...")
-      rc, seconds, text, log = self.execute(finetune_command(self.spec, run, suite, self.python),
-                                            f"{run.key}/finetune-{suite}")
+      rc, seconds, text, log = self.execute(
+        finetune_command(self.spec, run, suite, self.python), f"{run.key}/finetune-{suite}"
+      )
       if rc == 0 and os.path.exists(path):
         results[suite] = dict(status="done", path=path, wall_seconds=round(seconds, 1), log=log)
         self.eta.add_extra(suite, seconds)
@@ -631,18 +715,26 @@ class Sweep:
     """Runs the whole grid; returns the status dict (also in ROOT/sweep_status.json)."""
     spec = self.spec
     runs = plan(spec)
-    self.status.update(config=spec.config, methods=list(spec.methods),
-                       budgets=list(spec.budgets), seeds=list(spec.seeds), extra=list(spec.extra),
-                       finetune=list(spec.finetune), finetune_args=list(spec.finetune_args),
-                       started=_now())
+    self.status.update(
+      config=spec.config,
+      methods=list(spec.methods),
+      budgets=list(spec.budgets),
+      seeds=list(spec.seeds),
+      extra=list(spec.extra),
+      finetune=list(spec.finetune),
+      finetune_args=list(spec.finetune_args),
+      started=_now(),
+    )
     for run in runs:  # every planned run is listed from the start, as pending until it is run
       entry = self._entry(run)
       entry.setdefault("status", "pending")
       if entry["status"] in ("done", "diverged") and entry.get("wall_seconds"):
         self.eta.add(run.budget_hours, float(entry["wall_seconds"]))  # timings of earlier sweeps
     self.save_status()
-    self.say(f"Sweep {spec.root}: {len(spec.methods)} methods x {len(spec.budgets)} budgets x"
-             f" {len(spec.seeds)} seeds = {len(runs)} runs.")
+    self.say(
+      f"Sweep {spec.root}: {len(spec.methods)} methods x {len(spec.budgets)} budgets x"
+      f" {len(spec.seeds)} seeds = {len(runs)} runs."
+    )
     self.prepare_table()
     il_path = il_error = None
     if "rho_loss" in spec.methods:
@@ -660,22 +752,34 @@ class Sweep:
         todo.remove(run)
       entry = self.status["runs"][run.key]
       if status == "failed" and entry.get("returncode") is not None:
-        self.say(f"  FAILED (exit {entry['returncode']}): {entry.get('error')}"
-                 f" (log: {entry.get('log', '-')})")
+        self.say(
+          f"  FAILED (exit {entry['returncode']}): {entry.get('error')}"
+          f" (log: {entry.get('log', '-')})"
+        )
       elif "wall_seconds" in entry and entry.get("finished", "") >= self.status["started"]:
-        self.say(f"  {status} ({entry.get('stopped_because')}) in"
-                 f" {_fmt_seconds(entry['wall_seconds'])}.")
-      eta = self.eta.remaining([r.budget_hours for r in todo],
-                               [s for r in todo for s in spec.finetune])
-      self.say(f"  progress: {counts['done']} done, {counts['diverged']} diverged,"
-               f" {counts['failed']} failed, {len(runs) - i} to go | elapsed"
-               f" {_fmt_seconds(time.time() - start)} | ETA {_fmt_seconds(eta)}")
-    ft_failed = sum(1 for r in runs for v in self.status["runs"][r.key].get("finetune", {}).values()
-                    if v.get("status") == "failed")
+        self.say(
+          f"  {status} ({entry.get('stopped_because')}) in {_fmt_seconds(entry['wall_seconds'])}."
+        )
+      eta = self.eta.remaining(
+        [r.budget_hours for r in todo], [s for r in todo for s in spec.finetune]
+      )
+      self.say(
+        f"  progress: {counts['done']} done, {counts['diverged']} diverged,"
+        f" {counts['failed']} failed, {len(runs) - i} to go | elapsed"
+        f" {_fmt_seconds(time.time() - start)} | ETA {_fmt_seconds(eta)}"
+      )
+    ft_failed = sum(
+      1
+      for r in runs
+      for v in self.status["runs"][r.key].get("finetune", {}).values()
+      if v.get("status") == "failed"
+    )
     self.status.update(finished=_now(), counts=counts, finetune_failed=ft_failed)
     self.save_status()
-    self.say(f"Sweep finished: {counts['done']} done, {counts['diverged']} diverged,"
-             f" {counts['failed']} failed" + (f", {ft_failed} fine-tunings failed" if ft_failed
-                                              else "") +
-             f". Status: {self.status_path}; report: python -m launch.report --root={spec.root}")
+    self.say(
+      f"Sweep finished: {counts['done']} done, {counts['diverged']} diverged,"
+      f" {counts['failed']} failed"
+      + (f", {ft_failed} fine-tunings failed" if ft_failed else "")
+      + f". Status: {self.status_path}; report: python -m launch.report --root={spec.root}"
+    )
     return self.status

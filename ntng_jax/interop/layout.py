@@ -25,9 +25,9 @@ class LayoutError(UserError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  path: tuple[str, ...]      # ntng param path
-  names: tuple[str, ...]     # torch names ('{i}' = layer index); several = tied copies
-  kind: str = "copy"         # copy | dense (n_in input axes) | scalar1 (() <-> [1])
+  path: tuple[str, ...]  # ntng param path
+  names: tuple[str, ...]  # torch names ('{i}' = layer index); several = tied copies
+  kind: str = "copy"  # copy | dense (n_in input axes) | scalar1 (() <-> [1])
   n_in: int = 1
   stacked: bool = False
 
@@ -35,61 +35,99 @@ class Rule:
 def _bert_rules() -> list[Rule]:
   lay = "encoder.layers.{i}."
   return [
-      Rule(("word_embed", "embedding"),
-           ("encoder.embedding.word_embedding.weight", "decoder.weight")),
-      Rule(("position", "scale"), ("encoder.embedding.pos_embedding.scale_factor",), "scalar1"),
-      Rule(("embed_norm", "scale"), ("encoder.embedding.norm.weight",)),
-      Rule(("embed_norm", "bias"), ("encoder.embedding.norm.bias",)),
-      Rule(("encoder", "layers", "norm1", "scale"), (lay + "norm1.weight",), stacked=True),
-      Rule(("encoder", "layers", "norm1", "bias"), (lay + "norm1.bias",), stacked=True),
-      Rule(("encoder", "layers", "attn", "qkv", "kernel"),
-           (lay + "attn.self_attention.flash_mha.Wqkv.weight",), "dense", 1, True),
-      Rule(("encoder", "layers", "attn", "out", "kernel"), (lay + "attn.dense.weight",),
-           "dense", 2, True),
-      Rule(("encoder", "layers", "norm2", "scale"), (lay + "norm2.weight",), stacked=True),
-      Rule(("encoder", "layers", "norm2", "bias"), (lay + "norm2.bias",), stacked=True),
-      Rule(("encoder", "layers", "mlp", "wi", "kernel"), (lay + "ffn.dense_in.weight",),
-           "dense", 1, True),
-      Rule(("encoder", "layers", "mlp", "wo", "kernel"), (lay + "ffn.dense_out.weight",),
-           "dense", 1, True),
-      Rule(("final_norm", "scale"), ("encoder.final_norm.weight",)),
-      Rule(("final_norm", "bias"), ("encoder.final_norm.bias",)),
-      Rule(("head", "kernel"), ("prediction_head.weight",), "dense", 1),
+    Rule(
+      ("word_embed", "embedding"), ("encoder.embedding.word_embedding.weight", "decoder.weight")
+    ),
+    Rule(("position", "scale"), ("encoder.embedding.pos_embedding.scale_factor",), "scalar1"),
+    Rule(("embed_norm", "scale"), ("encoder.embedding.norm.weight",)),
+    Rule(("embed_norm", "bias"), ("encoder.embedding.norm.bias",)),
+    Rule(("encoder", "layers", "norm1", "scale"), (lay + "norm1.weight",), stacked=True),
+    Rule(("encoder", "layers", "norm1", "bias"), (lay + "norm1.bias",), stacked=True),
+    Rule(
+      ("encoder", "layers", "attn", "qkv", "kernel"),
+      (lay + "attn.self_attention.flash_mha.Wqkv.weight",),
+      "dense",
+      1,
+      True,
+    ),
+    Rule(
+      ("encoder", "layers", "attn", "out", "kernel"), (lay + "attn.dense.weight",), "dense", 2, True
+    ),
+    Rule(("encoder", "layers", "norm2", "scale"), (lay + "norm2.weight",), stacked=True),
+    Rule(("encoder", "layers", "norm2", "bias"), (lay + "norm2.bias",), stacked=True),
+    Rule(
+      ("encoder", "layers", "mlp", "wi", "kernel"), (lay + "ffn.dense_in.weight",), "dense", 1, True
+    ),
+    Rule(
+      ("encoder", "layers", "mlp", "wo", "kernel"),
+      (lay + "ffn.dense_out.weight",),
+      "dense",
+      1,
+      True,
+    ),
+    Rule(("final_norm", "scale"), ("encoder.final_norm.weight",)),
+    Rule(("final_norm", "bias"), ("encoder.final_norm.bias",)),
+    Rule(("head", "kernel"), ("prediction_head.weight",), "dense", 1),
   ]
 
 
 def _t5_attention(stack: str, ntng: str, torch_prefix: str) -> list[Rule]:
   base = (stack, "blocks", "layers", ntng)
-  return [Rule(base + (p, "kernel"), (torch_prefix + f"{p}.weight",), "dense",
-               2 if p == "o" else 1, True) for p in ("q", "k", "v", "o")]
+  return [
+    Rule(base + (p, "kernel"), (torch_prefix + f"{p}.weight",), "dense", 2 if p == "o" else 1, True)
+    for p in ("q", "k", "v", "o")
+  ]
 
 
 def _t5_rules() -> list[Rule]:
-  rules = [Rule(("token_embed", "embedding"),
-                ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")),
-           Rule(("lm_head", "kernel"), ("lm_head.weight",), "dense", 1)]
+  rules = [
+    Rule(
+      ("token_embed", "embedding"),
+      ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"),
+    ),
+    Rule(("lm_head", "kernel"), ("lm_head.weight",), "dense", 1),
+  ]
   for stack in ("encoder", "decoder"):
     blk = f"{stack}.block.{{i}}.layer."
     ff = 2 if stack == "decoder" else 1
     layers = (stack, "blocks", "layers")
     rules += _t5_attention(stack, "self_attn", blk + "0.SelfAttention.")
     rules += [
-        Rule(layers + ("rel_bias", "rel_embedding"),
-             (blk + "0.SelfAttention.relative_attention_bias.weight",), stacked=True),
-        Rule(layers + ("self_norm", "scale"), (blk + "0.layer_norm.weight",), stacked=True),
-        Rule(layers + ("mlp", "wi_0", "kernel"), (blk + f"{ff}.DenseReluDense.wi_0.weight",),
-             "dense", 1, True),
-        Rule(layers + ("mlp", "wi_1", "kernel"), (blk + f"{ff}.DenseReluDense.wi_1.weight",),
-             "dense", 1, True),
-        Rule(layers + ("mlp", "wo", "kernel"), (blk + f"{ff}.DenseReluDense.wo.weight",),
-             "dense", 1, True),
-        Rule(layers + ("mlp_norm", "scale"), (blk + f"{ff}.layer_norm.weight",), stacked=True),
-        Rule((stack, "final_norm", "scale"), (f"{stack}.final_layer_norm.weight",)),
+      Rule(
+        layers + ("rel_bias", "rel_embedding"),
+        (blk + "0.SelfAttention.relative_attention_bias.weight",),
+        stacked=True,
+      ),
+      Rule(layers + ("self_norm", "scale"), (blk + "0.layer_norm.weight",), stacked=True),
+      Rule(
+        layers + ("mlp", "wi_0", "kernel"),
+        (blk + f"{ff}.DenseReluDense.wi_0.weight",),
+        "dense",
+        1,
+        True,
+      ),
+      Rule(
+        layers + ("mlp", "wi_1", "kernel"),
+        (blk + f"{ff}.DenseReluDense.wi_1.weight",),
+        "dense",
+        1,
+        True,
+      ),
+      Rule(
+        layers + ("mlp", "wo", "kernel"),
+        (blk + f"{ff}.DenseReluDense.wo.weight",),
+        "dense",
+        1,
+        True,
+      ),
+      Rule(layers + ("mlp_norm", "scale"), (blk + f"{ff}.layer_norm.weight",), stacked=True),
+      Rule((stack, "final_norm", "scale"), (f"{stack}.final_layer_norm.weight",)),
     ]
     if stack == "decoder":
       rules += _t5_attention(stack, "cross_attn", blk + "1.EncDecAttention.")
-      rules.append(Rule(layers + ("cross_norm", "scale"), (blk + "1.layer_norm.weight",),
-                        stacked=True))
+      rules.append(
+        Rule(layers + ("cross_norm", "scale"), (blk + "1.layer_norm.weight",), stacked=True)
+      )
   return rules
 
 
@@ -106,8 +144,9 @@ def _constant_buffers(family: str, num_layers: int) -> dict[str, np.ndarray]:
 
 def _rules(family: str) -> list[Rule]:
   if family not in RULES:
-    raise LayoutError(f"model family {family!r} has no PyTorch layout; export supports"
-                      f" {', '.join(RULES)}.")
+    raise LayoutError(
+      f"model family {family!r} has no PyTorch layout; export supports {', '.join(RULES)}."
+    )
   return RULES[family]()
 
 
@@ -125,7 +164,7 @@ def _set(tree: dict, path, value) -> None:
 
 def _to_torch(rule: Rule, x: np.ndarray) -> np.ndarray:
   if rule.kind == "dense":
-    n_in = int(np.prod(x.shape[:rule.n_in]))
+    n_in = int(np.prod(x.shape[: rule.n_in]))
     return np.ascontiguousarray(x.reshape(n_in, -1).T)
   if rule.kind == "scalar1":
     return x.reshape(1)
@@ -174,8 +213,10 @@ def from_torch(family: str, tensors: dict, abstract) -> dict:
     _set(params, rule.path, value.astype(np.dtype(target.dtype), copy=False))
   extra = sorted(n for n in tensors if n not in used and not _is_buffer(family, n))
   if extra:
-    raise LayoutError(f"{len(extra)} tensors do not belong to this {family} model (e.g."
-                      f" {', '.join(extra[:3])}); check model.num_layers and the family.")
+    raise LayoutError(
+      f"{len(extra)} tensors do not belong to this {family} model (e.g."
+      f" {', '.join(extra[:3])}); check model.num_layers and the family."
+    )
   return params
 
 
@@ -186,8 +227,10 @@ def _is_buffer(family: str, name: str) -> bool:
 def _read(rule: Rule, tensors: dict, names: list[str], shape: tuple, used: set) -> np.ndarray:
   missing = [n for n in names if n not in tensors]
   if len(missing) == len(names):
-    raise LayoutError(f"tensor {names[0]!r} is missing; the file does not hold a model of this"
-                      " config (check model.num_layers and the family).")
+    raise LayoutError(
+      f"tensor {names[0]!r} is missing; the file does not hold a model of this"
+      " config (check model.num_layers and the family)."
+    )
   present = [n for n in names if n in tensors]
   first = np.asarray(tensors[present[0]])
   for n in present[1:]:
@@ -197,8 +240,10 @@ def _read(rule: Rule, tensors: dict, names: list[str], shape: tuple, used: set) 
   try:
     return _from_torch(rule, first, shape)
   except ValueError:
-    raise LayoutError(f"tensor {present[0]!r} has shape {list(first.shape)}, which does not fit"
-                      f" the model's {list(shape)}; check the config.") from None
+    raise LayoutError(
+      f"tensor {present[0]!r} has shape {list(first.shape)}, which does not fit"
+      f" the model's {list(shape)}; check the config."
+    ) from None
 
 
 def manifest(family: str, params) -> dict[str, list[int]]:
@@ -216,47 +261,100 @@ def _tree_map(fn, tree):
 # -------------------------------------------------------------------------------------------------
 # The original codebases' configs.
 
+
 def torch_config(model_cfg, seq_len: int) -> dict:
   """The JSON config of the original code for `model_cfg` (an ntng model config)."""
   c = model_cfg
   if c.family == "bert":
     arch = dict(
-        architectures=["ScriptableMaskedLM"], num_transformer_layers=int(c.num_layers),
-        hidden_size=int(c.hidden_size), intermed_size=int(c.intermediate_size),
-        hidden_dropout_prob=float(c.dropout_rate), norm="LayerNorm",
-        norm_eps=float(c.layer_norm_eps), norm_scheme="pre", nonlin="GELUglu", tie_weights=True,
-        sparse_prediction=True, decoder_bias=False, loss="cross-entropy", z_loss_factor=0,
-        gradient_checkpointing=False, layer_fusion=True,
-        embedding=dict(vocab_size=int(c.vocab_size), pos_embedding="scaled-sinusoidal",
-                       dropout_prob=float(c.dropout_rate), pad_token_id=0,
-                       max_seq_length=int(c.max_length), embedding_dim=int(c.hidden_size),
-                       normalization=True),
-        attention=dict(type="flash-attention-impl", causal_attention=False,
-                       num_attention_heads=int(c.num_heads),
-                       dropout_prob=float(c.attention_dropout_rate), skip_output_projection=False,
-                       qkv_bias=False, rotary_embedding=False, seq_op_in_fp32=False,
-                       sequence_op="torch-softmax", high_level_fusion=False,
-                       low_level_fusion=True),
-        init=dict(type="normal", std=float(c.init_std)), ffn_layer_frequency=1,
-        deepnorm_scaling=False, skip_head_transform=True,
-        layer_drop=dict(enabled=False, max_theta=0.5, gamma_factor=100), use_bias=False,
-        final_norm=True, recurrent_layers=None, layer_macro_type="transformer", num_labels=None,
-        classification_head=dict(pooler="avg", include_ff_layer=True, head_dim=1024,
-                                 nonlin="Tanh", classifier_dropout=float(c.dropout_rate)))
-    return dict(model_type="crammedBERT", architectures=["ScriptableLMForPreTraining"],
-                arch=arch, seq_len=int(seq_len))
+      architectures=["ScriptableMaskedLM"],
+      num_transformer_layers=int(c.num_layers),
+      hidden_size=int(c.hidden_size),
+      intermed_size=int(c.intermediate_size),
+      hidden_dropout_prob=float(c.dropout_rate),
+      norm="LayerNorm",
+      norm_eps=float(c.layer_norm_eps),
+      norm_scheme="pre",
+      nonlin="GELUglu",
+      tie_weights=True,
+      sparse_prediction=True,
+      decoder_bias=False,
+      loss="cross-entropy",
+      z_loss_factor=0,
+      gradient_checkpointing=False,
+      layer_fusion=True,
+      embedding=dict(
+        vocab_size=int(c.vocab_size),
+        pos_embedding="scaled-sinusoidal",
+        dropout_prob=float(c.dropout_rate),
+        pad_token_id=0,
+        max_seq_length=int(c.max_length),
+        embedding_dim=int(c.hidden_size),
+        normalization=True,
+      ),
+      attention=dict(
+        type="flash-attention-impl",
+        causal_attention=False,
+        num_attention_heads=int(c.num_heads),
+        dropout_prob=float(c.attention_dropout_rate),
+        skip_output_projection=False,
+        qkv_bias=False,
+        rotary_embedding=False,
+        seq_op_in_fp32=False,
+        sequence_op="torch-softmax",
+        high_level_fusion=False,
+        low_level_fusion=True,
+      ),
+      init=dict(type="normal", std=float(c.init_std)),
+      ffn_layer_frequency=1,
+      deepnorm_scaling=False,
+      skip_head_transform=True,
+      layer_drop=dict(enabled=False, max_theta=0.5, gamma_factor=100),
+      use_bias=False,
+      final_norm=True,
+      recurrent_layers=None,
+      layer_macro_type="transformer",
+      num_labels=None,
+      classification_head=dict(
+        pooler="avg",
+        include_ff_layer=True,
+        head_dim=1024,
+        nonlin="Tanh",
+        classifier_dropout=float(c.dropout_rate),
+      ),
+    )
+    return dict(
+      model_type="crammedBERT",
+      architectures=["ScriptableLMForPreTraining"],
+      arch=arch,
+      seq_len=int(seq_len),
+    )
   if c.family == "t5":
     return dict(
-        model_type="t5", architectures=["MyT5"], vocab_size=int(c.vocab_size),
-        d_model=int(c.hidden_size), d_kv=int(c.head_dim), d_ff=int(c.intermediate_size),
-        num_layers=int(c.num_layers), num_decoder_layers=int(c.num_layers),
-        num_heads=int(c.num_heads),
-        relative_attention_num_buckets=int(c.relative_attention_num_buckets),
-        relative_attention_max_distance=int(c.relative_attention_max_distance),
-        dropout_rate=float(c.dropout_rate), layer_norm_epsilon=float(c.layer_norm_eps),
-        initializer_factor=float(c.init_std), feed_forward_proj="gated-gelu",
-        is_encoder_decoder=True, tie_word_embeddings=False, use_cache=True, pad_token_id=0,
-        eos_token_id=1, decoder_start_token_id=0, share_positional_bias=False,
-        input_length=int(seq_len))
-  raise LayoutError(f"model family {c.family!r} has no PyTorch layout; export supports"
-                    f" {', '.join(RULES)}.")
+      model_type="t5",
+      architectures=["MyT5"],
+      vocab_size=int(c.vocab_size),
+      d_model=int(c.hidden_size),
+      d_kv=int(c.head_dim),
+      d_ff=int(c.intermediate_size),
+      num_layers=int(c.num_layers),
+      num_decoder_layers=int(c.num_layers),
+      num_heads=int(c.num_heads),
+      relative_attention_num_buckets=int(c.relative_attention_num_buckets),
+      relative_attention_max_distance=int(c.relative_attention_max_distance),
+      dropout_rate=float(c.dropout_rate),
+      layer_norm_epsilon=float(c.layer_norm_eps),
+      initializer_factor=float(c.init_std),
+      feed_forward_proj="gated-gelu",
+      is_encoder_decoder=True,
+      tie_word_embeddings=False,
+      use_cache=True,
+      pad_token_id=0,
+      eos_token_id=1,
+      decoder_start_token_id=0,
+      share_positional_bias=False,
+      input_length=int(seq_len),
+    )
+  raise LayoutError(
+    f"model family {c.family!r} has no PyTorch layout; export supports {', '.join(RULES)}."
+  )

@@ -14,8 +14,17 @@ import struct
 
 import numpy as np
 
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_DTYPES = {
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
+}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
@@ -31,8 +40,11 @@ def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None =
     if a.dtype not in _NAMES:
       raise TypeError(f"tensor {name!r} has dtype {a.dtype}, which safetensors cannot hold here.")
     a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-    header[name] = {"dtype": _NAMES[np.dtype(a.dtype.name)], "shape": list(a.shape),
-                    "data_offsets": [offset, offset + a.nbytes]}
+    header[name] = {
+      "dtype": _NAMES[np.dtype(a.dtype.name)],
+      "shape": list(a.shape),
+      "data_offsets": [offset, offset + a.nbytes],
+    }
     offset += a.nbytes
     arrays.append(a)
   if metadata:
@@ -56,15 +68,17 @@ def load_file(path: str) -> tuple[dict[str, np.ndarray], dict]:
     raise SafetensorsError(f"{path} is not a safetensors file (shorter than its header size).")
   (n,) = struct.unpack("<Q", data[:8])
   try:
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
   except (ValueError, UnicodeDecodeError):
     raise SafetensorsError(f"{path} is not a safetensors file (its header is not JSON).") from None
   metadata = header.pop("__metadata__", {}) or {}
-  body = memoryview(data)[8 + n:]
+  body = memoryview(data)[8 + n :]
   out = {}
   for name, info in header.items():
     if info.get("dtype") not in _DTYPES:
-      raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}.")
+      raise SafetensorsError(
+        f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}."
+      )
     begin, end = info["data_offsets"]
     dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
     a = np.frombuffer(body[begin:end], dtype=dtype).reshape(info["shape"])

@@ -22,8 +22,12 @@ import numpy as np
 from ntng_jax.errors import UserError
 from ntng_jax.interop import layout, safetensors
 
-WEIGHTS, TORCH_CONFIG, NTNG_CONFIG, TOKENIZER = ("model.safetensors", "config.json",
-                                                 "ntng_config.json", "tokenizer")
+WEIGHTS, TORCH_CONFIG, NTNG_CONFIG, TOKENIZER = (
+  "model.safetensors",
+  "config.json",
+  "ntng_config.json",
+  "tokenizer",
+)
 
 
 class TransferError(UserError, ValueError):
@@ -54,25 +58,33 @@ def restore_params(workdir: str, step: int | None = None):
     if step is None:
       step, got, _ = ckpt.newest_usable(read)
       if step is None:
-        raise TransferError(f"'{workdir}' has no checkpoint; let its launch.pretrain run save one"
-                            " before exporting.")
+        raise TransferError(
+          f"'{workdir}' has no checkpoint; let its launch.pretrain run save one before exporting."
+        )
     else:
       if step not in ckpt.steps():
-        raise TransferError(f"'{workdir}' has no checkpoint of step {step}; its checkpoints are"
-                            f" {ckpt.steps() or 'none'} (drop --step for the newest).")
+        raise TransferError(
+          f"'{workdir}' has no checkpoint of step {step}; its checkpoints are"
+          f" {ckpt.steps() or 'none'} (drop --step for the newest)."
+        )
       damage = ckpt.damage(step)
       if damage is not None:
-        raise TransferError(f"the checkpoint of step {step} in '{workdir}' is unusable because"
-                            f" {damage}; pick another --step.")
+        raise TransferError(
+          f"the checkpoint of step {step} in '{workdir}' is unusable because"
+          f" {damage}; pick another --step."
+        )
       got = read(step, ckpt.read_loop(step))
   finally:
     ckpt.close()
   depth, params = got
   import jax
+
   return int(step), depth, jax.tree.map(np.asarray, params), config
 
 
-def export_run(workdir: str, output: str, step: int | None = None, fmt: str = "safetensors") -> dict:
+def export_run(
+  workdir: str, output: str, step: int | None = None, fmt: str = "safetensors"
+) -> dict:
   """Writes the export directory `output` from the run in `workdir`; returns a summary dict."""
   if fmt != "safetensors":
     raise TransferError(f"--format={fmt!r} is not supported; use --format=safetensors.")
@@ -92,8 +104,14 @@ def export_run(workdir: str, output: str, step: int | None = None, fmt: str = "s
   if os.path.isdir(tok):
     shutil.rmtree(os.path.join(output, TOKENIZER), ignore_errors=True)
     shutil.copytree(tok, os.path.join(output, TOKENIZER))
-  return dict(step=step, depth=depth, family=family, tensors=len(tensors),
-              parameters=int(sum(np.size(v) for v in tensors.values())), output=output)
+  return dict(
+    step=step,
+    depth=depth,
+    family=family,
+    tensors=len(tensors),
+    parameters=int(sum(np.size(v) for v in tensors.values())),
+    output=output,
+  )
 
 
 def read_export(directory: str):
@@ -101,10 +119,12 @@ def read_export(directory: str):
   import ml_collections
   from ntng_jax.eval.pretrained import abstract_params
   from ntng_jax.models import build_model
+
   for name in (WEIGHTS, NTNG_CONFIG):
     if not os.path.isfile(os.path.join(directory, name)):
-      raise TransferError(f"'{directory}' has no {name}; pass a directory written by"
-                          " `python -m launch.export`.")
+      raise TransferError(
+        f"'{directory}' has no {name}; pass a directory written by `python -m launch.export`."
+      )
   with open(os.path.join(directory, NTNG_CONFIG)) as f:
     config = ml_collections.ConfigDict(json.load(f))
   tensors, _ = safetensors.load_file(os.path.join(directory, WEIGHTS))
@@ -115,6 +135,7 @@ def read_export(directory: str):
 def import_weights(directory: str, workdir: str) -> dict:
   """Writes a workdir holding the export's params (checkpoint step 0) and config."""
   from ntng_jax.train.checkpoint import Checkpointer
+
   config, params = read_export(directory)
   if os.path.isdir(os.path.join(workdir, "checkpoints")) and Checkpointer(workdir).steps():
     raise TransferError(f"'{workdir}' already holds checkpoints; import into a new --workdir.")
@@ -127,9 +148,17 @@ def import_weights(directory: str, workdir: str) -> dict:
     shutil.copytree(tok, os.path.join(workdir, TOKENIZER))
   ckpt = Checkpointer(workdir)
   try:
-    ckpt.save(0, {"params": params},
-              dict(step=0, depth=int(config.model.num_layers), rst_seconds=0.0, tokens=0,
-                   imported_from=os.path.abspath(directory)))
+    ckpt.save(
+      0,
+      {"params": params},
+      dict(
+        step=0,
+        depth=int(config.model.num_layers),
+        rst_seconds=0.0,
+        tokens=0,
+        imported_from=os.path.abspath(directory),
+      ),
+    )
   finally:
     ckpt.close()
   return dict(workdir=workdir, family=config.model.family, depth=int(config.model.num_layers))

@@ -39,8 +39,8 @@ from ntng_jax.rst import Charge
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  depth: int                          # layers in the compiled program
-  keep: np.ndarray | None = None      # bool [depth] or [num_micro, depth]; None = every layer runs
+  depth: int  # layers in the compiled program
+  keep: np.ndarray | None = None  # bool [depth] or [num_micro, depth]; None = every layer runs
 
   @property
   def active_layers(self) -> int | float:
@@ -112,14 +112,14 @@ class Method:
 
 # method name -> "module:Class"; modules are imported on use.
 REGISTRY = {
-    "baseline": "ntng_jax.methods.base:Method",
-    "lion": "ntng_jax.methods.base:Method",       # optimizer methods change only config.optim
-    "sophia": "ntng_jax.methods.base:Method",
-    "stacking": "ntng_jax.methods.stacking:Stacking",
-    "layer_drop": "ntng_jax.methods.layer_drop:LayerDrop",
-    "selective_backprop": "ntng_jax.methods.selection:SelectiveBackprop",
-    "rho_loss": "ntng_jax.methods.selection:RhoLoss",
-    "il_model": "ntng_jax.methods.selection:ILModel",
+  "baseline": "ntng_jax.methods.base:Method",
+  "lion": "ntng_jax.methods.base:Method",  # optimizer methods change only config.optim
+  "sophia": "ntng_jax.methods.base:Method",
+  "stacking": "ntng_jax.methods.stacking:Stacking",
+  "layer_drop": "ntng_jax.methods.layer_drop:LayerDrop",
+  "selective_backprop": "ntng_jax.methods.selection:SelectiveBackprop",
+  "rho_loss": "ntng_jax.methods.selection:RhoLoss",
+  "il_model": "ntng_jax.methods.selection:ILModel",
 }
 
 
@@ -144,13 +144,16 @@ def _import_method(path: str):
   """The class at 'module:Class'; a ConfigError (one sentence) if it cannot be imported or is
   not a subclass of `Method`."""
   from ntng_jax.config import ConfigError, import_named
+
   module_name, _, attr = path.partition(":")
   if not module_name or not attr:
     raise ConfigError(f"method.name {path!r} must be a registered name or 'module:Class'.")
   cls = import_named(path, "method.name", "attribute", "class")
   if not (isinstance(cls, type) and issubclass(cls, Method)):
-    raise ConfigError(f"method.name {path!r} is not a subclass of ntng_jax.methods.base.Method;"
-                      " derive your method from it.")
+    raise ConfigError(
+      f"method.name {path!r} is not a subclass of ntng_jax.methods.base.Method;"
+      " derive your method from it."
+    )
   return cls
 
 

@@ -68,6 +68,7 @@ _RNG_TAG = 0x1A7D  # separates this stream from other (seed, step)-seeded host g
 # -------------------------------------------------------------------------------------------------
 # Schedule and sampling (host, numpy).
 
+
 def drop_level(rst_fraction: float, theta_bar: float = 0.5, gamma_factor: float = 100.0) -> float:
   """D(f) = 1 − [θ̄ + (1 − θ̄)·exp(−γ_factor·f)]."""
   return 1.0 - (theta_bar + (1.0 - theta_bar) * math.exp(-gamma_factor * rst_fraction))
@@ -78,19 +79,21 @@ def drop_probabilities(level: float, num_layers: int) -> np.ndarray:
   return level * np.arange(1, num_layers + 1, dtype=np.float64) / num_layers
 
 
-def sample_keep(level: float, num_layers: int, seed: int, step: int,
-                micro_batch: int | None = None) -> np.ndarray:
+def sample_keep(
+  level: float, num_layers: int, seed: int, step: int, micro_batch: int | None = None
+) -> np.ndarray:
   """bool [L]: keep[i] = not Bernoulli(D·(i+1)/L), from a generator seeded by (seed, step) or,
   for one micro-batch of the step, by (seed, step, micro_batch)."""
-  key = [_RNG_TAG, int(seed) % 2 ** 32, int(step)]
+  key = [_RNG_TAG, int(seed) % 2**32, int(step)]
   if micro_batch is not None:
     key.append(int(micro_batch))
   rng = np.random.default_rng(np.random.SeedSequence(key))
   return rng.random(num_layers) >= drop_probabilities(level, num_layers)
 
 
-def sample_keep_rows(level: float, num_layers: int, seed: int, step: int, num_micro: int,
-                     per_micro_batch: bool) -> np.ndarray:
+def sample_keep_rows(
+  level: float, num_layers: int, seed: int, step: int, num_micro: int, per_micro_batch: bool
+) -> np.ndarray:
   """bool [num_micro, L]: one `sample_keep` row per micro-batch, or one row repeated."""
   if per_micro_batch:
     return np.stack([sample_keep(level, num_layers, seed, step, m) for m in range(num_micro)])
@@ -99,6 +102,7 @@ def sample_keep_rows(level: float, num_layers: int, seed: int, step: int, num_mi
 
 # -------------------------------------------------------------------------------------------------
 # Masked update (device, pure).
+
 
 def _is_layer_path(path) -> bool:
   return any(isinstance(k, jax.tree_util.DictKey) and k.key == "layers" for k in path)
@@ -132,8 +136,10 @@ def masked_update(new_state, old_state, keep):
   (moments, Hessian estimates) and of per-layer step counts are those of `old_state`; everything
   else (kept layers, non-layer parameters, global counts, hyper-parameters, method state) comes
   from `new_state`."""
-  return new_state.replace(params=masked_tree(new_state.params, old_state.params, keep),
-                           opt_state=masked_tree(new_state.opt_state, old_state.opt_state, keep))
+  return new_state.replace(
+    params=masked_tree(new_state.params, old_state.params, keep),
+    opt_state=masked_tree(new_state.opt_state, old_state.opt_state, keep),
+  )
 
 
 def step_keep(keep):
@@ -145,12 +151,14 @@ def step_keep(keep):
 def mask_dropped_train_step(train_step: Callable) -> Callable:
   """Wraps `train_step(state, batch, rng, controls)` so layers dropped in every micro-batch of
   the step are left unchanged."""
+
   def wrapped(state, batch, rng, controls):
     new_state, metrics = train_step(state, batch, rng, controls)
     keep = controls.get("keep")
     if keep is not None:
       new_state = masked_update(new_state, state, step_keep(keep))
     return new_state, metrics
+
   return wrapped
 
 
@@ -173,10 +181,15 @@ class LayerDrop(Method):
 
   @staticmethod
   def default_config(family: str, size: str) -> dict[str, Any]:
-    out = {"method": dict(theta_bar=0.5, gamma_factor=GAMMA_FACTOR[family],
-                          mask_dropped_updates=(family == "t5"),
-                          resample="step" if family == "t5" else "micro_batch"),
-           "model": {"remat": True}}
+    out = {
+      "method": dict(
+        theta_bar=0.5,
+        gamma_factor=GAMMA_FACTOR[family],
+        mask_dropped_updates=(family == "t5"),
+        resample="step" if family == "t5" else "micro_batch",
+      ),
+      "model": {"remat": True},
+    }
     if family == "t5" and size == "base":
       out["optim"] = {"learning_rate": 1e-2}
     return out
@@ -191,8 +204,9 @@ class LayerDrop(Method):
     self.seed = int(config.seed)
     self.resample = str(m.get("resample", "step" if family == "t5" else "micro_batch"))
     if self.resample not in RESAMPLE:
-      raise ConfigError(f"method.resample must be one of {', '.join(RESAMPLE)}; got"
-                        f" {self.resample!r}.")
+      raise ConfigError(
+        f"method.resample must be one of {', '.join(RESAMPLE)}; got {self.resample!r}."
+      )
     t = config.train
     self.num_micro = max(1, int(t.batch_size) // int(t.micro_batch_size))
     self.micro_batch_size = int(t.micro_batch_size)
@@ -206,8 +220,9 @@ class LayerDrop(Method):
 
   def plan(self, rst_fraction: float, step: int) -> Plan:
     level = self.drop_level(rst_fraction)
-    keep = sample_keep_rows(level, self.num_layers, self.seed, step, self.num_micro,
-                            self.resample == "micro_batch")
+    keep = sample_keep_rows(
+      level, self.num_layers, self.seed, step, self.num_micro, self.resample == "micro_batch"
+    )
     return DropPlan(depth=self.num_layers, keep=keep, drop_level=level)
 
   def charges(self, plan: Plan, batch_size: int) -> list[Charge]:
@@ -219,8 +234,10 @@ class LayerDrop(Method):
     return [Charge("train", max(1, int(row.sum())), per_micro) for row in keep]
 
   def metrics(self, plan: Plan) -> dict:
-    return {"active_layers": plan.active_layers,
-            "drop_level": float(getattr(plan, "drop_level", float("nan")))}
+    return {
+      "active_layers": plan.active_layers,
+      "drop_level": float(getattr(plan, "drop_level", float("nan"))),
+    }
 
   def wrap_train_step(self, train_step: Callable) -> Callable:
     """The train step with dropped layers' updates masked if `mask_dropped_updates`, else as is."""

@@ -84,12 +84,13 @@ from ntng_jax.rst import Charge
 IL_FORMAT = "ntng-il-losses/1"
 IL_FILENAME = "il_losses.npy"
 IL_META_FILENAME = "il_losses.json"
-SPLIT_SEED = 0            # the `holdout_split` seed `data.build_dataset` uses
-IL_VALIDATION_SEED = 11   # which held-out chunks the IL model validates on
+SPLIT_SEED = 0  # the `holdout_split` seed `data.build_dataset` uses
+IL_VALIDATION_SEED = 11  # which held-out chunks the IL model validates on
 
 
 # -------------------------------------------------------------------------------------------------
 # Pure pieces (jit-friendly; fixed shapes).
+
 
 def percentile_of_scores(history, count, scores):
   """`scipy.stats.percentileofscore(history[:count], s, kind='rank') / 100` for every s in
@@ -109,9 +110,11 @@ def percentile_of_scores(history, count, scores):
 
 
 def init_history(size: int) -> dict:
-  return {"history": jnp.zeros((size,), jnp.float32),
-          "history_position": jnp.zeros((), jnp.int32),
-          "history_count": jnp.zeros((), jnp.int32)}
+  return {
+    "history": jnp.zeros((size,), jnp.float32),
+    "history_position": jnp.zeros((), jnp.int32),
+    "history_count": jnp.zeros((), jnp.int32),
+  }
 
 
 def push_history(state: dict, losses) -> dict:
@@ -120,9 +123,11 @@ def push_history(state: dict, losses) -> dict:
   values = jnp.asarray(losses, jnp.float32)[-size:]  # only the last H can survive
   k = values.shape[0]
   index = (state["history_position"] + jnp.arange(k)) % size
-  return {"history": state["history"].at[index].set(values),
-          "history_position": (state["history_position"] + k) % size,
-          "history_count": jnp.minimum(state["history_count"] + k, size)}
+  return {
+    "history": state["history"].at[index].set(values),
+    "history_position": (state["history_position"] + k) % size,
+    "history_count": jnp.minimum(state["history_count"] + k, size),
+  }
 
 
 def fixed_size_inclusion(weights, k: int):
@@ -134,11 +139,11 @@ def fixed_size_inclusion(weights, k: int):
   if not 1 <= k <= m:
     raise ValueError(f"cannot select {k} of {m} candidates.")
   desc = -jnp.sort(-w)
-  tail = jnp.cumsum(desc[::-1])[::-1]          # tail[j] = sum of all but the j largest
+  tail = jnp.cumsum(desc[::-1])[::-1]  # tail[j] = sum of all but the j largest
   j = jnp.arange(m)
-  c = (k - j) / tail                           # scale if the j largest are capped at 1
-  ok = (c * desc <= 1.0 + 1e-6) & (j < k)      # then the largest uncapped one stays ≤ 1
-  c_star = c[jnp.argmax(ok)]                   # the smallest such j (j = k-1 always works)
+  c = (k - j) / tail  # scale if the j largest are capped at 1
+  ok = (c * desc <= 1.0 + 1e-6) & (j < k)  # then the largest uncapped one stays ≤ 1
+  c_star = c[jnp.argmax(ok)]  # the smallest such j (j = k-1 always works)
   return jnp.minimum(1.0, c_star * w)
 
 
@@ -149,7 +154,7 @@ def systematic_sample(rng, pi, k: int):
   perm_rng, u_rng = jax.random.split(rng)
   perm = jax.random.permutation(perm_rng, m)
   cum = jnp.cumsum(pi[perm])
-  cum = cum * (k / cum[-1])                    # remove float drift: the total is exactly k
+  cum = cum * (k / cum[-1])  # remove float drift: the total is exactly k
   points = jax.random.uniform(u_rng, (), jnp.float32) + jnp.arange(k, dtype=jnp.float32)
   pos = jnp.minimum(jnp.searchsorted(cum, points, side="right"), m - 1)
   return jnp.sort(perm[pos]).astype(jnp.int32)
@@ -175,12 +180,13 @@ def chunked_scores(score_fn, params, batch: dict, chunk: int):
   if n == 1:
     return score_fn(params, batch)
   split = jax.tree.map(lambda x: x.reshape(m // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
-  losses = jax.lax.map(lambda b: score_fn(params, b), split)     # [n, m / n]
+  losses = jax.lax.map(lambda b: score_fn(params, b), split)  # [n, m / n]
   return losses.swapaxes(0, 1).reshape(m)
 
 
 # -------------------------------------------------------------------------------------------------
 # Methods.
+
 
 def _method_get(config, key, default):
   if config is None:
@@ -198,27 +204,34 @@ class _Selection(Method):
     super().__init__(config)
     factor = _method_get(config, "mega_batch_factor", 2)
     if int(factor) != factor or factor < 1:
-      raise ConfigError(f"method.mega_batch_factor must be a positive integer (mega-batch = factor"
-                        f" × train.batch_size); got {factor!r}.")
+      raise ConfigError(
+        f"method.mega_batch_factor must be a positive integer (mega-batch = factor"
+        f" × train.batch_size); got {factor!r}."
+      )
     self.mega_batch_factor = int(factor)
     self.free_scoring = bool(_method_get(config, "free_scoring", False))
     self.batch_size = int(config.train.batch_size) if config is not None else 0
-    self.score_chunk = (int(_method_get(config, "score_micro_batch_size", 0))
-                        or (int(config.train.micro_batch_size) if config is not None else 0))
+    self.score_chunk = int(_method_get(config, "score_micro_batch_size", 0)) or (
+      int(config.train.micro_batch_size) if config is not None else 0
+    )
 
   @staticmethod
   def default_config(family: str, size: str) -> dict:
     del family, size
-    return {"method": {"mega_batch_factor": 2, "free_scoring": False,
-                       "score_micro_batch_size": 0},
-            "data": {"validation_fraction": 0.2}}
+    return {
+      "method": {"mega_batch_factor": 2, "free_scoring": False, "score_micro_batch_size": 0},
+      "data": {"validation_fraction": 0.2},
+    }
 
   def input_batch_size(self, batch_size: int) -> int:
     return self.mega_batch_factor * batch_size
 
   def charges(self, plan: Plan, batch_size: int) -> list[Charge]:
-    out = [] if self.free_scoring else [
-        Charge("forward", plan.active_layers, self.input_batch_size(batch_size))]
+    out = (
+      []
+      if self.free_scoring
+      else [Charge("forward", plan.active_layers, self.input_batch_size(batch_size))]
+    )
     return out + [Charge("train", plan.active_layers, batch_size)]
 
   def metrics(self, plan: Plan) -> dict:
@@ -226,18 +239,21 @@ class _Selection(Method):
 
   def _scorer(self, model, compute_dtype: str):
     from ntng_jax.train.step import make_score_step
-    score = make_score_step(model, compute_dtype)   # full depth (keep=None)
+
+    score = make_score_step(model, compute_dtype)  # full depth (keep=None)
     chunk = self.score_chunk
 
     def scores(params, mega_batch):
       return chunked_scores(lambda p, b: score(p, b), params, mega_batch, chunk or 1 << 30)
+
     return scores
 
   def _batch_size_of(self, mega_batch: dict) -> int:
     m = mega_batch["example_id"].shape[0]
     if m % self.mega_batch_factor:
-      raise ValueError(f"mega-batch of {m} rows is not a multiple of mega_batch_factor"
-                       f" {self.mega_batch_factor}.")
+      raise ValueError(
+        f"mega-batch of {m} rows is not a multiple of mega_batch_factor {self.mega_batch_factor}."
+      )
     return m // self.mega_batch_factor
 
 
@@ -273,11 +289,13 @@ class SelectiveBackprop(_Selection):
     keep = pct ** (self.beta if beta is None else beta)
     pi = fixed_size_inclusion(keep, b)
     index = systematic_sample(rng, pi, b)
-    metrics = {"score_loss_mean": jnp.mean(scores),
-               "selected_score_loss_mean": jnp.mean(scores[index]),
-               "sb_keep_probability_mean": jnp.mean(keep),
-               "sb_inclusion_max": jnp.max(pi),
-               "sb_history_count": method_state["history_count"].astype(jnp.float32)}
+    metrics = {
+      "score_loss_mean": jnp.mean(scores),
+      "selected_score_loss_mean": jnp.mean(scores[index]),
+      "sb_keep_probability_mean": jnp.mean(keep),
+      "sb_inclusion_max": jnp.max(pi),
+      "sb_history_count": method_state["history_count"].astype(jnp.float32),
+    }
     return method_state, gather_rows(mega_batch, index), metrics, index
 
   def make_select_step(self, model, compute_dtype: str):
@@ -285,9 +303,11 @@ class SelectiveBackprop(_Selection):
 
     def select(state, mega_batch, rng):
       scores = scorer(state.params, mega_batch)
-      method_state, batch, metrics, _ = self.select_from_scores(state.method_state, mega_batch,
-                                                                scores, rng)
+      method_state, batch, metrics, _ = self.select_from_scores(
+        state.method_state, mega_batch, scores, rng
+      )
       return state.replace(method_state=method_state), batch, metrics
+
     return select
 
 
@@ -301,9 +321,11 @@ class RhoLoss(_Selection):
     self.il_path = str(_method_get(config, "il_path", ""))
     if il_losses is None:
       if not self.il_path:
-        raise ConfigError("method.il_path is empty; train an IL model (method=il_model), run"
-                          " `python -m launch.extract_il --workdir=IL_RUN` and pass"
-                          " --config.method.il_path=IL_RUN/il_losses.")
+        raise ConfigError(
+          "method.il_path is empty; train an IL model (method=il_model), run"
+          " `python -m launch.extract_il --workdir=IL_RUN` and pass"
+          " --config.method.il_path=IL_RUN/il_losses."
+        )
       il_losses, il_meta = read_il_table(self.il_path)
       if config is not None:
         check_il_metadata(il_meta, config_signature(config), self.il_path)
@@ -328,24 +350,25 @@ class RhoLoss(_Selection):
     missing = ~jnp.isfinite(il) | (ids < 0) | (ids >= il_table.shape[0])
     reducible = jnp.where(missing, -jnp.inf, scores - jnp.where(missing, 0.0, il))
     index = top_k_indices(reducible, b)
-    metrics = {"score_loss_mean": jnp.mean(scores),
-               "selected_score_loss_mean": jnp.mean(scores[index]),
-               "rho_il_loss_selected_mean": jnp.mean(jnp.where(missing, 0.0, il)[index]),
-               "rho_reducible_selected_mean": jnp.mean(
-                   jnp.where(missing, 0.0, scores - il)[index]),
-               "rho_il_missing": jnp.sum(missing).astype(jnp.float32)}
+    metrics = {
+      "score_loss_mean": jnp.mean(scores),
+      "selected_score_loss_mean": jnp.mean(scores[index]),
+      "rho_il_loss_selected_mean": jnp.mean(jnp.where(missing, 0.0, il)[index]),
+      "rho_reducible_selected_mean": jnp.mean(jnp.where(missing, 0.0, scores - il)[index]),
+      "rho_il_missing": jnp.sum(missing).astype(jnp.float32),
+    }
     return method_state, gather_rows(mega_batch, index), metrics, index
 
   def make_select_step(self, model, compute_dtype: str):
     scorer = self._scorer(model, compute_dtype)
-    table = jnp.asarray(self.il_losses)   # a constant of the select program, not checkpointed
+    table = jnp.asarray(self.il_losses)  # a constant of the select program, not checkpointed
 
     def select(state, mega_batch, rng):
       del rng
       scores = scorer(state.params, mega_batch)
-      _, batch, metrics, _ = self.select_from_scores(state.method_state, mega_batch, scores,
-                                                     table)
+      _, batch, metrics, _ = self.select_from_scores(state.method_state, mega_batch, scores, table)
       return state, batch, metrics
+
     return select
 
 
@@ -374,24 +397,43 @@ def il_model_dataset(dataset, il_validation_sequences: int = 10_000):
   held_ids = np.asarray(dataset.validation_ids)
   n = len(held_ids)
   if n < 2:
-    raise ValueError(f"the held-out split has {n} chunks, too few to train an IL model on; raise"
-                     " data.validation_fraction or data.num_lines.")
+    raise ValueError(
+      f"the held-out split has {n} chunks, too few to train an IL model on; raise"
+      " data.validation_fraction or data.num_lines."
+    )
   n_val = max(1, min(int(il_validation_sequences), n // 10))
   perm = np.random.default_rng((SPLIT_SEED, IL_VALIDATION_SEED)).permutation(n)
   val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-  meta = dict(dataset.meta, role="il_model", num_train=len(train_rows), num_validation=n_val,
-              main_num_train=int(dataset.meta.get("num_train", len(dataset.train_ids))))
+  meta = dict(
+    dataset.meta,
+    role="il_model",
+    num_train=len(train_rows),
+    num_validation=n_val,
+    main_num_train=int(dataset.meta.get("num_train", len(dataset.train_ids))),
+  )
   return dataclasses.replace(
-      dataset, train_chunks=dataset.validation_chunks[train_rows], train_ids=held_ids[train_rows],
-      validation_chunks=dataset.validation_chunks[val_rows], validation_ids=held_ids[val_rows],
-      meta=meta)
+    dataset,
+    train_chunks=dataset.validation_chunks[train_rows],
+    train_ids=held_ids[train_rows],
+    validation_chunks=dataset.validation_chunks[val_rows],
+    validation_ids=held_ids[val_rows],
+    meta=meta,
+  )
 
 
 # -------------------------------------------------------------------------------------------------
 # The IL table: losses indexed by example id, and where they came from.
 
-_CONFIG_FIELDS = ("source", "num_lines", "corpus_seed", "seq_len", "validation_fraction",
-                  "max_predictions", "noise_density", "mean_noise_span_length")
+_CONFIG_FIELDS = (
+  "source",
+  "num_lines",
+  "corpus_seed",
+  "seq_len",
+  "validation_fraction",
+  "max_predictions",
+  "noise_density",
+  "mean_noise_span_length",
+)
 
 
 def config_signature(config) -> dict:
@@ -418,20 +460,24 @@ def dataset_signature(dataset) -> dict:
   ids = np.asarray(dataset.train_ids, np.int64)
   rows = np.unique(np.linspace(0, len(ids) - 1, min(len(ids), 1024)).astype(np.int64))
   meta = dataset.meta
-  return {"family": dataset.family,
-          "tokenizer_fingerprint": meta.get("tokenizer_fingerprint"),
-          "num_chunks": int(meta.get("num_chunks", -1)),
-          "num_train": int(len(ids)),
-          "chunk_len": int(meta.get("chunk_len", dataset.train_chunks.shape[1])),
-          "train_ids_sha256": _sha(ids),
-          "train_chunks_sample_sha256": _sha(np.asarray(dataset.train_chunks[rows], np.int32))}
+  return {
+    "family": dataset.family,
+    "tokenizer_fingerprint": meta.get("tokenizer_fingerprint"),
+    "num_chunks": int(meta.get("num_chunks", -1)),
+    "num_train": int(len(ids)),
+    "chunk_len": int(meta.get("chunk_len", dataset.train_chunks.shape[1])),
+    "train_ids_sha256": _sha(ids),
+    "train_chunks_sample_sha256": _sha(np.asarray(dataset.train_chunks[rows], np.int32)),
+  }
 
 
 def check_il_metadata(meta: dict, signature: dict, path: str) -> None:
   """Raises a one-sentence ValueError naming the first field where the table and data differ."""
   if meta.get("format") != IL_FORMAT:
-    raise ValueError(f"{path} is not an IL table of format {IL_FORMAT} (found"
-                     f" {meta.get('format')!r}); re-run `python -m launch.extract_il`.")
+    raise ValueError(
+      f"{path} is not an IL table of format {IL_FORMAT} (found"
+      f" {meta.get('format')!r}); re-run `python -m launch.extract_il`."
+    )
   recorded = meta.get("signature", {})
   for key, want in signature.items():
     have = recorded.get(key, "(absent)")
@@ -440,9 +486,11 @@ def check_il_metadata(meta: dict, signature: dict, path: str) -> None:
     else:
       same = have == want
     if not same:
-      raise ValueError(f"the IL table {path} does not match this run's data: {key} is {have!r} in"
-                       f" the table but {want!r} here; re-run `python -m launch.extract_il` on an"
-                       " il_model run with this data config.")
+      raise ValueError(
+        f"the IL table {path} does not match this run's data: {key} is {have!r} in"
+        f" the table but {want!r} here; re-run `python -m launch.extract_il` on an"
+        " il_model run with this data config."
+      )
 
 
 def il_table_paths(path: str) -> tuple[str, str]:
@@ -451,7 +499,8 @@ def il_table_paths(path: str) -> tuple[str, str]:
   if path.endswith(".npy"):
     return path, os.path.join(os.path.dirname(path), IL_META_FILENAME)
   if not os.path.exists(os.path.join(path, IL_FILENAME)) and os.path.exists(
-      os.path.join(path, "il_losses", IL_FILENAME)):
+    os.path.join(path, "il_losses", IL_FILENAME)
+  ):
     path = os.path.join(path, "il_losses")
   return os.path.join(path, IL_FILENAME), os.path.join(path, IL_META_FILENAME)
 
@@ -461,10 +510,11 @@ def write_il_table(directory: str, losses: np.ndarray, meta: dict) -> tuple[str,
   os.makedirs(directory, exist_ok=True)
   npy, js = il_table_paths(directory)
   losses = np.asarray(losses, np.float32)
-  meta = dict(meta, format=IL_FORMAT, num_entries=int(losses.shape[0]),
-              losses_sha256=_sha(losses))
-  for path, write in ((npy, lambda f: np.save(f, losses)),
-                      (js, lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True).encode()))):
+  meta = dict(meta, format=IL_FORMAT, num_entries=int(losses.shape[0]), losses_sha256=_sha(losses))
+  for path, write in (
+    (npy, lambda f: np.save(f, losses)),
+    (js, lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True).encode())),
+  ):
     with open(path + ".tmp", "wb") as f:
       write(f)
     os.replace(path + ".tmp", path)
@@ -475,15 +525,18 @@ def read_il_table(path: str) -> tuple[np.ndarray, dict]:
   npy, js = il_table_paths(path)
   for p in (npy, js):
     if not os.path.exists(p):
-      raise FileNotFoundError(f"IL table file {p} does not exist; create it with `python -m"
-                              " launch.extract_il --workdir=IL_RUN` and pass method.il_path.")
+      raise FileNotFoundError(
+        f"IL table file {p} does not exist; create it with `python -m"
+        " launch.extract_il --workdir=IL_RUN` and pass method.il_path."
+      )
   fix = "re-run `python -m launch.extract_il --workdir=IL_RUN` to write it again."
   try:
     with open(js) as f:
       meta = json.load(f)
   except (ValueError, OSError) as e:
-    raise ValueError(f"IL table metadata {js} is unreadable or not valid JSON ({e});"
-                     f" {fix}") from None
+    raise ValueError(
+      f"IL table metadata {js} is unreadable or not valid JSON ({e}); {fix}"
+    ) from None
   if not isinstance(meta, dict):
     raise ValueError(f"IL table metadata {js} is not a JSON object; {fix}")
   try:
@@ -491,13 +544,15 @@ def read_il_table(path: str) -> tuple[np.ndarray, dict]:
   except (ValueError, OSError, EOFError) as e:
     raise ValueError(f"IL table {npy} is truncated or not a .npy array ({e}); {fix}") from None
   if losses.dtype != np.float32 or losses.ndim != 1 or meta.get("losses_sha256") != _sha(losses):
-    raise ValueError(f"IL table {npy} is corrupt or does not belong to {js}; re-run"
-                     " `python -m launch.extract_il`.")
+    raise ValueError(
+      f"IL table {npy} is corrupt or does not belong to {js}; re-run `python -m launch.extract_il`."
+    )
   return losses, meta
 
 
-def score_chunks(score_fn, params, chunks: np.ndarray, objective, batch_size: int,
-                 mask_seed: int = 0, put=None) -> np.ndarray:
+def score_chunks(
+  score_fn, params, chunks: np.ndarray, objective, batch_size: int, mask_seed: int = 0, put=None
+) -> np.ndarray:
   """Each chunk's loss under one fixed mask (BERT) / span corruption (T5): batch b of
   `batch_size` rows is corrupted with `default_rng((mask_seed, 2, b))`; the last batch is padded
   by repeating rows so every call has one shape. `put` maps a numpy batch onto devices.
@@ -506,12 +561,12 @@ def score_chunks(score_fn, params, chunks: np.ndarray, objective, batch_size: in
   out = np.empty(n, np.float32)
   for b, start in enumerate(range(0, n, batch_size)):
     rows = np.arange(start, min(start + batch_size, n))
-    padded = np.resize(rows, batch_size)   # repeats rows to fill the last batch
+    padded = np.resize(rows, batch_size)  # repeats rows to fill the last batch
     batch = objective(np.random.default_rng((mask_seed, 2, b)), np.asarray(chunks[padded]))
     batch["example_id"] = padded.astype(np.int32)
     if put is not None:
       batch = put(batch)
-    out[rows] = np.asarray(jax.device_get(score_fn(params, batch)))[:len(rows)]
+    out[rows] = np.asarray(jax.device_get(score_fn(params, batch)))[: len(rows)]
   return out
 
 
@@ -521,14 +576,24 @@ def il_table_from_losses(config, dataset, train_losses: np.ndarray, extra: dict 
   train_losses = np.asarray(train_losses, np.float32)
   bad = int(np.sum(~np.isfinite(train_losses)))
   if bad:
-    raise ValueError(f"the IL model gives non-finite losses on {bad} training chunks; retrain it"
-                     " (e.g. with a lower optim.learning_rate) before extracting.")
+    raise ValueError(
+      f"the IL model gives non-finite losses on {bad} training chunks; retrain it"
+      " (e.g. with a lower optim.learning_rate) before extracting."
+    )
   table = np.full(int(dataset.meta["num_chunks"]), np.nan, np.float32)
   table[np.asarray(dataset.train_ids)] = train_losses
-  meta = dict(extra or {},
-              signature={**config_signature(config), **dataset_signature(dataset)},
-              split_seed=SPLIT_SEED, validation_fraction=float(config.data.validation_fraction),
-              data_meta=dict(dataset.meta), num_scored=int(len(train_losses)),
-              stats=dict(mean=float(np.mean(train_losses)), std=float(np.std(train_losses)),
-                         min=float(np.min(train_losses)), max=float(np.max(train_losses))))
+  meta = dict(
+    extra or {},
+    signature={**config_signature(config), **dataset_signature(dataset)},
+    split_seed=SPLIT_SEED,
+    validation_fraction=float(config.data.validation_fraction),
+    data_meta=dict(dataset.meta),
+    num_scored=int(len(train_losses)),
+    stats=dict(
+      mean=float(np.mean(train_losses)),
+      std=float(np.std(train_losses)),
+      min=float(np.min(train_losses)),
+      max=float(np.max(train_losses)),
+    ),
+  )
   return table, meta

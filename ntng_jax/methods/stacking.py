@@ -51,6 +51,7 @@ DEFAULT_FRACTIONS = (0.125, 0.3)
 # -------------------------------------------------------------------------------------------------
 # Pure tree surgery.
 
+
 def is_layer_path(path) -> bool:
   """True if a key path goes through a dict key named 'layers' (a stacked layer parameter)."""
   return any(isinstance(k, jax.tree_util.DictKey) and k.key == "layers" for k in path)
@@ -58,8 +59,11 @@ def is_layer_path(path) -> bool:
 
 def layer_depth(params) -> int:
   """The depth of a param tree: the leading size of its stacked (`layers`) leaves."""
-  depths = {int(np.shape(x)[0]) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
-            if is_layer_path(p)}
+  depths = {
+    int(np.shape(x)[0])
+    for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    if is_layer_path(p)
+  }
   if len(depths) != 1:
     raise ValueError(f"expected stacked 'layers' parameters of one depth; found depths {depths}.")
   return depths.pop()
@@ -88,7 +92,8 @@ def grow_params(params, n_new: int):
 
   Works on plain or boxed (nn.Partitioned) trees; non-layer leaves are returned as they are."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: grow_leaf(x, n_new, copy=True) if is_layer_path(path) else x, params)
+    lambda path, x: grow_leaf(x, n_new, copy=True) if is_layer_path(path) else x, params
+  )
 
 
 def grow_opt_state(opt_state, tx, params_old, n_new: int, copy: bool):
@@ -106,18 +111,22 @@ def grow_opt_state(opt_state, tx, params_old, n_new: int, copy: bool):
     if isinstance(leaf, optax.MaskedNode) or not layer:
       return leaf
     if np.ndim(leaf) < 1 or np.shape(leaf)[0] != n_old:
-      raise ValueError(f"optimizer state leaf of shape {np.shape(leaf)} does not stack"
-                       f" {n_old} layers along axis 0.")
+      raise ValueError(
+        f"optimizer state leaf of shape {np.shape(leaf)} does not stack"
+        f" {n_old} layers along axis 0."
+      )
     return grow_leaf(leaf, n_new, copy=copy)
 
   grown = optax.tree_utils.tree_map_params(
-      tx, f, opt_state, is_layer, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    tx, f, opt_state, is_layer, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+  )
   return grow_layer_counts(grown, n_old, n_new, copy)
 
 
 def grow_layer_counts(opt_state, n_old: int, n_new: int, copy: bool):
   """Appends `n_new` entries to every per-layer step-count vector (`layer_count`) in `opt_state`:
   zeros (fresh, bias correction restarts at t = 1) or the source layers' counts (`copy`)."""
+
   def f(node):
     if not has_layer_count(node):
       return node
@@ -125,9 +134,12 @@ def grow_layer_counts(opt_state, n_old: int, n_new: int, copy: bool):
     if np.shape(counts)[0] == 0:  # an optimizer built without stacked leaves
       return node
     if np.shape(counts)[0] != n_old:
-      raise ValueError(f"per-layer step counts of length {np.shape(counts)[0]} do not match the"
-                       f" {n_old} stacked layers.")
+      raise ValueError(
+        f"per-layer step counts of length {np.shape(counts)[0]} do not match the"
+        f" {n_old} stacked layers."
+      )
     return node._replace(layer_count=grow_leaf(counts, n_new, copy=copy))
+
   return jax.tree.map(f, opt_state, is_leaf=has_layer_count)
 
 
@@ -138,12 +150,14 @@ def grow_state(state, new_depth: int, tx, copy_optimizer_state: bool = False):
   if n_new <= 0:
     raise ValueError(f"stacking only grows the model; asked to go from {old} to {new_depth}.")
   return state.replace(
-      params=grow_params(state.params, n_new),
-      opt_state=grow_opt_state(state.opt_state, tx, state.params, n_new, copy_optimizer_state))
+    params=grow_params(state.params, n_new),
+    opt_state=grow_opt_state(state.opt_state, tx, state.params, n_new, copy_optimizer_state),
+  )
 
 
 # -------------------------------------------------------------------------------------------------
 # Schedule.
+
 
 def auto_initial_layers(num_layers: int, num_growths: int = len(DEFAULT_FRACTIONS)) -> int:
   """num_layers / 2^m for the largest m ≤ num_growths that divides it (16 → 4, 12 → 3, 2 → 1,
@@ -151,12 +165,12 @@ def auto_initial_layers(num_layers: int, num_growths: int = len(DEFAULT_FRACTION
   m = 0
   while m < num_growths and num_layers % (2 ** (m + 1)) == 0:
     m += 1
-  return num_layers // 2 ** m
+  return num_layers // 2**m
 
 
 def stage_depths(initial_layers: int, num_layers: int, num_growths: int) -> list[int]:
   """Depth of stage 0..num_growths: min(initial · 2^s, num_layers)."""
-  return [min(initial_layers * 2 ** s, num_layers) for s in range(num_growths + 1)]
+  return [min(initial_layers * 2**s, num_layers) for s in range(num_growths + 1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,35 +186,44 @@ class Stacking(Method):
   @staticmethod
   def default_config(family: str, size: str) -> dict[str, Any]:
     from ntng_jax.models.sizes import SIZES
+
     num_layers = SIZES[family][size]["num_layers"]
-    return {"method": dict(initial_layers=auto_initial_layers(num_layers),
-                           fractions=DEFAULT_FRACTIONS,
-                           copy_optimizer_state=False),
-            "optim": dict(per_layer_step_counts=True)}
+    return {
+      "method": dict(
+        initial_layers=auto_initial_layers(num_layers),
+        fractions=DEFAULT_FRACTIONS,
+        copy_optimizer_state=False,
+      ),
+      "optim": dict(per_layer_step_counts=True),
+    }
 
   def __init__(self, config):
     super().__init__(config)
     m = config.method
     fractions = tuple(float(f) for f in m.get("fractions", DEFAULT_FRACTIONS))
     if any(not 0.0 <= f <= 1.0 for f in fractions) or list(fractions) != sorted(fractions):
-      raise ConfigError(f"method.fractions must be increasing RST budget fractions in [0, 1];"
-                        f" got {fractions}.")
+      raise ConfigError(
+        f"method.fractions must be increasing RST budget fractions in [0, 1]; got {fractions}."
+      )
     initial = int(m.get("initial_layers", 0) or 0)
     if initial == 0:
       initial = auto_initial_layers(self.num_layers, len(fractions))
     if not 1 <= initial <= self.num_layers:
-      raise ConfigError(f"method.initial_layers must be between 1 and model.num_layers"
-                        f" ({self.num_layers}); got {initial}.")
+      raise ConfigError(
+        f"method.initial_layers must be between 1 and model.num_layers"
+        f" ({self.num_layers}); got {initial}."
+      )
     self.fractions = fractions
     self.initial_layers = initial
     self.copy_optimizer_state = bool(m.get("copy_optimizer_state", False))
     self.depths = stage_depths(initial, self.num_layers, len(fractions))
     if self.depths[-1] != self.num_layers:
       raise ConfigError(
-          f"method.initial_layers={initial} doubled {len(fractions)} times reaches"
-          f" {self.depths[-1]} layers, not model.num_layers={self.num_layers}; set"
-          f" method.initial_layers={auto_initial_layers(self.num_layers, len(fractions))}"
-          " (or 0 for that automatic choice).")
+        f"method.initial_layers={initial} doubled {len(fractions)} times reaches"
+        f" {self.depths[-1]} layers, not model.num_layers={self.num_layers}; set"
+        f" method.initial_layers={auto_initial_layers(self.num_layers, len(fractions))}"
+        " (or 0 for that automatic choice)."
+      )
 
   def stage(self, rst_fraction: float) -> int:
     return sum(1 for f in self.fractions if f <= rst_fraction)

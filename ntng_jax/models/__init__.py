@@ -30,8 +30,18 @@ from ntng_jax.models.gpt import GPT
 from ntng_jax.models.sizes import SIZES, model_config, validate, with_defaults
 from ntng_jax.models.t5 import T5, greedy_decode
 
-__all__ = ['LanguageModel', 'build_model', 'model_config', 'SIZES', 'losses', 'greedy_decode',
-           'param_count', 'Bert', 'T5', 'GPT']
+__all__ = [
+  "LanguageModel",
+  "build_model",
+  "model_config",
+  "SIZES",
+  "losses",
+  "greedy_decode",
+  "param_count",
+  "Bert",
+  "T5",
+  "GPT",
+]
 
 
 def param_count(params) -> int:
@@ -49,6 +59,7 @@ class LanguageModel:
   num_layers: current depth (leading 'layers' axis of stacked parameters).
   param_count(params) -> int.
   """
+
   cfg: Any
   module: nn.Module
   init: Callable[..., Any]
@@ -59,19 +70,25 @@ class LanguageModel:
 
 def _inputs(family: str, batch) -> dict:
   """The module's keyword arguments from a batch (docs/architecture.md batch contract)."""
-  if family == 'bert':
-    return dict(input_ids=batch['input_ids'], mlm_positions=batch['mlm_positions'],
-                attention_mask=batch.get('attention_mask'))
-  if family == 'gpt':
-    return dict(input_ids=batch['input_ids'])
-  return dict(encoder_input_ids=batch['encoder_input_ids'],
-              decoder_input_ids=batch['decoder_input_ids'], encoder_mask=batch.get('encoder_mask'))
+  if family == "bert":
+    return dict(
+      input_ids=batch["input_ids"],
+      mlm_positions=batch["mlm_positions"],
+      attention_mask=batch.get("attention_mask"),
+    )
+  if family == "gpt":
+    return dict(input_ids=batch["input_ids"])
+  return dict(
+    encoder_input_ids=batch["encoder_input_ids"],
+    decoder_input_ids=batch["decoder_input_ids"],
+    encoder_mask=batch.get("encoder_mask"),
+  )
 
 
 def _targets(family: str, batch):
-  if family == 'bert':
-    return batch['mlm_labels'], batch['mlm_weights']
-  return batch['targets'], batch['target_weights']
+  if family == "bert":
+    return batch["mlm_labels"], batch["mlm_weights"]
+  return batch["targets"], batch["target_weights"]
 
 
 def build_model(cfg) -> LanguageModel:
@@ -80,17 +97,23 @@ def build_model(cfg) -> LanguageModel:
   validate(cfg)
   cfg = ml_collections.FrozenConfigDict(cfg)  # hashable, safe as a module attribute
   family = cfg.family
-  module = {'bert': Bert, 't5': T5, 'gpt': GPT}[family](cfg)
+  module = {"bert": Bert, "t5": T5, "gpt": GPT}[family](cfg)
 
   def init(rng, batch):
-    return module.init({'params': rng}, **_inputs(family, batch))['params']
+    return module.init({"params": rng}, **_inputs(family, batch))["params"]
 
   def logits(params, batch, keep=None, dtype=jnp.float32, deterministic=True, rng=None):
     mod = module.clone(dtype=dtype, deterministic=deterministic)
-    rngs = {} if rng is None else {'dropout': rng}
-    out = mod.apply({'params': nn.unbox(params)}, **_inputs(family, batch), keep=keep, rngs=rngs)
+    rngs = {} if rng is None else {"dropout": rng}
+    out = mod.apply({"params": nn.unbox(params)}, **_inputs(family, batch), keep=keep, rngs=rngs)
     labels, weights = _targets(family, batch)
     return out, labels, weights
 
-  return LanguageModel(cfg=cfg, module=module, init=init, logits=logits,
-                       num_layers=cfg.num_layers, param_count=param_count)
+  return LanguageModel(
+    cfg=cfg,
+    module=module,
+    init=init,
+    logits=logits,
+    num_layers=cfg.num_layers,
+    param_count=param_count,
+  )

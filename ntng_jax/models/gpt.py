@@ -39,6 +39,7 @@ class CausalSelfAttention(nn.Module):
 
   `bias` is the additive mask [1, 1, S, K]; with `decode_len` the step's keys/values are written
   into the cache at `position` and attention runs against the whole cache (K = decode_len)."""
+
   num_heads: int
   head_dim: int
   std: float
@@ -50,25 +51,39 @@ class CausalSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, bias, position=None):
-    qkv = L.Dense((3, self.num_heads, self.head_dim), ('embed', 'qkv', 'heads', 'kv'), self.std,
-                  dtype=self.dtype, name='qkv')(x)
-    qkv = L.constrain(qkv, ('act_batch', 'act_length', None, 'act_heads', None))
+    qkv = L.Dense(
+      (3, self.num_heads, self.head_dim),
+      ("embed", "qkv", "heads", "kv"),
+      self.std,
+      dtype=self.dtype,
+      name="qkv",
+    )(x)
+    qkv = L.constrain(qkv, ("act_batch", "act_length", None, "act_heads", None))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.decode_len:
       shape = (x.shape[0], self.decode_len, self.num_heads, self.head_dim)
-      ck = self.variable('cache', 'key', jnp.zeros, shape, k.dtype)
-      cv = self.variable('cache', 'value', jnp.zeros, shape, v.dtype)
+      ck = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
+      cv = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
       ck.value = jax.lax.dynamic_update_slice_in_dim(ck.value, k, position, axis=1)
       cv.value = jax.lax.dynamic_update_slice_in_dim(cv.value, v, position, axis=1)
       k, v = ck.value, cv.value
-    out = L.dot_product_attention(q, k, v, bias, 1.0 / math.sqrt(self.head_dim), self.dtype,
-                                  L.probs_dropout(self.dropout_rate, self.deterministic))
-    return L.Dense(x.shape[-1], ('heads', 'kv', 'embed'), self.out_std, in_dims=2,
-                   dtype=self.dtype, name='out')(out)
+    out = L.dot_product_attention(
+      q,
+      k,
+      v,
+      bias,
+      1.0 / math.sqrt(self.head_dim),
+      self.dtype,
+      L.probs_dropout(self.dropout_rate, self.deterministic),
+    )
+    return L.Dense(
+      x.shape[-1], ("heads", "kv", "embed"), self.out_std, in_dims=2, dtype=self.dtype, name="out"
+    )(out)
 
 
 class GPTMLP(nn.Module):
   """D -> F, GELU (tanh approximation, as GPT-2), F -> D; no biases."""
+
   intermediate_size: int
   std: float
   out_std: float
@@ -76,10 +91,9 @@ class GPTMLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = L.Dense(self.intermediate_size, ('embed', 'mlp'), self.std, dtype=self.dtype,
-                name='wi')(x)
-    h = L.constrain(nn.gelu(h, approximate=True), ('act_batch', 'act_length', 'act_mlp'))
-    return L.Dense(x.shape[-1], ('mlp', 'embed'), self.out_std, dtype=self.dtype, name='wo')(h)
+    h = L.Dense(self.intermediate_size, ("embed", "mlp"), self.std, dtype=self.dtype, name="wi")(x)
+    h = L.constrain(nn.gelu(h, approximate=True), ("act_batch", "act_length", "act_mlp"))
+    return L.Dense(x.shape[-1], ("mlp", "embed"), self.out_std, dtype=self.dtype, name="wo")(h)
 
 
 class GPTBlock(Block):
@@ -88,24 +102,30 @@ class GPTBlock(Block):
   def setup(self):
     c = self.cfg
     self.norm1 = L.LayerNorm(c.layer_norm_eps, dtype=self.dtype)
-    self.attn = CausalSelfAttention(c.num_heads, c.head_dim, c.init_std, _out_std(c),
-                                    decode_len=self.decode_len, dtype=self.dtype,
-                                    dropout_rate=c.get('attention_dropout_rate', 0.0),
-                                    deterministic=self.deterministic)
+    self.attn = CausalSelfAttention(
+      c.num_heads,
+      c.head_dim,
+      c.init_std,
+      _out_std(c),
+      decode_len=self.decode_len,
+      dtype=self.dtype,
+      dropout_rate=c.get("attention_dropout_rate", 0.0),
+      deterministic=self.deterministic,
+    )
     self.norm2 = L.LayerNorm(c.layer_norm_eps, dtype=self.dtype)
     self.mlp = GPTMLP(c.intermediate_size, c.init_std, _out_std(c), dtype=self.dtype)
     self.dropout = nn.Dropout(c.dropout_rate)
 
   def layer(self, x, bias, position):
-    x = x + self.dropout(self.attn(self.norm1(x), bias, position),
-                         deterministic=self.deterministic)
+    x = x + self.dropout(self.attn(self.norm1(x), bias, position), deterministic=self.deterministic)
     x = x + self.dropout(self.mlp(self.norm2(x)), deterministic=self.deterministic)
-    return L.constrain(x, ('act_batch', 'act_length', 'act_embed'))
+    return L.constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
 class GPT(nn.Module):
   """See the module docstring. Parameters: token_embed [V, D] (tied head), position
   [max_length, D], decoder/layers/... (stacked), final_norm."""
+
   cfg: Any
   dtype: Any = jnp.float32
   deterministic: bool = True
@@ -114,11 +134,16 @@ class GPT(nn.Module):
   def setup(self):
     c = self.cfg
     self.token_embed = L.Embed(c.vocab_size, c.hidden_size, c.init_std, dtype=self.dtype)
-    self.position = self.param('position', nn.with_logical_partitioning(
-        L.normal(c.init_std), (None, 'embed')), (c.max_length, c.hidden_size), jnp.float32)
+    self.position = self.param(
+      "position",
+      nn.with_logical_partitioning(L.normal(c.init_std), (None, "embed")),
+      (c.max_length, c.hidden_size),
+      jnp.float32,
+    )
     self.dropout = nn.Dropout(c.dropout_rate)
-    self.decoder = LayerStack(GPTBlock, c, c.num_layers, self.dtype, self.deterministic,
-                              self.decode_len)
+    self.decoder = LayerStack(
+      GPTBlock, c, c.num_layers, self.dtype, self.deterministic, self.decode_len
+    )
     self.final_norm = L.LayerNorm(c.layer_norm_eps, dtype=self.dtype)
 
   def hidden(self, input_ids, keep=None, position=None):
@@ -127,7 +152,7 @@ class GPT(nn.Module):
     if self.decode_len:
       start = jnp.asarray(0 if position is None else position, jnp.int32)
       if length > self.decode_len:
-        raise ValueError(f'{length} tokens exceed the KV cache of {self.decode_len}.')
+        raise ValueError(f"{length} tokens exceed the KV cache of {self.decode_len}.")
       pos = jax.lax.dynamic_slice_in_dim(self.position, start, length, axis=0)
       query = start + jnp.arange(length)
       allowed = jnp.arange(self.decode_len)[None, :] <= query[:, None]
@@ -135,16 +160,17 @@ class GPT(nn.Module):
       position = start
     else:
       if length > self.cfg.max_length:
-        raise ValueError(f'sequence length {length} exceeds model.max_length '
-                         f'{self.cfg.max_length}.')
+        raise ValueError(
+          f"sequence length {length} exceeds model.max_length {self.cfg.max_length}."
+        )
       pos = self.position[:length]
       bias = L.causal_bias(length)
     x = self.token_embed(input_ids) + pos.astype(self.dtype)[None]
     x = self.dropout(x, deterministic=self.deterministic)
-    x = L.constrain(x, ('act_batch', 'act_length', 'act_embed'))
+    x = L.constrain(x, ("act_batch", "act_length", "act_embed"))
     x = self.decoder(x, bias, position, keep=keep)
     return self.final_norm(x)
 
   def __call__(self, input_ids, keep=None, position=None):
     logits = self.token_embed.attend(self.hidden(input_ids, keep, position)).astype(jnp.float32)
-    return L.constrain(logits, ('act_batch', 'act_length', 'act_vocab'))
+    return L.constrain(logits, ("act_batch", "act_length", "act_vocab"))

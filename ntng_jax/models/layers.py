@@ -33,6 +33,7 @@ def constrain(x, names: Sequence[str | None]):
 class Dense(nn.Module):
   """Bias-free dense layer contracting the last `in_dims` axes of x with a kernel
   `[*x.shape[-in_dims:], *features]` whose axes are named `axes`."""
+
   features: int | Sequence[int]
   axes: Sequence[str | None]
   std: float
@@ -42,9 +43,10 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
-    shape = tuple(x.shape[-self.in_dims:]) + features
-    kernel = self.param('kernel', nn.with_logical_partitioning(normal(self.std), tuple(self.axes)),
-                        shape, jnp.float32)
+    shape = tuple(x.shape[-self.in_dims :]) + features
+    kernel = self.param(
+      "kernel", nn.with_logical_partitioning(normal(self.std), tuple(self.axes)), shape, jnp.float32
+    )
     contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     return jax.lax.dot_general(x, kernel, (contract, ((), ())))
@@ -52,6 +54,7 @@ class Dense(nn.Module):
 
 class Embed(nn.Module):
   """Token embedding `[V, D]`; `attend` gives tied output logits."""
+
   num_embeddings: int
   features: int
   std: float
@@ -62,8 +65,13 @@ class Embed(nn.Module):
     def init(key, shape, dtype):
       w = normal(self.std)(key, shape, dtype)
       return w if self.zero_row is None else w.at[self.zero_row].set(0)
-    self.embedding = self.param('embedding', nn.with_logical_partitioning(init, ('vocab', 'embed')),
-                                (self.num_embeddings, self.features), jnp.float32)
+
+    self.embedding = self.param(
+      "embedding",
+      nn.with_logical_partitioning(init, ("vocab", "embed")),
+      (self.num_embeddings, self.features),
+      jnp.float32,
+    )
 
   def __call__(self, ids):
     """ids [B, S] int -> [B, S, D] in dtype. The lookup passes no gradient to `zero_row`
@@ -75,21 +83,24 @@ class Embed(nn.Module):
 
   def attend(self, x):
     """x [..., D] -> logits [..., V] (in dtype)."""
-    return jnp.einsum('...d,vd->...v', x.astype(self.dtype), self.embedding.astype(self.dtype))
+    return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
 
 
 class LayerNorm(nn.Module):
   """LayerNorm with scale and bias, computed in float32."""
+
   eps: float
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-                       (d,), jnp.float32)
-    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-                      (d,), jnp.float32)
+    scale = self.param(
+      "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (d,), jnp.float32
+    )
+    bias = self.param(
+      "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,), jnp.float32
+    )
     x = x.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
@@ -99,13 +110,18 @@ class LayerNorm(nn.Module):
 
 class RMSNorm(nn.Module):
   """T5 layer norm: scale only, no mean subtraction, computed in float32."""
+
   eps: float
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-                       (x.shape[-1],), jnp.float32)
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      (x.shape[-1],),
+      jnp.float32,
+    )
     x = x.astype(jnp.float32)
     y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps) * scale
     return y.astype(self.dtype)
@@ -116,6 +132,7 @@ class BertMLP(nn.Module):
 
   The first kernel is `[D, 2, F/2]` (same parameters as torch's D->F Linear, first half = x)
   so that the split never crosses a tensor-parallel shard of 'mlp'."""
+
   intermediate_size: int
   std: float
   dtype: Dtype = jnp.float32
@@ -123,14 +140,15 @@ class BertMLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     d, half = x.shape[-1], self.intermediate_size // 2
-    h = Dense((2, half), ('embed', None, 'mlp'), self.std, dtype=self.dtype, name='wi')(x)
-    h = constrain(h, ('act_batch', 'act_length', None, 'act_mlp'))
+    h = Dense((2, half), ("embed", None, "mlp"), self.std, dtype=self.dtype, name="wi")(x)
+    h = constrain(h, ("act_batch", "act_length", None, "act_mlp"))
     y = nn.gelu(h[..., 1, :], approximate=False) * h[..., 0, :]
-    return Dense(d, ('mlp', 'embed'), self.std, dtype=self.dtype, name='wo')(y)
+    return Dense(d, ("mlp", "embed"), self.std, dtype=self.dtype, name="wo")(y)
 
 
 class T5MLP(nn.Module):
   """T5 v1.1 gated GELU: wo(gelu_tanh(wi_0 x) * wi_1 x); x [..., D] -> [..., D]."""
+
   d_ff: int
   wi_std: float
   wo_std: float
@@ -139,25 +157,26 @@ class T5MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    gate = Dense(self.d_ff, ('embed', 'mlp'), self.wi_std, dtype=self.dtype, name='wi_0')(x)
-    lin = Dense(self.d_ff, ('embed', 'mlp'), self.wi_std, dtype=self.dtype, name='wi_1')(x)
-    h = constrain(nn.gelu(gate, approximate=True) * lin, ('act_batch', 'act_length', 'act_mlp'))
-    return Dense(d, ('mlp', 'embed'), self.wo_std, dtype=self.dtype, name='wo')(h)
+    gate = Dense(self.d_ff, ("embed", "mlp"), self.wi_std, dtype=self.dtype, name="wi_0")(x)
+    lin = Dense(self.d_ff, ("embed", "mlp"), self.wi_std, dtype=self.dtype, name="wi_1")(x)
+    h = constrain(nn.gelu(gate, approximate=True) * lin, ("act_batch", "act_length", "act_mlp"))
+    return Dense(d, ("mlp", "embed"), self.wo_std, dtype=self.dtype, name="wo")(h)
 
 
-def dot_product_attention(q, k, v, bias=None, scale: float = 1.0, dtype: Dtype = jnp.float32,
-                          dropout=None):
+def dot_product_attention(
+  q, k, v, bias=None, scale: float = 1.0, dtype: Dtype = jnp.float32, dropout=None
+):
   """q [B, Q, H, Dh], k/v [B, K, H, Dh], bias broadcastable to [B, H, Q, K] (additive, f32)
   -> [B, Q, H, Dh] in dtype. Softmax in float32; `dropout` (None or a function) is applied to
   the probabilities."""
-  scores = jnp.einsum('bqhd,bkhd->bhqk', q.astype(dtype), k.astype(dtype)).astype(jnp.float32)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype)).astype(jnp.float32)
   scores = scores * scale
   if bias is not None:
     scores = scores + bias
   probs = jax.nn.softmax(scores, axis=-1)
   if dropout is not None:
     probs = dropout(probs)
-  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dtype), v.astype(dtype))
+  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype))
 
 
 def resolve_attention_impl(impl: str, dtype: Dtype) -> str:
@@ -166,18 +185,27 @@ def resolve_attention_impl(impl: str, dtype: Dtype) -> str:
   'auto' picks by platform: cuDNN's fused kernel on NVIDIA GPUs when computing in 16 bits
   (it has no float32 kernel), XLA's `jax.nn.dot_product_attention` on other GPUs/TPUs, and the
   einsum path on CPU, where it measured fastest (BENCHMARKS.md, "CPU speed")."""
-  if impl != 'auto':
+  if impl != "auto":
     return impl
   platform = jax.devices()[0].platform
-  if platform == 'cpu':
-    return 'einsum'
-  if platform == 'gpu' and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-    return 'cudnn'
-  return 'xla'
+  if platform == "cpu":
+    return "einsum"
+  if platform == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return "cudnn"
+  return "xla"
 
 
-def attention(q, k, v, bias=None, mask_bias=None, scale: float = 1.0, dtype: Dtype = jnp.float32,
-              impl: str = 'einsum', dropout=None):
+def attention(
+  q,
+  k,
+  v,
+  bias=None,
+  mask_bias=None,
+  scale: float = 1.0,
+  dtype: Dtype = jnp.float32,
+  impl: str = "einsum",
+  dropout=None,
+):
   """Multi-head attention through the implementation `impl` (see `resolve_attention_impl`).
 
   q [B, Q, H, Dh], k/v [B, K, H, Dh]; `bias` a learned additive bias (T5's relative positions,
@@ -185,18 +213,28 @@ def attention(q, k, v, bias=None, mask_bias=None, scale: float = 1.0, dtype: Dty
   causal) -> [B, Q, H, Dh] in dtype. 'einsum' is `dot_product_attention`; with `dropout` (which
   jax.nn.dot_product_attention lacks) every implementation takes that path."""
   impl = resolve_attention_impl(impl, dtype)
-  if impl == 'einsum' or dropout is not None:
+  if impl == "einsum" or dropout is not None:
     return dot_product_attention(q, k, v, add_biases(bias, mask_bias), scale, dtype, dropout)
   q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
-  if impl == 'xla':
-    return jax.nn.dot_product_attention(q, k, v, bias=add_biases(bias, mask_bias), scale=scale,
-                                        implementation='xla')
-  if impl == 'cudnn':  # bias in the compute dtype; the 0 / NEG_INF mask as a boolean mask
-    mask = None if mask_bias is None else jnp.broadcast_to(
-        mask_bias == 0, mask_bias.shape[:2] + (q.shape[1], k.shape[1]))
+  if impl == "xla":
     return jax.nn.dot_product_attention(
-        q, k, v, bias=None if bias is None else bias.astype(dtype), mask=mask, scale=scale,
-        implementation='cudnn')
+      q, k, v, bias=add_biases(bias, mask_bias), scale=scale, implementation="xla"
+    )
+  if impl == "cudnn":  # bias in the compute dtype; the 0 / NEG_INF mask as a boolean mask
+    mask = (
+      None
+      if mask_bias is None
+      else jnp.broadcast_to(mask_bias == 0, mask_bias.shape[:2] + (q.shape[1], k.shape[1]))
+    )
+    return jax.nn.dot_product_attention(
+      q,
+      k,
+      v,
+      bias=None if bias is None else bias.astype(dtype),
+      mask=mask,
+      scale=scale,
+      implementation="cudnn",
+    )
   raise ValueError(f"model.attention_impl must be one of auto, einsum, xla, cudnn; got {impl!r}.")
 
 
@@ -212,25 +250,41 @@ class BertAttention(nn.Module):
   """Fused-QKV self-attention, scale 1/sqrt(Dh), no biases. x [B, S, D] -> [B, S, D].
 
   The QKV kernel is `[D, 3, H, Dh]`, i.e. torch's D->3D Wqkv laid out [q|k|v], heads contiguous."""
+
   num_heads: int
   head_dim: int
   std: float
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0  # on the attention probabilities, when not deterministic
   deterministic: bool = True
-  impl: str = 'einsum'  # see `attention`
+  impl: str = "einsum"  # see `attention`
 
   @nn.compact
   def __call__(self, x, bias=None):
     """`bias`: the additive padding mask [B, 1, 1, S] or None."""
-    qkv = Dense((3, self.num_heads, self.head_dim), ('embed', 'qkv', 'heads', 'kv'), self.std,
-                dtype=self.dtype, name='qkv')(x)
-    qkv = constrain(qkv, ('act_batch', 'act_length', None, 'act_heads', None))
+    qkv = Dense(
+      (3, self.num_heads, self.head_dim),
+      ("embed", "qkv", "heads", "kv"),
+      self.std,
+      dtype=self.dtype,
+      name="qkv",
+    )(x)
+    qkv = constrain(qkv, ("act_batch", "act_length", None, "act_heads", None))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = attention(q, k, v, None, bias, 1.0 / math.sqrt(self.head_dim), self.dtype, self.impl,
-                    probs_dropout(self.dropout_rate, self.deterministic))
-    return Dense(x.shape[-1], ('heads', 'kv', 'embed'), self.std, in_dims=2, dtype=self.dtype,
-                 name='out')(out)
+    out = attention(
+      q,
+      k,
+      v,
+      None,
+      bias,
+      1.0 / math.sqrt(self.head_dim),
+      self.dtype,
+      self.impl,
+      probs_dropout(self.dropout_rate, self.deterministic),
+    )
+    return Dense(
+      x.shape[-1], ("heads", "kv", "embed"), self.std, in_dims=2, dtype=self.dtype, name="out"
+    )(out)
 
 
 class T5Attention(nn.Module):
@@ -240,6 +294,7 @@ class T5Attention(nn.Module):
   With `decode_len > 0` the keys/values live in the 'cache' collection: self-attention writes
   this step's k/v at `position` into a `[B, decode_len, H, Dh]` buffer; cross-attention projects
   `kv` (the encoder output) once, on the call that creates the cache."""
+
   num_heads: int
   head_dim: int
   q_std: float
@@ -250,38 +305,48 @@ class T5Attention(nn.Module):
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0  # on the attention probabilities, when not deterministic
   deterministic: bool = True
-  impl: str = 'einsum'  # see `attention`
+  impl: str = "einsum"  # see `attention`
 
   @nn.compact
   def __call__(self, x, kv, bias=None, position=None, mask_bias=None):
     """`bias`: the relative-position bias; `mask_bias`: the additive padding/causal mask."""
     hd = (self.num_heads, self.head_dim)
-    axes = ('embed', 'heads', 'kv')
-    q = Dense(hd, axes, self.q_std, dtype=self.dtype, name='q')(x)
-    k_proj = Dense(hd, axes, self.kv_std, dtype=self.dtype, name='k')
-    v_proj = Dense(hd, axes, self.kv_std, dtype=self.dtype, name='v')
+    axes = ("embed", "heads", "kv")
+    q = Dense(hd, axes, self.q_std, dtype=self.dtype, name="q")(x)
+    k_proj = Dense(hd, axes, self.kv_std, dtype=self.dtype, name="k")
+    v_proj = Dense(hd, axes, self.kv_std, dtype=self.dtype, name="v")
     if self.decode_len and self.cross:
-      if self.has_variable('cache', 'cross_key'):
-        k = self.get_variable('cache', 'cross_key')
-        v = self.get_variable('cache', 'cross_value')
+      if self.has_variable("cache", "cross_key"):
+        k = self.get_variable("cache", "cross_key")
+        v = self.get_variable("cache", "cross_value")
       else:  # first decoding step: project the encoder output once
         k, v = k_proj(kv), v_proj(kv)
-        self.put_variable('cache', 'cross_key', k)
-        self.put_variable('cache', 'cross_value', v)
+        self.put_variable("cache", "cross_key", k)
+        self.put_variable("cache", "cross_value", v)
     elif self.decode_len:  # x is one step [B, 1, D]
       k, v = k_proj(kv), v_proj(kv)
       shape = (x.shape[0], self.decode_len) + hd
-      ck = self.variable('cache', 'key', jnp.zeros, shape, k.dtype)
-      cv = self.variable('cache', 'value', jnp.zeros, shape, v.dtype)
+      ck = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
+      cv = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
       ck.value = jax.lax.dynamic_update_slice_in_dim(ck.value, k, position, axis=1)
       cv.value = jax.lax.dynamic_update_slice_in_dim(cv.value, v, position, axis=1)
       k, v = ck.value, cv.value
     else:
       k, v = k_proj(kv), v_proj(kv)
-    out = attention(q, k, v, bias, mask_bias, 1.0, self.dtype, self.impl,
-                    probs_dropout(self.dropout_rate, self.deterministic))
-    return Dense(x.shape[-1], ('heads', 'kv', 'embed'), self.o_std, in_dims=2, dtype=self.dtype,
-                 name='o')(out)
+    out = attention(
+      q,
+      k,
+      v,
+      bias,
+      mask_bias,
+      1.0,
+      self.dtype,
+      self.impl,
+      probs_dropout(self.dropout_rate, self.deterministic),
+    )
+    return Dense(
+      x.shape[-1], ("heads", "kv", "embed"), self.o_std, in_dims=2, dtype=self.dtype, name="o"
+    )(out)
 
 
 def sinusoidal_table(length: int, dim: int) -> np.ndarray:
@@ -297,6 +362,7 @@ def sinusoidal_table(length: int, dim: int) -> np.ndarray:
 class ScaledSinusoidal(nn.Module):
   """Crammed-BERT positions: fixed sin/cos table times one learnable scalar (init 1/sqrt(D)).
   Returns [1, S, D] for a sequence of length S <= max_length."""
+
   max_length: int
   features: int
   dtype: Dtype = jnp.float32
@@ -304,15 +370,20 @@ class ScaledSinusoidal(nn.Module):
   @nn.compact
   def __call__(self, length: int):
     if length > self.max_length:
-      raise ValueError(f'sequence length {length} exceeds model.max_length {self.max_length}.')
-    scale = self.param('scale', nn.with_logical_partitioning(
-        nn.initializers.constant(1.0 / math.sqrt(self.features)), ()), (), jnp.float32)
+      raise ValueError(f"sequence length {length} exceeds model.max_length {self.max_length}.")
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.constant(1.0 / math.sqrt(self.features)), ()),
+      (),
+      jnp.float32,
+    )
     table = jnp.asarray(sinusoidal_table(self.max_length, self.features))[None, :length]
     return (scale * table).astype(self.dtype)
 
 
-def relative_position_buckets(relative_position, bidirectional: bool, num_buckets: int,
-                              max_distance: int):
+def relative_position_buckets(
+  relative_position, bidirectional: bool, num_buckets: int, max_distance: int
+):
   """T5 bucketing of `relative_position = key_pos - query_pos` (int array) into
   [0, num_buckets): exact for small distances, log-spaced up to max_distance. Unidirectional
   (decoder) buckets only distinguish keys at or before the query."""
@@ -325,23 +396,28 @@ def relative_position_buckets(relative_position, bidirectional: bool, num_bucket
     distance = jnp.maximum(-relative_position, 0)
   max_exact = num_buckets // 2
   safe = jnp.maximum(distance, 1).astype(jnp.float32)
-  large = max_exact + (jnp.log(safe / max_exact) / math.log(max_distance / max_exact)
-                       * (num_buckets - max_exact)).astype(relative_position.dtype)
+  large = max_exact + (
+    jnp.log(safe / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+  ).astype(relative_position.dtype)
   large = jnp.minimum(large, num_buckets - 1)
   return buckets + jnp.where(distance < max_exact, distance, large)
 
 
 class RelativeBias(nn.Module):
   """Per-layer learned bias table [num_buckets, H]; buckets [Q, K] int -> bias [1, H, Q, K] f32."""
+
   num_buckets: int
   num_heads: int
   std: float
 
   @nn.compact
   def __call__(self, buckets):
-    table = self.param('rel_embedding', nn.with_logical_partitioning(
-        normal(self.std), ('relpos_buckets', 'heads')), (self.num_buckets, self.num_heads),
-        jnp.float32)
+    table = self.param(
+      "rel_embedding",
+      nn.with_logical_partitioning(normal(self.std), ("relpos_buckets", "heads")),
+      (self.num_buckets, self.num_heads),
+      jnp.float32,
+    )
     return jnp.transpose(jnp.take(table, buckets, axis=0), (2, 0, 1))[None]
 
 

@@ -20,11 +20,11 @@ def resolve_layer_loop(layer_loop: str, hidden_size: int) -> str:
   copy of the layer per depth in the program, the parameters still stacked) for
   `model.layer_loop`; 'auto' picks what measured faster (BENCHMARKS.md, "CPU speed"): unrolled
   on CPU up to `UNROLL_MAX_HIDDEN_CPU`, the scan otherwise."""
-  if layer_loop != 'auto':
+  if layer_loop != "auto":
     return layer_loop
-  if jax.devices()[0].platform == 'cpu' and hidden_size <= UNROLL_MAX_HIDDEN_CPU:
-    return 'unroll'
-  return 'scan'
+  if jax.devices()[0].platform == "cpu" and hidden_size <= UNROLL_MAX_HIDDEN_CPU:
+    return "unroll"
+  return "scan"
 
 
 # Unrolled/scanned train step on the 2-core CPU (benchmarks/variants.py, near quiet): BERT small
@@ -37,6 +37,7 @@ class Block(nn.Module):
 
   `__call__(x, keep, *args) -> (x, None)` is the scan body: `keep` is None (always run) or a
   bool scalar (run `layer` under `nn.cond`, identity otherwise)."""
+
   cfg: Any
   dtype: Any = jnp.float32
   deterministic: bool = True
@@ -50,8 +51,9 @@ class Block(nn.Module):
     # branches to create the same variables), so it always runs the layer.
     if keep is None or self.is_initializing():
       return self.layer(x, *args).astype(x.dtype), None
-    y = nn.cond(keep, lambda m, x, *a: m.layer(x, *a).astype(x.dtype), lambda m, x, *a: x,
-                self, x, *args)
+    y = nn.cond(
+      keep, lambda m, x, *a: m.layer(x, *a).astype(x.dtype), lambda m, x, *a: x, self, x, *args
+    )
     return y, None
 
 
@@ -61,6 +63,7 @@ class LayerStack(nn.Module):
   `__call__(x [B, S, D], *broadcast, keep=None) -> [B, S, D]`; `broadcast` are the extra
   per-call arguments every layer sees (masks, position buckets, encoder output), `keep` is None
   or bool `[num_layers]`. Parameters live under '<name>/layers/...' with a leading layer axis."""
+
   block_cls: type[Block]
   cfg: Any
   num_layers: int
@@ -76,17 +79,21 @@ class LayerStack(nn.Module):
     if keep is not None:
       keep = jnp.asarray(keep).astype(bool)
       if keep.shape != (self.num_layers,):
-        raise ValueError(f'keep must have shape ({self.num_layers},); got {keep.shape}.')
+        raise ValueError(f"keep must have shape ({self.num_layers},); got {keep.shape}.")
     scanned = nn.scan(
-        block,
-        variable_axes={'params': 0, 'cache': 0},
-        split_rngs={'params': True, 'dropout': True},
-        in_axes=(nn.broadcast if keep is None else 0,) + (nn.broadcast,) * len(broadcast),
-        length=self.num_layers,
-        unroll=(self.num_layers if resolve_layer_loop(self.cfg.layer_loop, self.cfg.hidden_size)
-                == 'unroll' else 1),
-        metadata_params={nn.PARTITION_NAME: 'layers'},
+      block,
+      variable_axes={"params": 0, "cache": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast if keep is None else 0,) + (nn.broadcast,) * len(broadcast),
+      length=self.num_layers,
+      unroll=(
+        self.num_layers
+        if resolve_layer_loop(self.cfg.layer_loop, self.cfg.hidden_size) == "unroll"
+        else 1
+      ),
+      metadata_params={nn.PARTITION_NAME: "layers"},
     )
-    x, _ = scanned(self.cfg, self.dtype, self.deterministic, self.decode_len,
-                   name='layers')(x, keep, *broadcast)
+    x, _ = scanned(self.cfg, self.dtype, self.deterministic, self.decode_len, name="layers")(
+      x, keep, *broadcast
+    )
     return x

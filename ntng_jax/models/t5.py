@@ -20,26 +20,41 @@ EOS_ID = 1
 def _stds(c):
   """Mesh-TF init stds, each scaled by the factor c.init_std (1.0 in the paper)."""
   d, f = c.hidden_size, c.init_std
-  return dict(embed=f, q=f * (d * c.head_dim) ** -0.5, kv=f * d ** -0.5, o=f * d ** -0.5,
-              wi=f * d ** -0.5, wo=f * c.intermediate_size ** -0.5, rel=f * d ** -0.5)
+  return dict(
+    embed=f,
+    q=f * (d * c.head_dim) ** -0.5,
+    kv=f * d**-0.5,
+    o=f * d**-0.5,
+    wi=f * d**-0.5,
+    wo=f * c.intermediate_size**-0.5,
+    rel=f * d**-0.5,
+  )
 
 
 class _T5Block(Block):
-
   def _attention(self, cross: bool):
     c, s = self.cfg, _stds(self.cfg)
-    return L.T5Attention(c.num_heads, c.head_dim, s['q'], s['kv'], s['o'], cross=cross,
-                         decode_len=self.decode_len, dtype=self.dtype,
-                         dropout_rate=c.attention_dropout_rate, deterministic=self.deterministic,
-                         impl=c.attention_impl)
+    return L.T5Attention(
+      c.num_heads,
+      c.head_dim,
+      s["q"],
+      s["kv"],
+      s["o"],
+      cross=cross,
+      decode_len=self.decode_len,
+      dtype=self.dtype,
+      dropout_rate=c.attention_dropout_rate,
+      deterministic=self.deterministic,
+      impl=c.attention_impl,
+    )
 
   def _common_setup(self):
     c, s = self.cfg, _stds(self.cfg)
     self.self_norm = L.RMSNorm(c.layer_norm_eps, dtype=self.dtype)
     self.self_attn = self._attention(cross=False)
-    self.rel_bias = L.RelativeBias(c.relative_attention_num_buckets, c.num_heads, s['rel'])
+    self.rel_bias = L.RelativeBias(c.relative_attention_num_buckets, c.num_heads, s["rel"])
     self.mlp_norm = L.RMSNorm(c.layer_norm_eps, dtype=self.dtype)
-    self.mlp = L.T5MLP(c.intermediate_size, s['wi'], s['wo'], dtype=self.dtype)
+    self.mlp = L.T5MLP(c.intermediate_size, s["wi"], s["wo"], dtype=self.dtype)
     self.dropout = nn.Dropout(c.dropout_rate)
 
   def _residual(self, x, y):
@@ -56,7 +71,7 @@ class T5EncoderBlock(_T5Block):
     h = self.self_norm(x)
     x = self._residual(x, self.self_attn(h, h, self.rel_bias(buckets), mask_bias=mask_bias))
     x = self._residual(x, self.mlp(self.mlp_norm(x)))
-    return L.constrain(x, ('act_batch', 'act_length', 'act_embed'))
+    return L.constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
 class T5DecoderBlock(_T5Block):
@@ -70,11 +85,12 @@ class T5DecoderBlock(_T5Block):
 
   def layer(self, x, buckets, self_bias, encoded, cross_bias, position):
     h = self.self_norm(x)
-    x = self._residual(x, self.self_attn(h, h, self.rel_bias(buckets), position,
-                                         mask_bias=self_bias))
+    x = self._residual(
+      x, self.self_attn(h, h, self.rel_bias(buckets), position, mask_bias=self_bias)
+    )
     x = self._residual(x, self.cross_attn(self.cross_norm(x), encoded, mask_bias=cross_bias))
     x = self._residual(x, self.mlp(self.mlp_norm(x)))
-    return L.constrain(x, ('act_batch', 'act_length', 'act_embed'))
+    return L.constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
 class T5Stack(nn.Module):
@@ -82,6 +98,7 @@ class T5Stack(nn.Module):
 
   `__call__(x [B, S, D] embedded, mask=None, encoded=None, encoder_mask=None, keep=None,
   position=None) -> [B, S, D]`; `mask` is the encoder padding mask [B, S]."""
+
   cfg: Any
   decoder: bool
   dtype: Any = jnp.float32
@@ -91,16 +108,20 @@ class T5Stack(nn.Module):
   def setup(self):
     c = self.cfg
     block = T5DecoderBlock if self.decoder else T5EncoderBlock
-    self.blocks = LayerStack(block, c, c.num_layers, self.dtype, self.deterministic,
-                             self.decode_len)
+    self.blocks = LayerStack(
+      block, c, c.num_layers, self.dtype, self.deterministic, self.decode_len
+    )
     self.final_norm = L.RMSNorm(c.layer_norm_eps, dtype=self.dtype)
     self.dropout = nn.Dropout(c.dropout_rate)
 
   def _buckets(self, relative_position):
     c = self.cfg
-    return L.relative_position_buckets(relative_position, not self.decoder,
-                                       c.relative_attention_num_buckets,
-                                       c.relative_attention_max_distance)
+    return L.relative_position_buckets(
+      relative_position,
+      not self.decoder,
+      c.relative_attention_num_buckets,
+      c.relative_attention_max_distance,
+    )
 
   def __call__(self, x, mask=None, encoded=None, encoder_mask=None, keep=None, position=None):
     x = self.dropout(x, deterministic=self.deterministic)
@@ -116,14 +137,16 @@ class T5Stack(nn.Module):
         key_pos = jnp.arange(self.decode_len)
         buckets = self._buckets(key_pos - position)[None, :]
         self_bias = jnp.where(key_pos <= position, 0.0, L.NEG_INF)[None, None, None, :]
-      x = self.blocks(x, buckets, self_bias, encoded, L.padding_bias(encoder_mask), position,
-                      keep=keep)
+      x = self.blocks(
+        x, buckets, self_bias, encoded, L.padding_bias(encoder_mask), position, keep=keep
+      )
     return self.dropout(self.final_norm(x), deterministic=self.deterministic)
 
 
 class T5(nn.Module):
   """`__call__(encoder_input_ids [B,Si], decoder_input_ids [B,St], encoder_mask=None,
   keep=None) -> logits [B, St, V] float32`. The same `keep` [L] applies to both stacks."""
+
   cfg: Any
   dtype: Any = jnp.float32
   deterministic: bool = True
@@ -131,13 +154,13 @@ class T5(nn.Module):
 
   def setup(self):
     c, s = self.cfg, _stds(self.cfg)
-    self.token_embed = L.Embed(c.vocab_size, c.hidden_size, s['embed'], dtype=self.dtype)
+    self.token_embed = L.Embed(c.vocab_size, c.hidden_size, s["embed"], dtype=self.dtype)
     self.encoder = T5Stack(c, False, self.dtype, self.deterministic)
     self.decoder = T5Stack(c, True, self.dtype, self.deterministic, self.decode_len)
-    self.lm_head = L.Dense(c.vocab_size, ('embed', 'vocab'), s['embed'], dtype=self.dtype)
+    self.lm_head = L.Dense(c.vocab_size, ("embed", "vocab"), s["embed"], dtype=self.dtype)
 
   def _embed(self, ids):
-    return L.constrain(self.token_embed(ids), ('act_batch', 'act_length', 'act_embed'))
+    return L.constrain(self.token_embed(ids), ("act_batch", "act_length", "act_embed"))
 
   def encode(self, encoder_input_ids, encoder_mask=None, keep=None):
     """-> encoder output [B, Si, D]."""
@@ -145,18 +168,30 @@ class T5(nn.Module):
 
   def decode(self, decoder_input_ids, encoded, encoder_mask=None, keep=None, position=None):
     """decoder_input_ids [B, St] (or [B, 1] at step `position` with a cache) -> [B, St, V] f32."""
-    h = self.decoder(self._embed(decoder_input_ids), encoded=encoded, encoder_mask=encoder_mask,
-                     keep=keep, position=position)
+    h = self.decoder(
+      self._embed(decoder_input_ids),
+      encoded=encoded,
+      encoder_mask=encoder_mask,
+      keep=keep,
+      position=position,
+    )
     logits = self.lm_head(h).astype(jnp.float32)
-    return L.constrain(logits, ('act_batch', 'act_length', 'act_vocab'))
+    return L.constrain(logits, ("act_batch", "act_length", "act_vocab"))
 
   def __call__(self, encoder_input_ids, decoder_input_ids, encoder_mask=None, keep=None):
     encoded = self.encode(encoder_input_ids, encoder_mask, keep)
     return self.decode(decoder_input_ids, encoded, encoder_mask, keep)
 
 
-def greedy_decode(model, params, encoder_input_ids, max_decode_len: int, encoder_mask=None,
-                  use_cache: bool = True, dtype=jnp.float32):
+def greedy_decode(
+  model,
+  params,
+  encoder_input_ids,
+  max_decode_len: int,
+  encoder_mask=None,
+  use_cache: bool = True,
+  dtype=jnp.float32,
+):
   """Greedy decoding: -> [B, max_decode_len] int32 generated ids (the start token excluded).
 
   `model` is a T5 `LanguageModel` (or anything with a `.module` T5); `params` boxed or not.
@@ -165,21 +200,23 @@ def greedy_decode(model, params, encoder_input_ids, max_decode_len: int, encoder
   one token against a KV cache; otherwise it re-runs the decoder on the whole prefix (slow,
   the reference for the cache). Jit-friendly with `max_decode_len` (and `use_cache`) static."""
   params = nn.unbox(params)
-  module = model.module.clone(dtype=dtype, deterministic=True,
-                              decode_len=max_decode_len if use_cache else 0)
-  encoded = module.apply({'params': params}, encoder_input_ids, encoder_mask, method=T5.encode)
+  module = model.module.clone(
+    dtype=dtype, deterministic=True, decode_len=max_decode_len if use_cache else 0
+  )
+  encoded = module.apply({"params": params}, encoder_input_ids, encoder_mask, method=T5.encode)
   batch = encoder_input_ids.shape[0]
 
   def next_logits(cache, out, i):
     if use_cache:
       prev = jax.lax.dynamic_index_in_dim(out, jnp.maximum(i - 1, 0), axis=1)  # [B, 1]
       token = jnp.where(i == 0, PAD_ID, prev)
-      variables = {'params': params} if cache is None else {'params': params, 'cache': cache}
-      logits, state = module.apply(variables, token, encoded, encoder_mask, position=i,
-                                   method=T5.decode, mutable=['cache'])
-      return logits[:, 0], state['cache']
+      variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+      logits, state = module.apply(
+        variables, token, encoded, encoder_mask, position=i, method=T5.decode, mutable=["cache"]
+      )
+      return logits[:, 0], state["cache"]
     inputs = jnp.pad(out[:, :-1], ((0, 0), (1, 0)), constant_values=PAD_ID)  # shift right
-    logits = module.apply({'params': params}, inputs, encoded, encoder_mask, method=T5.decode)
+    logits = module.apply({"params": params}, inputs, encoded, encoder_mask, method=T5.decode)
     return jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), cache
 
   def step(state):

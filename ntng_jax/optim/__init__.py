@@ -9,17 +9,42 @@
 """
 
 from ntng_jax.optim.adamw import adamw_scale, param_rms, scale_by_adam_hf, scale_by_param_rms
-from ntng_jax.optim.build import (PAPER_RECIPES, build_optimizer, optimizer_hook, path_str,
-                                  weight_decay_mask)
+from ntng_jax.optim.build import (
+  PAPER_RECIPES,
+  build_optimizer,
+  optimizer_hook,
+  path_str,
+  weight_decay_mask,
+)
 from ntng_jax.optim.lion import lion
-from ntng_jax.optim.sophia import (OptimizerHook, SophiaGState, SophiaHook, gnb_estimate,
-                                   gnb_gradient, gnb_hessian_diagonal, is_hessian_refresh_step,
-                                   sophia_g)
+from ntng_jax.optim.sophia import (
+  OptimizerHook,
+  SophiaGState,
+  SophiaHook,
+  gnb_estimate,
+  gnb_gradient,
+  gnb_hessian_diagonal,
+  is_hessian_refresh_step,
+  sophia_g,
+)
 
 __all__ = [
-    "adamw_scale", "param_rms", "scale_by_adam_hf", "scale_by_param_rms",
-    "PAPER_RECIPES", "build_optimizer", "optimizer_hook", "path_str", "weight_decay_mask",
-    "lion",
-    "OptimizerHook", "SophiaGState", "SophiaHook", "gnb_estimate", "gnb_gradient",
-    "gnb_hessian_diagonal", "is_hessian_refresh_step", "sophia_g",
+  "adamw_scale",
+  "param_rms",
+  "scale_by_adam_hf",
+  "scale_by_param_rms",
+  "PAPER_RECIPES",
+  "build_optimizer",
+  "optimizer_hook",
+  "path_str",
+  "weight_decay_mask",
+  "lion",
+  "OptimizerHook",
+  "SophiaGState",
+  "SophiaHook",
+  "gnb_estimate",
+  "gnb_gradient",
+  "gnb_hessian_diagonal",
+  "is_hessian_refresh_step",
+  "sophia_g",
 ]

@@ -71,8 +71,9 @@ def param_rms(p: jax.Array, stacked: bool = False) -> jax.Array:
   return jnp.sqrt(jnp.mean(p2))
 
 
-def scale_by_param_rms(floor: float = 1e-3,
-                       stacked: Optional[BoolTree] = None) -> optax.GradientTransformation:
+def scale_by_param_rms(
+  floor: float = 1e-3, stacked: Optional[BoolTree] = None
+) -> optax.GradientTransformation:
   """Multiplies each update leaf by `max(floor, RMS(param))` of its parameter tensor.
 
   Stateless; `update(updates, state, params)` requires `params`. `stacked`: leaves whose
@@ -88,16 +89,24 @@ def scale_by_param_rms(floor: float = 1e-3,
       raise ValueError("scale_by_param_rms needs params.")
     flags = broadcast_bool_tree(stacked, params, False)
     updates = jax.tree.map(
-        lambda u, p, s: (u * jnp.maximum(floor, param_rms(p, s))).astype(u.dtype),
-        updates, params, flags)
+      lambda u, p, s: (u * jnp.maximum(floor, param_rms(p, s))).astype(u.dtype),
+      updates,
+      params,
+      flags,
+    )
     return updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def scale_by_adam_hf(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, *,
-                     stacked: Optional[BoolTree] = None,
-                     per_layer_counts: bool = False) -> optax.GradientTransformation:
+def scale_by_adam_hf(
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-6,
+  *,
+  stacked: Optional[BoolTree] = None,
+  per_layer_counts: bool = False,
+) -> optax.GradientTransformation:
   """Bias-corrected Adam direction with HuggingFace's eps placement.
 
   Returns `u = sqrt(1 - b2^t) / (1 - b1^t) · m / (sqrt(v) + eps)` with
@@ -112,9 +121,12 @@ def scale_by_adam_hf(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, *,
     mu, nu = jax.tree.map(zeros, params), jax.tree.map(zeros, params)
     if per_layer_counts:
       flags = broadcast_bool_tree(stacked, params, False)
-      return _lc.ScaleByLayeredAdamState(count=jnp.zeros([], jnp.int32),
-                                         layer_count=_lc.init_layer_count(params, flags),
-                                         mu=mu, nu=nu)
+      return _lc.ScaleByLayeredAdamState(
+        count=jnp.zeros([], jnp.int32),
+        layer_count=_lc.init_layer_count(params, flags),
+        mu=mu,
+        nu=nu,
+      )
     return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
   def step_size(c):
@@ -125,8 +137,9 @@ def scale_by_adam_hf(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, *,
     del params
     count = optax.safe_int32_increment(state.count)
     mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g.astype(jnp.float32), updates, state.mu)
-    nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * jnp.square(g.astype(jnp.float32)),
-                      updates, state.nu)
+    nu = jax.tree.map(
+      lambda g, v: b2 * v + (1 - b2) * jnp.square(g.astype(jnp.float32)), updates, state.nu
+    )
     direction = lambda g, m, v, s: (s * m / (jnp.sqrt(v) + eps)).astype(g.dtype)
     if not per_layer_counts:
       step = step_size(count)
@@ -140,10 +153,17 @@ def scale_by_adam_hf(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, *,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def adamw_scale(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-                eps: float = 1e-6, weight_decay: float = 0.0, mask: Optional[BoolTree] = None,
-                *, stacked: Optional[BoolTree] = None,
-                per_layer_counts: bool = False) -> optax.GradientTransformation:
+def adamw_scale(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-6,
+  weight_decay: float = 0.0,
+  mask: Optional[BoolTree] = None,
+  *,
+  stacked: Optional[BoolTree] = None,
+  per_layer_counts: bool = False,
+) -> optax.GradientTransformation:
   """The paper's T5 optimizer "AdamWScale" (defaults = docs/paper.md §3.2).
 
   One step: `p ← p - lr·max(1e-3, RMS(p))·u - lr·wd·p`, u from `scale_by_adam_hf`; see the
@@ -152,8 +172,8 @@ def adamw_scale(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: floa
   layer axis (per-layer RMS; with `per_layer_counts`, per-layer step counts too).
   """
   return optax.chain(
-      scale_by_adam_hf(b1, b2, eps, stacked=stacked, per_layer_counts=per_layer_counts),
-      scale_by_param_rms(1e-3, stacked),
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_adam_hf(b1, b2, eps, stacked=stacked, per_layer_counts=per_layer_counts),
+    scale_by_param_rms(1e-3, stacked),
+    optax.add_decayed_weights(weight_decay, mask),
+    optax.scale_by_learning_rate(learning_rate),
   )

@@ -57,9 +57,9 @@ from ntng_jax.optim.lion import lion
 from ntng_jax.optim.sophia import OptimizerHook, SophiaHook, sophia_g
 
 WEIGHT_DECAY_EXCLUDE = {
-    "bias": (r"(^|/)bias$",),
-    "bias_and_norm": (r"(^|/)bias$", r"(?i)(^|/)[^/]*(norm|ln)[^/]*/(scale|weight)$"),
-    "none": (),
+  "bias": (r"(^|/)bias$",),
+  "bias_and_norm": (r"(^|/)bias$", r"(?i)(^|/)[^/]*(norm|ln)[^/]*/(scale|weight)$"),
+  "none": (),
 }
 DEFAULT_STACKED_PARAMS = r"(^|/)layers/"
 
@@ -69,34 +69,87 @@ DEFAULT_STACKED_PARAMS = r"(^|/)layers/"
 # refresh steps: BERT 6 x 128 sequences (half of a step's 12 micro-batches), T5 one full 2 x 72
 # batch, both passed with a leading micro-batch axis (gnb_microbatched=True).
 PAPER_RECIPES = {
-    "bert": {
-        "adamw": dict(name="adamw", learning_rate=1e-3, b1=0.9, b2=0.98, eps=1e-12,
-                      weight_decay=0.01, clip_norm=0.5, weight_decay_exclude="bias"),
-        "lion": dict(name="lion", learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.1,
-                     clip_norm=0.5, weight_decay_exclude="bias"),
-        "sophia": dict(name="sophia", learning_rate=1e-3, b1=0.965, b2=0.99, rho=0.04,
-                       weight_decay=0.01, clip_norm=0.5, weight_decay_exclude="bias",
-                       update_interval=10, batch_tokens=196608, refresh_at_zero=True,
-                       gnb_microbatched=True, hessian_batch_fraction=0.5, free_updates=False),
-    },
-    "t5": {
-        "adamw_scale": dict(name="adamw_scale", learning_rate=2e-2, b1=0.9, b2=0.999, eps=1e-6,
-                            weight_decay=0.0, clip_norm=1.0),
-        "lion": dict(name="lion", learning_rate=7.5e-4, b1=0.9, b2=0.99, weight_decay=0.0,
-                     clip_norm=1.0, scale_by_param_rms=True),
-        "sophia": dict(name="sophia", learning_rate=1e-3, b1=0.965, b2=0.99, rho=1e-2,
-                       weight_decay=0.0, clip_norm=1.0, scale_by_param_rms=True,
-                       update_interval=10, batch_tokens=5120, refresh_at_zero=False,
-                       gnb_microbatched=True, gnb_clip_norm=1.0, hessian_batch_fraction=1.0,
-                       free_updates=False),
-    },
+  "bert": {
+    "adamw": dict(
+      name="adamw",
+      learning_rate=1e-3,
+      b1=0.9,
+      b2=0.98,
+      eps=1e-12,
+      weight_decay=0.01,
+      clip_norm=0.5,
+      weight_decay_exclude="bias",
+    ),
+    "lion": dict(
+      name="lion",
+      learning_rate=1e-4,
+      b1=0.9,
+      b2=0.99,
+      weight_decay=0.1,
+      clip_norm=0.5,
+      weight_decay_exclude="bias",
+    ),
+    "sophia": dict(
+      name="sophia",
+      learning_rate=1e-3,
+      b1=0.965,
+      b2=0.99,
+      rho=0.04,
+      weight_decay=0.01,
+      clip_norm=0.5,
+      weight_decay_exclude="bias",
+      update_interval=10,
+      batch_tokens=196608,
+      refresh_at_zero=True,
+      gnb_microbatched=True,
+      hessian_batch_fraction=0.5,
+      free_updates=False,
+    ),
+  },
+  "t5": {
+    "adamw_scale": dict(
+      name="adamw_scale",
+      learning_rate=2e-2,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      weight_decay=0.0,
+      clip_norm=1.0,
+    ),
+    "lion": dict(
+      name="lion",
+      learning_rate=7.5e-4,
+      b1=0.9,
+      b2=0.99,
+      weight_decay=0.0,
+      clip_norm=1.0,
+      scale_by_param_rms=True,
+    ),
+    "sophia": dict(
+      name="sophia",
+      learning_rate=1e-3,
+      b1=0.965,
+      b2=0.99,
+      rho=1e-2,
+      weight_decay=0.0,
+      clip_norm=1.0,
+      scale_by_param_rms=True,
+      update_interval=10,
+      batch_tokens=5120,
+      refresh_at_zero=False,
+      gnb_microbatched=True,
+      gnb_clip_norm=1.0,
+      hessian_batch_fraction=1.0,
+      free_updates=False,
+    ),
+  },
 }
 
 _DEFAULTS = {  # b1, b2, eps per optimizer (docs/paper.md §3.1, §3.2, §4.5, §4.6)
-    "adamw": (0.9, 0.98, 1e-12),
-    "adamw_scale": (0.9, 0.999, 1e-6),
-    "lion": (0.9, 0.99, None),
-    "sophia": (0.965, 0.99, 1e-15),
+  "adamw": (0.9, 0.98, 1e-12),
+  "adamw_scale": (0.9, 0.999, 1e-6),
+  "lion": (0.9, 0.99, None),
+  "sophia": (0.965, 0.99, 1e-15),
 }
 
 
@@ -127,6 +180,7 @@ def path_mask(regexes: Sequence[str], match_value: bool) -> Callable[[Any], Any]
     def leaf(path, _):
       hit = any(c.search(path_str(path)) for c in compiled)
       return match_value if hit else not match_value
+
     return jax.tree_util.tree_map_with_path(leaf, params)
 
   return fn
@@ -136,8 +190,10 @@ def weight_decay_mask(exclude: Union[str, Sequence[str]] = "bias") -> Callable[[
   """params -> bool tree, True = decayed (optax's mask convention). See the module docstring."""
   if isinstance(exclude, str):
     if exclude not in WEIGHT_DECAY_EXCLUDE:
-      raise ValueError(f"weight_decay_exclude must be one of {sorted(WEIGHT_DECAY_EXCLUDE)} or a "
-                       f"list of regexes; got {exclude!r}.")
+      raise ValueError(
+        f"weight_decay_exclude must be one of {sorted(WEIGHT_DECAY_EXCLUDE)} or a "
+        f"list of regexes; got {exclude!r}."
+      )
     exclude = WEIGHT_DECAY_EXCLUDE[exclude]
   return path_mask(tuple(exclude), match_value=False)
 
@@ -152,16 +208,18 @@ def user_optimizer(path: str) -> Callable:
   wrapped like a built-in: clip first, learning rate injected); a ConfigError if it cannot be
   imported or is not callable."""
   from ntng_jax.config import ConfigError, import_named
-  fn = import_named(path, "optim.name", "function",
-                    "function fn(learning_rate, optim_cfg)")
+
+  fn = import_named(path, "optim.name", "function", "function fn(learning_rate, optim_cfg)")
   if not callable(fn):
-    raise ConfigError(f"optim.name {path!r} is not callable; name a function"
-                      " fn(learning_rate, optim_cfg).")
+    raise ConfigError(
+      f"optim.name {path!r} is not callable; name a function fn(learning_rate, optim_cfg)."
+    )
   return fn
 
 
-def build_optimizer(optim_cfg, learning_rate: float | None = None
-                    ) -> optax.GradientTransformationExtraArgs:
+def build_optimizer(
+  optim_cfg, learning_rate: float | None = None
+) -> optax.GradientTransformationExtraArgs:
   """The optimizer described by `optim_cfg` (fields in the module docstring), lr injected.
 
   learning_rate: initial value of `opt_state.hyperparams['learning_rate']` (default: the peak,
@@ -170,10 +228,15 @@ def build_optimizer(optim_cfg, learning_rate: float | None = None
   name = optim_cfg["name"]
   user = user_optimizer(name) if ":" in name else None  # a user's 'module:function'
   if name not in _DEFAULTS and user is None:
-    raise ValueError(f"optim.name must be one of {sorted(_DEFAULTS)} or 'module:function';"
-                     f" got {name!r}.")
+    raise ValueError(
+      f"optim.name must be one of {sorted(_DEFAULTS)} or 'module:function'; got {name!r}."
+    )
   d_b1, d_b2, d_eps = _DEFAULTS.get(name, (None, None, None))
-  b1, b2, eps = _get(optim_cfg, "b1", d_b1), _get(optim_cfg, "b2", d_b2), _get(optim_cfg, "eps", d_eps)
+  b1, b2, eps = (
+    _get(optim_cfg, "b1", d_b1),
+    _get(optim_cfg, "b2", d_b2),
+    _get(optim_cfg, "eps", d_eps),
+  )
   wd = float(_get(optim_cfg, "weight_decay", 0.0))
   mask = weight_decay_mask(_get(optim_cfg, "weight_decay_exclude", "bias"))
   stacked = path_mask((_get(optim_cfg, "stacked_params", DEFAULT_STACKED_PARAMS),), True)
@@ -186,23 +249,34 @@ def build_optimizer(optim_cfg, learning_rate: float | None = None
       opt = user(learning_rate, optim_cfg)
     elif name == "adamw":
       if layered:
-        opt = adamw_layered(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask,
-                            stacked=stacked)
+        opt = adamw_layered(
+          learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask, stacked=stacked
+        )
       else:
         opt = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask)
     elif name == "adamw_scale":
-      opt = adamw_scale(learning_rate, b1, b2, eps, wd, mask, stacked=stacked,
-                        per_layer_counts=layered)
+      opt = adamw_scale(
+        learning_rate, b1, b2, eps, wd, mask, stacked=stacked, per_layer_counts=layered
+      )
     elif name == "lion":
       opt = lion(learning_rate, b1, b2, wd, mask, rms, stacked=stacked)
     else:
       opt = sophia_g(
-          learning_rate, b1, b2, rho=float(_get(optim_cfg, "rho", 0.04)), weight_decay=wd,
-          update_interval=int(_get(optim_cfg, "update_interval", 10)), eps=eps,
-          batch_tokens=_get(optim_cfg, "batch_tokens", None), mask=mask,
-          scale_by_param_rms=rms, refresh_at_zero=bool(_get(optim_cfg, "refresh_at_zero", True)),
-          gnb_microbatched=bool(_get(optim_cfg, "gnb_microbatched", False)),
-          gnb_clip_norm=_get(optim_cfg, "gnb_clip_norm", None), stacked=stacked)
+        learning_rate,
+        b1,
+        b2,
+        rho=float(_get(optim_cfg, "rho", 0.04)),
+        weight_decay=wd,
+        update_interval=int(_get(optim_cfg, "update_interval", 10)),
+        eps=eps,
+        batch_tokens=_get(optim_cfg, "batch_tokens", None),
+        mask=mask,
+        scale_by_param_rms=rms,
+        refresh_at_zero=bool(_get(optim_cfg, "refresh_at_zero", True)),
+        gnb_microbatched=bool(_get(optim_cfg, "gnb_microbatched", False)),
+        gnb_clip_norm=_get(optim_cfg, "gnb_clip_norm", None),
+        stacked=stacked,
+      )
     if clip > 0:
       return optax.chain(optax.clip_by_global_norm(clip), opt)
     return opt
@@ -217,9 +291,11 @@ def optimizer_hook(config) -> OptimizerHook:
   optim, t = config.optim, config.train
   if optim["name"] != "sophia":
     return OptimizerHook(optim["name"])
-  return SophiaHook(num_micro=int(t.batch_size) // int(t.micro_batch_size),
-                    micro_batch_size=int(t.micro_batch_size),
-                    hessian_batch_fraction=float(_get(optim, "hessian_batch_fraction", 1.0)),
-                    update_interval=int(_get(optim, "update_interval", 10)),
-                    refresh_at_zero=bool(_get(optim, "refresh_at_zero", True)),
-                    free_updates=bool(_get(optim, "free_updates", False)))
+  return SophiaHook(
+    num_micro=int(t.batch_size) // int(t.micro_batch_size),
+    micro_batch_size=int(t.micro_batch_size),
+    hessian_batch_fraction=float(_get(optim, "hessian_batch_fraction", 1.0)),
+    update_interval=int(_get(optim, "update_interval", 10)),
+    refresh_at_zero=bool(_get(optim, "refresh_at_zero", True)),
+    free_updates=bool(_get(optim, "free_updates", False)),
+  )

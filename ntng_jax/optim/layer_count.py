@@ -37,11 +37,14 @@ import optax
 
 def stacked_depth(params, flags) -> int:
   """The common leading size of the leaves flagged as stacked; 0 if none is."""
-  depths = {int(jnp.shape(p)[0]) for p, f in zip(jax.tree.leaves(params), jax.tree.leaves(flags))
-            if f}
+  depths = {
+    int(jnp.shape(p)[0]) for p, f in zip(jax.tree.leaves(params), jax.tree.leaves(flags)) if f
+  }
   if len(depths) > 1:
-    raise ValueError(f"stacked parameters must share one depth for per-layer step counts;"
-                     f" found depths {sorted(depths)}.")
+    raise ValueError(
+      f"stacked parameters must share one depth for per-layer step counts;"
+      f" found depths {sorted(depths)}."
+    )
   return depths.pop() if depths else 0
 
 
@@ -59,18 +62,21 @@ def map_with_counts(op, fn, count, layer_count, flags, *trees) -> Any:
     if not f:
       return op(*xs, scalar)
     return op(*xs, fn(layer_count).reshape((-1,) + (1,) * (jnp.ndim(xs[0]) - 1)))
+
   return jax.tree.map(leaf, flags, *trees)
 
 
 def bias_correction(moment, decay: float, count, layer_count, flags) -> Any:
   """`moment / (1 - decay**t)` per leaf, t per layer for stacked leaves (optax's correction)."""
-  return map_with_counts(lambda m, c: m / c.astype(m.dtype), lambda t: 1 - decay**t,
-                         count, layer_count, flags, moment)
+  return map_with_counts(
+    lambda m, c: m / c.astype(m.dtype), lambda t: 1 - decay**t, count, layer_count, flags, moment
+  )
 
 
 class ScaleByLayeredAdamState(NamedTuple):
   """optax's `ScaleByAdamState` plus `layer_count` (int32 [L], updates done by each stacked
   layer; [0] if no leaf is stacked)."""
+
   count: jax.Array
   layer_count: jax.Array
   mu: Any
@@ -82,9 +88,15 @@ def has_layer_count(x) -> bool:
   return isinstance(x, ScaleByLayeredAdamState)
 
 
-def scale_by_adam_layered(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                          eps_root: float = 0.0, mu_dtype: Any = None, *,
-                          stacked=None) -> optax.GradientTransformation:
+def scale_by_adam_layered(
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+  mu_dtype: Any = None,
+  *,
+  stacked=None,
+) -> optax.GradientTransformation:
   """`optax.scale_by_adam` (same operations, so bitwise the same updates while the counts agree)
   with each stacked layer bias-corrected by its own `layer_count`. `stacked`: bool tree, prefix
   or callable of params marking leaves whose axis 0 stacks layers (None: no per-layer counts)."""
@@ -93,8 +105,11 @@ def scale_by_adam_layered(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   def init_fn(params):
     flags = broadcast_bool_tree(stacked, params, False)
     return ScaleByLayeredAdamState(
-        count=jnp.zeros([], jnp.int32), layer_count=init_layer_count(params, flags),
-        mu=optax.tree.zeros_like(params, dtype=mu_dtype), nu=optax.tree.zeros_like(params))
+      count=jnp.zeros([], jnp.int32),
+      layer_count=init_layer_count(params, flags),
+      mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+      nu=optax.tree.zeros_like(params),
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -113,10 +128,19 @@ def scale_by_adam_layered(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def adamw_layered(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-                  eps: float = 1e-8, weight_decay: float = 1e-4, mask=None, *,
-                  stacked=None) -> optax.GradientTransformation:
+def adamw_layered(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 1e-4,
+  mask=None,
+  *,
+  stacked=None,
+) -> optax.GradientTransformation:
   """`optax.adamw` (torch AdamW) with per-layer step counts for the `stacked` leaves."""
-  return optax.chain(scale_by_adam_layered(b1, b2, eps, stacked=stacked),
-                     optax.add_decayed_weights(weight_decay, mask),
-                     optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(
+    scale_by_adam_layered(b1, b2, eps, stacked=stacked),
+    optax.add_decayed_weights(weight_decay, mask),
+    optax.scale_by_learning_rate(learning_rate),
+  )

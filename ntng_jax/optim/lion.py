@@ -22,10 +22,17 @@ import optax
 from ntng_jax.optim import adamw as _adamw
 
 
-def lion(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.99,
-         weight_decay: float = 0.0, mask: Optional[_adamw.BoolTree] = None,
-         scale_by_param_rms: bool = False, *, stacked: Optional[_adamw.BoolTree] = None,
-         mu_dtype: Optional[Any] = None) -> optax.GradientTransformation:
+def lion(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.99,
+  weight_decay: float = 0.0,
+  mask: Optional[_adamw.BoolTree] = None,
+  scale_by_param_rms: bool = False,
+  *,
+  stacked: Optional[_adamw.BoolTree] = None,
+  mu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
   """Lion with decoupled weight decay; `scale_by_param_rms=True` gives the paper's T5 variant.
 
   learning_rate: float, schedule or (via `optax.inject_hyperparams`) a traced scalar.
@@ -33,8 +40,10 @@ def lion(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.9
   stacked: leaves whose axis 0 stacks layers (RMS per layer slice); only used with RMS scaling.
   mu_dtype: dtype of the momentum (None: that of the params).
   """
-  txs = [optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype),
-         optax.add_decayed_weights(weight_decay, mask)]
+  txs = [
+    optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype),
+    optax.add_decayed_weights(weight_decay, mask),
+  ]
   if scale_by_param_rms:
     txs.append(_adamw.scale_by_param_rms(1e-3, stacked))
   txs.append(optax.scale_by_learning_rate(learning_rate))

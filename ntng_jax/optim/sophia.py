@@ -128,14 +128,23 @@ def gnb_gradient(params, logits_fn: LogitsFn, batch, rng, *, microbatched: bool 
       return (jax.tree.map(jnp.add, g_acc, g), n_acc + n), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=jnp.float32), params)
-    (g_sum, n), _ = jax.lax.scan(body, (zeros, jnp.zeros([], jnp.float32)),
-                                 (jnp.arange(num), batch))
+    (g_sum, n), _ = jax.lax.scan(
+      body, (zeros, jnp.zeros([], jnp.float32)), (jnp.arange(num), batch)
+    )
   n_safe = jnp.maximum(n, 1.0)
   return jax.tree.map(lambda g: g.astype(jnp.float32) / n_safe, g_sum), n
 
 
-def gnb_estimate(params, logits_fn: LogitsFn, batch, rng, *, microbatched: bool = False,
-                 num_tokens: Optional[float] = None, clip_norm: Optional[float] = None):
+def gnb_estimate(
+  params,
+  logits_fn: LogitsFn,
+  batch,
+  rng,
+  *,
+  microbatched: bool = False,
+  num_tokens: Optional[float] = None,
+  clip_norm: Optional[float] = None,
+):
   """GNB estimate of the Gauss-Newton diagonal: `num_tokens·ĝ⊙ĝ`, a float32 tree like params.
 
   ĝ from `gnb_gradient` (optionally rescaled to global L2 norm ≤ `clip_norm`, as the paper's T5
@@ -151,9 +160,13 @@ def gnb_estimate(params, logits_fn: LogitsFn, batch, rng, *, microbatched: bool 
   return jax.tree.map(lambda x: scale * jnp.square(x), g)
 
 
-def gnb_hessian_diagonal(logits_fn: LogitsFn, *, microbatched: bool = False,
-                         num_tokens: Optional[float] = None,
-                         clip_norm: Optional[float] = None) -> optax.GradientTransformationExtraArgs:
+def gnb_hessian_diagonal(
+  logits_fn: LogitsFn,
+  *,
+  microbatched: bool = False,
+  num_tokens: Optional[float] = None,
+  clip_norm: Optional[float] = None,
+) -> optax.GradientTransformationExtraArgs:
   """`gnb_estimate` as a stateless transformation for `optax.contrib.sophia(hessian_diagonal_fn=)`.
 
   `update(updates, state, params, *, gnb_batch, gnb_rng, **ignored) -> (ĥ, state)`; ĥ is a tree
@@ -169,8 +182,15 @@ def gnb_hessian_diagonal(logits_fn: LogitsFn, *, microbatched: bool = False,
     del updates, extra
     if params is None or gnb_batch is None or gnb_rng is None:
       raise ValueError("gnb_hessian_diagonal needs params, gnb_batch= and gnb_rng=.")
-    est = gnb_estimate(params, logits_fn, gnb_batch, gnb_rng, microbatched=microbatched,
-                       num_tokens=num_tokens, clip_norm=clip_norm)
+    est = gnb_estimate(
+      params,
+      logits_fn,
+      gnb_batch,
+      gnb_rng,
+      microbatched=microbatched,
+      num_tokens=num_tokens,
+      clip_norm=clip_norm,
+    )
     return est, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -179,19 +199,30 @@ def gnb_hessian_diagonal(logits_fn: LogitsFn, *, microbatched: bool = False,
 class SophiaGState(NamedTuple):
   """State of `sophia_g`: `count` int32 [] (updates done), `mu` (m) and `hessian` (h), float32
   trees like params."""
+
   count: jax.Array
   mu: Any
   hessian: Any
 
 
-def sophia_g(learning_rate: optax.ScalarOrSchedule, b1: float = 0.965, b2: float = 0.99,
-             rho: float = 0.04, weight_decay: float = 0.0, update_interval: int = 10,
-             eps: float = 1e-15, batch_tokens: Optional[float] = None,
-             mask: Optional[_adamw.BoolTree] = None, scale_by_param_rms: bool = False, *,
-             refresh_at_zero: bool = True, gnb_microbatched: bool = False,
-             gnb_clip_norm: Optional[float] = None,
-             hessian_estimator: Optional[Callable[..., Any]] = None,
-             stacked: Optional[_adamw.BoolTree] = None) -> optax.GradientTransformationExtraArgs:
+def sophia_g(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.965,
+  b2: float = 0.99,
+  rho: float = 0.04,
+  weight_decay: float = 0.0,
+  update_interval: int = 10,
+  eps: float = 1e-15,
+  batch_tokens: Optional[float] = None,
+  mask: Optional[_adamw.BoolTree] = None,
+  scale_by_param_rms: bool = False,
+  *,
+  refresh_at_zero: bool = True,
+  gnb_microbatched: bool = False,
+  gnb_clip_norm: Optional[float] = None,
+  hessian_estimator: Optional[Callable[..., Any]] = None,
+  stacked: Optional[_adamw.BoolTree] = None,
+) -> optax.GradientTransformationExtraArgs:
   """Sophia-G exactly as in the module docstring (defaults: BERT's β, ρ, k).
 
   learning_rate: float, schedule of the update count, or a traced scalar (inject_hyperparams).
@@ -208,8 +239,11 @@ def sophia_g(learning_rate: optax.ScalarOrSchedule, b1: float = 0.965, b2: float
 
   def init_fn(params):
     zeros = lambda p: jnp.zeros_like(p, dtype=jnp.float32)
-    return SophiaGState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),
-                        hessian=jax.tree.map(zeros, params))
+    return SophiaGState(
+      count=jnp.zeros([], jnp.int32),
+      mu=jax.tree.map(zeros, params),
+      hessian=jax.tree.map(zeros, params),
+    )
 
   def estimate(params, extra):
     if hessian_estimator is not None:
@@ -217,26 +251,36 @@ def sophia_g(learning_rate: optax.ScalarOrSchedule, b1: float = 0.965, b2: float
     logits_fn, rng = extra.get("logits_fn"), extra.get("gnb_rng")
     if logits_fn is None or rng is None:
       raise ValueError("sophia_g: with gnb_batch= the update also needs logits_fn= and gnb_rng=.")
-    return gnb_estimate(params, logits_fn, extra["gnb_batch"], rng,
-                        microbatched=gnb_microbatched, num_tokens=batch_tokens,
-                        clip_norm=gnb_clip_norm)
+    return gnb_estimate(
+      params,
+      logits_fn,
+      extra["gnb_batch"],
+      rng,
+      microbatched=gnb_microbatched,
+      num_tokens=batch_tokens,
+      clip_norm=gnb_clip_norm,
+    )
 
   def update_fn(updates, state, params=None, **extra):
     if params is None:
       raise ValueError("sophia_g needs params.")
     h = state.hessian
     if hessian_estimator is not None or extra.get("gnb_batch") is not None:
+
       def refresh(h):
         est = estimate(params, extra)
         return jax.tree.map(lambda h, e: b2 * h + (1 - b2) * e.astype(jnp.float32), h, est)
+
       pred = is_hessian_refresh_step(state.count, update_interval, refresh_at_zero)
       h = jax.lax.cond(pred, refresh, lambda h: h, h)
 
     mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g.astype(jnp.float32), state.mu, updates)
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     lr = jnp.asarray(lr, jnp.float32)
-    decay = jax.tree.map(lambda f: lr * weight_decay if f else jnp.zeros([], jnp.float32),
-                         _adamw.broadcast_bool_tree(mask, params, True))
+    decay = jax.tree.map(
+      lambda f: lr * weight_decay if f else jnp.zeros([], jnp.float32),
+      _adamw.broadcast_bool_tree(mask, params, True),
+    )
     flags = _adamw.broadcast_bool_tree(stacked, params, False)
 
     def leaf(p, m, h, d, s):
@@ -287,6 +331,7 @@ class OptimizerHook:
     it every step, as the paper did."""
     del step, depth
     from ntng_jax.rst import Charge
+
     return [Charge("extra", self.name, batch_size)] if self.name in table.extra else []
 
   def with_aux(self, batch: dict, aux: Optional[dict]) -> dict:
@@ -317,15 +362,24 @@ class SophiaHook(OptimizerHook):
   micro-batches at full depth on refresh steps, unless `free_updates` (the paper's ablation) or
   the table has Sophia's own per-step entry (the paper's T5 table)."""
 
-  def __init__(self, num_micro: int, micro_batch_size: int, hessian_batch_fraction: float = 1.0,
-               update_interval: int = 10, refresh_at_zero: bool = True,
-               free_updates: bool = False):
+  def __init__(
+    self,
+    num_micro: int,
+    micro_batch_size: int,
+    hessian_batch_fraction: float = 1.0,
+    update_interval: int = 10,
+    refresh_at_zero: bool = True,
+    free_updates: bool = False,
+  ):
     super().__init__("sophia")
     if not 0.0 < hessian_batch_fraction <= 1.0:
       from ntng_jax.config import ConfigError
-      raise ConfigError(f"optim.hessian_batch_fraction must be in (0, 1] (the fraction of a"
-                        f" training batch's micro-batches the Hessian pass reads); got"
-                        f" {hessian_batch_fraction}.")
+
+      raise ConfigError(
+        f"optim.hessian_batch_fraction must be in (0, 1] (the fraction of a"
+        f" training batch's micro-batches the Hessian pass reads); got"
+        f" {hessian_batch_fraction}."
+      )
     self.aux_micro_batches = max(1, round(hessian_batch_fraction * num_micro))
     self.micro_batch_size = int(micro_batch_size)
     self.update_interval, self.refresh_at_zero = int(update_interval), bool(refresh_at_zero)
@@ -340,6 +394,7 @@ class SophiaHook(OptimizerHook):
 
   def charges(self, table, step: int, batch_size: int, depth: int) -> list:
     from ntng_jax.rst import Charge
+
     if self.name in table.extra:
       return [Charge("extra", self.name, batch_size)]
     if self.free_updates or not self.draws_fresh(step):
@@ -348,7 +403,7 @@ class SophiaHook(OptimizerHook):
 
   def hessian_batch(self, aux_micro: dict) -> dict:
     """The Hessian batch [n, micro, ...]: the first n micro-batches of the split extra batch."""
-    return jax.tree.map(lambda x: x[:self.aux_micro_batches], aux_micro)
+    return jax.tree.map(lambda x: x[: self.aux_micro_batches], aux_micro)
 
   def update_args(self, logits_fn: LogitsFn, aux_micro: Optional[dict], rng) -> dict:
     """Sophia's `logits_fn`, `gnb_batch`, `gnb_rng`; no Hessian batch (no refresh) without one."""

@@ -45,8 +45,9 @@ def _interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
   return {key: float(np.median(v)) for key, v in times.items()}
 
 
-def calibrate(config, mesh, example_batch_fn, depths=None, one_at_a_time: bool = False,
-              log=lambda message: None) -> rst.RSTTable:
+def calibrate(
+  config, mesh, example_batch_fn, depths=None, one_at_a_time: bool = False, log=lambda message: None
+) -> rst.RSTTable:
   """Times `train[n]` and `forward[n]` for each n in `depths` (default 1..num_layers);
   `example_batch_fn()` returns one global batch (numpy dict of `train.batch_size` rows) in the
   run's format. All depths are timed in interleaved rounds, or with `one_at_a_time` each depth is
@@ -58,7 +59,7 @@ def calibrate(config, mesh, example_batch_fn, depths=None, one_at_a_time: bool =
   num_micro = t.batch_size // t.micro_batch_size
   tx = build_optimizer(config.optim)
   batch_np = example_batch_fn()
-  micro_np = {k: v[:t.micro_batch_size] for k, v in batch_np.items()}
+  micro_np = {k: v[: t.micro_batch_size] for k, v in batch_np.items()}
   batch = partitioning.global_batch(mesh, batch_np)
   micro = partitioning.global_batch(mesh, micro_np)
   rng = jax.random.PRNGKey(0)
@@ -68,15 +69,18 @@ def calibrate(config, mesh, example_batch_fn, depths=None, one_at_a_time: bool =
   def programs(n):
     built = loop.build_programs(config, loop.model_at_depth(config, n), tx, mesh, micro_np)
     box = {"state": loop.init_state(built, tx, mesh, micro_np, seed=0)}
-    score = jax.jit(step_lib.make_score_step(built.model, t.compute_dtype),
-                    in_shardings=(built.shardings.params, partitioning.batch_sharding(mesh)))
+    score = jax.jit(
+      step_lib.make_score_step(built.model, t.compute_dtype),
+      in_shardings=(built.shardings.params, partitioning.batch_sharding(mesh)),
+    )
 
     def train_fn():
       box["state"], metrics = built.train_step(box["state"], batch, rng, controls)
       return metrics
+
     return {("train", n): train_fn, ("forward", n): lambda: score(box["state"].params, micro)}
 
-  for group in ([[n] for n in depths] if one_at_a_time else [depths]):
+  for group in [[n] for n in depths] if one_at_a_time else [depths]:
     fns = {}
     for n in group:
       fns.update(programs(n))
@@ -88,9 +92,14 @@ def calibrate(config, mesh, example_batch_fn, depths=None, one_at_a_time: bool =
     fns.clear()
     gc.collect()
   return table_from_timings(
-      config, train, forward, warmup=int(config.rst.warmup), depths=depths,
-      statistic="median of interleaved timings, compile excluded"
-      + ("; one depth at a time" if one_at_a_time else ""))
+    config,
+    train,
+    forward,
+    warmup=int(config.rst.warmup),
+    depths=depths,
+    statistic="median of interleaved timings, compile excluded"
+    + ("; one depth at a time" if one_at_a_time else ""),
+  )
 
 
 def _load_average() -> float | None:
@@ -108,31 +117,48 @@ def combine_runs(tables: list[rst.RSTTable], name: str | None = None) -> rst.RST
   first = tables[0]
   if len(tables) == 1:
     return dataclasses.replace(first, name=name or first.name)
-  if any(t.fingerprint != first.fingerprint or t.unit_sequences != first.unit_sequences
-         for t in tables):
-    raise ValueError("combine_runs needs calibrations of one config (their fingerprints or"
-                     " units differ).")
+  if any(
+    t.fingerprint != first.fingerprint or t.unit_sequences != first.unit_sequences for t in tables
+  ):
+    raise ValueError(
+      "combine_runs needs calibrations of one config (their fingerprints or units differ)."
+    )
 
   def pick(kind):
     keys = sorted({k for t in tables for k in getattr(t, kind)})
     return {k: min(getattr(t, kind)[k] for t in tables if k in getattr(t, kind)) for k in keys}
-  meta = dict(first.meta, runs=len(tables),
-              statistic=f"minimum over {len(tables)} runs of: "
-                        + str(first.meta.get("statistic", "the median")),
-              run_dates=[t.meta.get("date") for t in tables],
-              run_load_averages=[t.meta.get("load_average") for t in tables])
-  return dataclasses.replace(first, name=name or first.name, train=pick("train"),
-                             forward=pick("forward"), meta=meta)
+
+  meta = dict(
+    first.meta,
+    runs=len(tables),
+    statistic=f"minimum over {len(tables)} runs of: "
+    + str(first.meta.get("statistic", "the median")),
+    run_dates=[t.meta.get("date") for t in tables],
+    run_load_averages=[t.meta.get("load_average") for t in tables],
+  )
+  return dataclasses.replace(
+    first, name=name or first.name, train=pick("train"), forward=pick("forward"), meta=meta
+  )
 
 
 def table_from_timings(config, train: dict, forward: dict, **meta) -> rst.RSTTable:
   """A calibrated table of this machine for `config`'s step shape, with its provenance."""
   device = jax.devices()[0]
   return rst.RSTTable(
-      name=f"calibrated-{device.platform}-{config.model.family}-{config.model.size}",
-      unit_sequences=int(config.train.micro_batch_size), train=train, forward=forward,
-      fingerprint=rst.step_shape_fingerprint(config),
-      meta=dict(machine=platform.node(), processor=platform.processor() or platform.machine(),
-                device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
-                num_devices=jax.device_count(), date=rst.now_iso(), jax_version=jax.__version__,
-                repeats=int(config.rst.repeats), load_average=_load_average(), **meta))
+    name=f"calibrated-{device.platform}-{config.model.family}-{config.model.size}",
+    unit_sequences=int(config.train.micro_batch_size),
+    train=train,
+    forward=forward,
+    fingerprint=rst.step_shape_fingerprint(config),
+    meta=dict(
+      machine=platform.node(),
+      processor=platform.processor() or platform.machine(),
+      device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
+      num_devices=jax.device_count(),
+      date=rst.now_iso(),
+      jax_version=jax.__version__,
+      repeats=int(config.rst.repeats),
+      load_average=_load_average(),
+      **meta,
+    ),
+  )

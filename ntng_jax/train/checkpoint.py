@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 STAGING = ".staging"
 CORRUPT = "corrupt"
-RESTART_HINT = ("rerun with --restart (train_and_evaluate(..., restart=True)) to set the old run"
-                " aside under WORKDIR/previous/ and start a new one")
+RESTART_HINT = (
+  "rerun with --restart (train_and_evaluate(..., restart=True)) to set the old run"
+  " aside under WORKDIR/previous/ and start a new one"
+)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -86,8 +88,11 @@ def check_keep(keep) -> None:
   """`train.keep_checkpoints` must keep at least the newest checkpoint."""
   if int(keep) != keep or int(keep) < 1:
     from ntng_jax.config import ConfigError
-    raise ConfigError(f"train.keep_checkpoints must be an integer of at least 1 (the newest"
-                      f" checkpoint is what a resume and fine-tuning read); got {keep}.")
+
+    raise ConfigError(
+      f"train.keep_checkpoints must be an integer of at least 1 (the newest"
+      f" checkpoint is what a resume and fine-tuning read); got {keep}."
+    )
 
 
 class Checkpointer:
@@ -114,8 +119,11 @@ class Checkpointer:
     """The committed checkpoints (directories named by their step)."""
     if not os.path.isdir(self.directory):
       return []
-    return sorted(int(n) for n in os.listdir(self.directory)
-                  if n.isdigit() and os.path.isdir(os.path.join(self.directory, n)))
+    return sorted(
+      int(n)
+      for n in os.listdir(self.directory)
+      if n.isdigit() and os.path.isdir(os.path.join(self.directory, n))
+    )
 
   # -----------------------------------------------------------------------------------------------
   # Saving.
@@ -133,8 +141,11 @@ class Checkpointer:
         os.makedirs(os.path.join(self.directory, STAGING), exist_ok=True)
       sync_processes("ntng_ckpt_staging")
       self._phase("begin")
-      self._ckptr.save(staged, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       loop=ocp.args.JsonSave(loop)), force=True)
+      self._ckptr.save(
+        staged,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)),
+        force=True,
+      )
       self._phase("staged")
       if main:
         manifest = dict(format=2, step=int(step), files=_file_table(staged))
@@ -160,10 +171,11 @@ class Checkpointer:
         raise
       kept = self.steps()
       raise CheckpointError(
-          f"could not save the checkpoint of step {step} in {self.directory} because {why};"
-          f" the checkpoints already saved are intact"
-          f" ({'newest: step %d' % kept[-1] if kept else 'there are none yet'}), so free some space"
-          f" and rerun the same command to resume from there.") from None
+        f"could not save the checkpoint of step {step} in {self.directory} because {why};"
+        f" the checkpoints already saved are intact"
+        f" ({'newest: step %d' % kept[-1] if kept else 'there are none yet'}), so free some space"
+        f" and rerun the same command to resume from there."
+      ) from None
     self._phase("committed")
     if main:
       self._rotate()
@@ -172,14 +184,17 @@ class Checkpointer:
   def _rotate(self) -> None:
     """Deletes checkpoints older than the newest `keep`, only if every kept one looks intact."""
     steps = self.steps()
-    kept, old = steps[-self.keep:], steps[:-self.keep]
+    kept, old = steps[-self.keep :], steps[: -self.keep]
     if not old:
       return
     for step in kept:
       reason = self.damage(step, hashes=False)
       if reason is not None:
-        log.warning("not deleting older checkpoints: the newer checkpoint %s looks unusable (%s).",
-                    self.step_dir(step), reason)
+        log.warning(
+          "not deleting older checkpoints: the newer checkpoint %s looks unusable (%s).",
+          self.step_dir(step),
+          reason,
+        )
         return
     for step in old:
       shutil.rmtree(self.step_dir(step))
@@ -206,8 +221,10 @@ class Checkpointer:
   def _manifest(self, step: int) -> dict | None:
     """The step's file table: {relative path: [size, sha256]}; None if it has no manifest.
     Raises ValueError for a manifest that is not valid JSON."""
-    for path in (os.path.join(self.step_dir(step), MANIFEST),
-                 os.path.join(self.legacy_manifests, f"{step}.json")):
+    for path in (
+      os.path.join(self.step_dir(step), MANIFEST),
+      os.path.join(self.legacy_manifests, f"{step}.json"),
+    ):
       if os.path.exists(path):
         try:
           with open(path) as f:
@@ -240,12 +257,14 @@ class Checkpointer:
 
   def read_loop(self, step: int) -> dict:
     """The `loop` dict saved with `step` (no arrays are read)."""
-    return self._ckptr.restore(self.step_dir(step),
-                               args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+    return self._ckptr.restore(
+      self.step_dir(step), args=ocp.args.Composite(loop=ocp.args.JsonRestore())
+    ).loop
 
   def read_state(self, step: int, abstract_state):
-    return self._ckptr.restore(self.step_dir(step), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state))).state
+    return self._ckptr.restore(
+      self.step_dir(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    ).state
 
   def latest_loop(self) -> dict | None:
     """The `loop` dict of the newest checkpoint that passes its manifest, or None (cheap)."""
@@ -272,14 +291,16 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 -- any read failure means: try the previous one
           first = str(e).splitlines()[0][:200] if str(e) else ""
           reason = f"reading it failed ({type(e).__name__}: {first})"
-      log.warning("checkpoint %s is unusable because %s; trying an earlier one.",
-                  self.step_dir(step), reason)
+      log.warning(
+        "checkpoint %s is unusable because %s; trying an earlier one.", self.step_dir(step), reason
+      )
       skipped.append((step, reason))
     if steps:
       listed = "; ".join(f"step {s}: {r}" for s, r in skipped)
       raise CheckpointError(
-          f"no {what} in {self.directory} is usable ({listed}); nothing was deleted, so restore"
-          f" them from a backup, or {RESTART_HINT}.")
+        f"no {what} in {self.directory} is usable ({listed}); nothing was deleted, so restore"
+        f" them from a backup, or {RESTART_HINT}."
+      )
     return None, None, []
 
   def restore_latest(self, abstract_state, move_aside: bool = False):
@@ -290,6 +311,7 @@ class Checkpointer:
     With `move_aside` (the trainer, which holds the workdir lock), newer unusable checkpoints
     are moved to `checkpoints/corrupt/` so that the next save of their step is not blocked.
     """
+
     def read(step, loop):
       target = abstract_state(loop) if callable(abstract_state) else abstract_state
       return self.read_state(step, target), loop
@@ -318,10 +340,13 @@ def restore_params(step_dir: str, abstract):
   try:
     with ocp.PyTreeCheckpointer() as ckptr:
       restored = ckptr.restore(
-          os.path.join(step_dir, "state"),
-          args=ocp.args.PyTreeRestore(
-              item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-              partial_restore=True))
+        os.path.join(step_dir, "state"),
+        args=ocp.args.PyTreeRestore(
+          item=item,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True,
+        ),
+      )
   finally:
     absl_logger.setLevel(level)
   return restored["params"]
@@ -331,6 +356,7 @@ def sync_processes(name: str) -> None:
   """A barrier across processes (a no-op in a one-process run)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 

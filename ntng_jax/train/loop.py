@@ -46,12 +46,13 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class Built:
   """A model of one depth with its jitted programs and shardings."""
+
   model: object
-  shardings: object        # of the unboxed TrainState
-  abstract: object         # ShapeDtypeStructs with shardings (restore target)
+  shardings: object  # of the unboxed TrainState
+  abstract: object  # ShapeDtypeStructs with shardings (restore target)
   train_step: object
   eval_step: object
-  select_step: object      # None unless the method selects its batch from a mega-batch
+  select_step: object  # None unless the method selects its batch from a mega-batch
 
 
 def model_at_depth(config, depth: int):
@@ -74,24 +75,37 @@ def build_programs(config, model, tx, mesh, example_batch: dict, method=None) ->
   method = method or Method(None)
   with partitioning.rules_context():
     abstract_boxed = jax.eval_shape(
-        lambda rng: _create_state(model, tx, method, example_batch, rng), jax.random.PRNGKey(0))
+      lambda rng: _create_state(model, tx, method, example_batch, rng), jax.random.PRNGKey(0)
+    )
     shardings = partitioning.logical_shardings(mesh, abstract_boxed)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.unbox(abstract_boxed), shardings)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    nn.unbox(abstract_boxed),
+    shardings,
+  )
   t = config.train
-  train_step = step_lib.make_train_step(model, tx, t.batch_size // t.micro_batch_size,
-                                        t.compute_dtype, mesh, optimizer_hook(config))
+  train_step = step_lib.make_train_step(
+    model, tx, t.batch_size // t.micro_batch_size, t.compute_dtype, mesh, optimizer_hook(config)
+  )
   train_step = method.wrap_train_step(train_step)
   eval_step = step_lib.make_eval_step(model, t.compute_dtype)
   select = method.make_select_step(model, t.compute_dtype)
   if select is not None:
     batch_sh, rep = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
-    select = jax.jit(select, in_shardings=(shardings, batch_sh, rep),
-                     out_shardings=(shardings, batch_sh, rep), donate_argnums=(0,))
-  return Built(model=model, shardings=shardings, abstract=abstract,
-               train_step=step_lib.jit_train_step(train_step, shardings, mesh),
-               eval_step=step_lib.jit_eval_step(eval_step, shardings.params, mesh),
-               select_step=select)
+    select = jax.jit(
+      select,
+      in_shardings=(shardings, batch_sh, rep),
+      out_shardings=(shardings, batch_sh, rep),
+      donate_argnums=(0,),
+    )
+  return Built(
+    model=model,
+    shardings=shardings,
+    abstract=abstract,
+    train_step=step_lib.jit_train_step(train_step, shardings, mesh),
+    eval_step=step_lib.jit_eval_step(eval_step, shardings.params, mesh),
+    select_step=select,
+  )
 
 
 def init_state(built: Built, tx, mesh, example_batch: dict, seed: int, method=None):
@@ -100,6 +114,7 @@ def init_state(built: Built, tx, mesh, example_batch: dict, seed: int, method=No
 
   def init(rng):
     return nn.unbox(_create_state(built.model, tx, method, example_batch, rng))
+
   with partitioning.activate(mesh):
     return jax.jit(init, out_shardings=built.shardings)(jax.random.PRNGKey(seed))
 
@@ -119,8 +134,10 @@ def evaluate(built: Built, params, batches: list[dict], mesh) -> dict:
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
   weight = max(float(totals["weight_sum"]), 1.0)
-  return {"validation_loss": float(totals["loss_sum"]) / weight,
-          "validation_accuracy": float(totals["correct_sum"]) / weight}
+  return {
+    "validation_loss": float(totals["loss_sum"]) / weight,
+    "validation_accuracy": float(totals["correct_sum"]) / weight,
+  }
 
 
 class _StopFlag:
@@ -142,16 +159,18 @@ class _StopFlag:
     if self.reason is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.reason = "interrupt"
-    print("\nInterrupt received: saving a checkpoint and stopping (Ctrl-C again to abort).",
-          flush=True)
+    print(
+      "\nInterrupt received: saving a checkpoint and stopping (Ctrl-C again to abort).", flush=True
+    )
 
   def __exit__(self, *exc):
     for sig, handler in self._old.items():
       signal.signal(sig, handler)
 
 
-def optimizer_charges(config, table: rst.RSTTable, step: int, batch_size: int,
-                      depth: int) -> list[rst.Charge]:
+def optimizer_charges(
+  config, table: rst.RSTTable, step: int, batch_size: int, depth: int
+) -> list[rst.Charge]:
   """What the optimizer adds to a step's bill (`ntng_jax.optim.OptimizerHook.charges`): its own
   per-step entry where the table has one (the paper's T5 Lion/Sophia times); Sophia-G's Hessian
   micro-batches at full `depth` on refresh steps unless `optim.free_updates`."""
@@ -164,9 +183,10 @@ def _validation_sets(dataset, batch_size: int, max_batches: int, nproc: int, pid
     sets = dataset.validation_sets(batch_size, seed=0, max_batches=max_batches)
   else:
     sets = {"heldout": dataset.validation_batches(batch_size, seed=0, max_batches=max_batches)}
-  share = lambda v: np.asarray(v)[pidx * (len(v) // nproc):(pidx + 1) * (len(v) // nproc)]
-  return {name: [{k: share(v) for k, v in b.items()} for b in batches]
-          for name, batches in sets.items()}
+  share = lambda v: np.asarray(v)[pidx * (len(v) // nproc) : (pidx + 1) * (len(v) // nproc)]
+  return {
+    name: [{k: share(v) for k, v in b.items()} for b in batches] for name, batches in sets.items()
+  }
 
 
 def train_and_evaluate(config, workdir: str, restart: bool = False) -> dict:
@@ -179,13 +199,17 @@ def train_and_evaluate(config, workdir: str, restart: bool = False) -> dict:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise config_lib.ConfigError(f"cannot create the workdir {workdir} ({e.strerror}); pass a"
-                                 " writable --workdir.") from None
+    raise config_lib.ConfigError(
+      f"cannot create the workdir {workdir} ({e.strerror}); pass a writable --workdir."
+    ) from None
   lock = workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0)
   with lock:
     if lock.took_over:
-      print(f"Took over {lock.path} from a run that is no longer running (pid"
-            f" {lock.took_over.get('pid')} on {lock.took_over.get('host')}).", flush=True)
+      print(
+        f"Took over {lock.path} from a run that is no longer running (pid"
+        f" {lock.took_over.get('pid')} on {lock.took_over.get('host')}).",
+        flush=True,
+      )
     if restart:
       moved = run_identity.set_aside(workdir) if jax.process_index() == 0 else None
       ckpt_lib.sync_processes("ntng_restart")
@@ -211,23 +235,27 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   divisor = partitioning.batch_divisor(mesh)
   if t.micro_batch_size % divisor:
     raise config_lib.ConfigError(
-        f"train.micro_batch_size ({t.micro_batch_size}) must be a multiple of the data×fsdp mesh"
-        f" size ({divisor}) so every device gets whole examples.")
+      f"train.micro_batch_size ({t.micro_batch_size}) must be a multiple of the data×fsdp mesh"
+      f" size ({divisor}) so every device gets whole examples."
+    )
   if divisor % jax.process_count():
     raise config_lib.ConfigError(
-        f"the data×fsdp mesh size ({divisor}) must be a multiple of the process count"
-        f" ({jax.process_count()}) so every process reads whole rows; set config.mesh so that"
-        " data×fsdp spans every host.")
+      f"the data×fsdp mesh size ({divisor}) must be a multiple of the process count"
+      f" ({jax.process_count()}) so every process reads whole rows; set config.mesh so that"
+      " data×fsdp spans every host."
+    )
 
   # ---------------------------------------------------------------------------------------------
   # Method and data: this process's rows of every global (mega-)batch; fixed validation batches.
   method = build_method(config)
-  dataset = data_lib.build_dataset(config.data, config.model.family, config.model.vocab_size,
-                                   workdir)
+  dataset = data_lib.build_dataset(
+    config.data, config.model.family, config.model.vocab_size, workdir
+  )
   dataset = method.prepare_dataset(dataset)
   nproc, pidx = jax.process_count(), jax.process_index()
-  train_iter = dataset.train_iterator(method.input_batch_size(t.batch_size), seed=config.seed,
-                                      process_index=pidx, process_count=nproc)
+  train_iter = dataset.train_iterator(
+    method.input_batch_size(t.batch_size), seed=config.seed, process_index=pidx, process_count=nproc
+  )
   example_batch = next(iter(dataset.train_iterator(t.micro_batch_size, seed=0)))
   example_batch = {k: np.asarray(v) for k, v in example_batch.items()}
   val_sets = _validation_sets(dataset, t.micro_batch_size, t.validation_batches, nproc, pidx)
@@ -237,8 +265,13 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   # RST table (calibrated at start-up if no built-in table matches).
   def calibrate():
     from ntng_jax.train import calibrate as calibrate_lib
-    return calibrate_lib.calibrate(config, mesh, example_batch_fn=lambda: next(iter(
-        dataset.train_iterator(t.batch_size, seed=0))))
+
+    return calibrate_lib.calibrate(
+      config,
+      mesh,
+      example_batch_fn=lambda: next(iter(dataset.train_iterator(t.batch_size, seed=0))),
+    )
+
   table = rst_choice.resolve_rst_table(config, workdir, calibrate)
   if run_identity.has_run(workdir):
     run_identity.check(workdir, config, table)
@@ -254,20 +287,29 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
   def programs(depth):
     if depth not in built_at:
-      built_at[depth] = build_programs(config, model_at_depth(config, depth), tx, mesh,
-                                       example_batch, method)
+      built_at[depth] = build_programs(
+        config, model_at_depth(config, depth), tx, mesh, example_batch, method
+      )
     return built_at[depth]
 
   # The newest usable checkpoint, restored at the depth saved with it; newer unusable ones are
   # moved to checkpoints/corrupt/; CheckpointError if some exist and none is usable.
-  restored = checkpointer.restore_latest(lambda saved: programs(int(saved["depth"])).abstract,
-                                         move_aside=True)
+  restored = checkpointer.restore_latest(
+    lambda saved: programs(int(saved["depth"])).abstract, move_aside=True
+  )
   if restored is None:
     depth = method.initial_depth()
     built = programs(depth)
     state = init_state(built, tx, mesh, example_batch, config.seed, method)
-    loop = dict(step=0, rst_seconds=0.0, tokens=0, wall_seconds=0.0, depth=depth,
-                data=train_iter.get_state(), method=method.host_state())
+    loop = dict(
+      step=0,
+      rst_seconds=0.0,
+      tokens=0,
+      wall_seconds=0.0,
+      depth=depth,
+      data=train_iter.get_state(),
+      method=method.host_state(),
+    )
     if is_main:
       run_identity.record(workdir, config, table)
     print(f"Starting a new run in {workdir} (RST table: {table.name}).", flush=True)
@@ -281,8 +323,9 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     method.restore_host_state(loop["method"])
     print(f"Resuming from step {loop['step']} at RST {loop['rst_seconds']:.1f} s.", flush=True)
 
-  logger = metrics_lib.MetricsLogger(workdir, resume_step=loop["step"] if restored else None,
-                                     enabled=is_main)
+  logger = metrics_lib.MetricsLogger(
+    workdir, resume_step=loop["step"] if restored else None, enabled=is_main
+  )
   progress = metrics_lib.Progress(budget)
   base_rng = jax.random.PRNGKey(config.seed)
   eval_every = t.eval_every_rst_minutes * 60.0
@@ -294,9 +337,11 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   wall_before = float(loop["wall_seconds"])
   next_eval = (math.floor(rst_seconds / eval_every) + 1) * eval_every
   next_ckpt = (math.floor(rst_seconds / ckpt_every) + 1) * ckpt_every
-  pending = []          # (record without losses, device metrics) since the last host sync
-  last = {"train_loss": float(loop.get("train_loss", float("nan"))),  # the saved run's, on resume
-          "validation_loss": loop.get("validation_loss")}
+  pending = []  # (record without losses, device metrics) since the last host sync
+  last = {
+    "train_loss": float(loop.get("train_loss", float("nan"))),  # the saved run's, on resume
+    "validation_loss": loop.get("validation_loss"),
+  }
   stopped_because = None
   t_start = time.time()
 
@@ -317,34 +362,60 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         pending = []
         kept = checkpointer.steps()
         raise NonFiniteLossError(
-            f"the training loss became {record['train_loss']} at step {record['step']} (RST"
-            f" {record['rst_seconds']:.1f} s); "
-            + (f"the last good checkpoint (step {kept[-1]}) is kept" if kept else
-               "no checkpoint had been saved yet")
-            + " — lower optim.learning_rate"
-            + (" or use train.compute_dtype=float32" if t.compute_dtype != "float32" else "")
-            + " and rerun with --restart (a changed config cannot resume this run)"
-            + nonfinite_loss_hint(config.data, record["step"]) + ".")
+          f"the training loss became {record['train_loss']} at step {record['step']} (RST"
+          f" {record['rst_seconds']:.1f} s); "
+          + (
+            f"the last good checkpoint (step {kept[-1]}) is kept"
+            if kept
+            else "no checkpoint had been saved yet"
+          )
+          + " — lower optim.learning_rate"
+          + (" or use train.compute_dtype=float32" if t.compute_dtype != "float32" else "")
+          + " and rerun with --restart (a changed config cannot resume this run)"
+          + nonfinite_loss_hint(config.data, record["step"])
+          + "."
+        )
       last["train_loss"] = record["train_loss"]
       if record.pop("_log"):
         logger.write(record)
         logged = record
     if logged is not None and is_main:
-      progress.update(logged["step"], logged["train_loss"], logged["rst_seconds"],
-                      logged["tokens"], extra=f" | lr {logged['learning_rate']:.2e}")
+      progress.update(
+        logged["step"],
+        logged["train_loss"],
+        logged["rst_seconds"],
+        logged["tokens"],
+        extra=f" | lr {logged['learning_rate']:.2e}",
+      )
 
   def save():
-    checkpointer.save(step, state, dict(step=step, rst_seconds=rst_seconds, tokens=tokens,
-                                         wall_seconds=wall(), depth=depth,
-                                         data=train_iter.get_state(),
-                                         method=method.host_state(), rst_table=table.name,
-                                         train_loss=last["train_loss"],
-                                         validation_loss=last["validation_loss"]))
+    checkpointer.save(
+      step,
+      state,
+      dict(
+        step=step,
+        rst_seconds=rst_seconds,
+        tokens=tokens,
+        wall_seconds=wall(),
+        depth=depth,
+        data=train_iter.get_state(),
+        method=method.host_state(),
+        rst_table=table.name,
+        train_loss=last["train_loss"],
+        validation_loss=last["validation_loss"],
+      ),
+    )
 
   def validate():
     """Full-depth validation on every named set; `validation_loss` is the first (in-domain)."""
-    record = dict(step=step, rst_seconds=rst_seconds, rst_budget_fraction=rst_seconds / budget,
-                  tokens=tokens, wall_seconds=wall(), epoch=data_lib.epochs_seen(train_iter))
+    record = dict(
+      step=step,
+      rst_seconds=rst_seconds,
+      rst_budget_fraction=rst_seconds / budget,
+      tokens=tokens,
+      wall_seconds=wall(),
+      epoch=data_lib.epochs_seen(train_iter),
+    )
     for i, (name, batches) in enumerate(val_sets.items()):
       result = evaluate(built, state.params, batches, mesh)
       record[f"validation_loss/{name}"] = result["validation_loss"]
@@ -363,6 +434,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     if step % log_every:
       return False
     from jax.experimental import multihost_utils
+
     return bool(np.any(multihost_utils.process_allgather(np.int32(stop.reason is not None))))
 
   # ---------------------------------------------------------------------------------------------
@@ -374,16 +446,27 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         if plan.depth != depth:  # stacking: grow the state, recompile once for the new depth
           sync()
           state = method.grow(state, plan.depth, tx)
-          logger.write(dict(step=step, rst_seconds=rst_seconds, event="grow", from_depth=depth,
-                            to_depth=plan.depth, rst_budget_fraction=rst_seconds / budget))
-          print(f"Growing from {depth} to {plan.depth} layers at RST {rst_seconds:.1f} s.",
-                flush=True)
+          logger.write(
+            dict(
+              step=step,
+              rst_seconds=rst_seconds,
+              event="grow",
+              from_depth=depth,
+              to_depth=plan.depth,
+              rst_budget_fraction=rst_seconds / budget,
+            )
+          )
+          print(
+            f"Growing from {depth} to {plan.depth} layers at RST {rst_seconds:.1f} s.", flush=True
+          )
           depth = plan.depth
-          built = build_programs(config, model_at_depth(config, depth), tx, mesh, example_batch,
-                                 method)
+          built = build_programs(
+            config, model_at_depth(config, depth), tx, mesh, example_batch, method
+          )
           state = jax.device_put(state, built.shardings)
         charges = method.charges(plan, batch_size) + opt_hook.charges(
-            table, step, batch_size, plan.depth)
+          table, step, batch_size, plan.depth
+        )
         cost = rst.step_cost(table, charges)
         if stop_requested():
           stopped_because = "interrupt"
@@ -406,18 +489,26 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         rng = jax.random.fold_in(base_rng, step)
         with partitioning.activate(mesh):
           if built.select_step is not None:
-            state, batch, select_metrics = built.select_step(state, batch,
-                                                             jax.random.fold_in(rng, 1))
+            state, batch, select_metrics = built.select_step(
+              state, batch, jax.random.fold_in(rng, 1)
+            )
           state, step_metrics = built.train_step(state, batch, rng, controls)
         if built.select_step is not None:
           step_metrics = {**step_metrics, **select_metrics}
         step += 1
         rst_seconds += cost
         tokens += tokens_per_step
-        record = dict(step=step, learning_rate=lr, tokens=tokens, rst_seconds=rst_seconds,
-                      rst_budget_fraction=rst_seconds / budget, wall_seconds=wall(),
-                      epoch=data_lib.epochs_seen(train_iter),
-                      _log=step % log_every == 0 or step == 1, **method.metrics(plan))
+        record = dict(
+          step=step,
+          learning_rate=lr,
+          tokens=tokens,
+          rst_seconds=rst_seconds,
+          rst_budget_fraction=rst_seconds / budget,
+          wall_seconds=wall(),
+          epoch=data_lib.epochs_seen(train_iter),
+          _log=step % log_every == 0 or step == 1,
+          **method.metrics(plan),
+        )
         pending.append((record, step_metrics))
         if step % log_every == 0:
           sync(keep_last=1)
@@ -446,21 +537,35 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       final = {"validation_loss": last["validation_loss"]}
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   summary = dict(
-      method=config.method.name, family=config.model.family, size=config.model.size,
-      seed=config.seed, steps=step, tokens=tokens, rst_seconds=rst_seconds,
-      rst_budget_seconds=budget, wall_seconds=wall(), stopped_because=stopped_because,
-      final_train_loss=last["train_loss"], final_validation_loss=final["validation_loss"],
-      final_validation_losses={k.split("/", 1)[1]: v for k, v in final.items()
-                               if k.startswith("validation_loss/")},
-      final_validation_accuracy=final.get("validation_accuracy"), num_params=n_params,
-      final_depth=depth, rst_table=table.name,
-      unigram_entropy_nats=getattr(dataset, "unigram_entropy_nats", None))
+    method=config.method.name,
+    family=config.model.family,
+    size=config.model.size,
+    seed=config.seed,
+    steps=step,
+    tokens=tokens,
+    rst_seconds=rst_seconds,
+    rst_budget_seconds=budget,
+    wall_seconds=wall(),
+    stopped_because=stopped_because,
+    final_train_loss=last["train_loss"],
+    final_validation_loss=final["validation_loss"],
+    final_validation_losses={
+      k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("validation_loss/")
+    },
+    final_validation_accuracy=final.get("validation_accuracy"),
+    num_params=n_params,
+    final_depth=depth,
+    rst_table=table.name,
+    unigram_entropy_nats=getattr(dataset, "unigram_entropy_nats", None),
+  )
   if is_main:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
   logger.close()
   checkpointer.close()
-  print(f"Finished: {stopped_because}; {step} steps, RST {rst_seconds:.1f} / {budget:.1f} s,"
-        f" train loss {last['train_loss']:.4f}, validation loss {final['validation_loss']}.",
-        flush=True)
+  print(
+    f"Finished: {stopped_because}; {step} steps, RST {rst_seconds:.1f} / {budget:.1f} s,"
+    f" train loss {last['train_loss']:.4f}, validation loss {final['validation_loss']}.",
+    flush=True,
+  )
   return summary

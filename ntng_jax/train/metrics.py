@@ -19,8 +19,12 @@ from typing import Mapping
 
 def _record_key(record: Mapping) -> tuple:
   """What makes a record unique in a run: its step and kind (train, validation or an event)."""
-  return (int(record.get("step", 0)), "train_loss" in record, "validation_loss" in record,
-          record.get("event"))
+  return (
+    int(record.get("step", 0)),
+    "train_loss" in record,
+    "validation_loss" in record,
+    record.get("event"),
+  )
 
 
 def _read_records(path: str) -> list[dict]:
@@ -153,13 +157,19 @@ class Progress:
       rst_rate = (rst_seconds - self._last[1]) / dt
       tok_rate = (tokens - self._last[2]) / dt
       a = 0.5 if self._rst_rate is not None else 1.0
-      self._rst_rate = rst_rate if self._rst_rate is None else a * rst_rate + (1 - a) * self._rst_rate
-      self._tok_rate = tok_rate if self._tok_rate is None else a * tok_rate + (1 - a) * self._tok_rate
+      self._rst_rate = (
+        rst_rate if self._rst_rate is None else a * rst_rate + (1 - a) * self._rst_rate
+      )
+      self._tok_rate = (
+        tok_rate if self._tok_rate is None else a * tok_rate + (1 - a) * self._tok_rate
+      )
     self._last = (now, rst_seconds, tokens)
     eta = ((self.budget - rst_seconds) / self._rst_rate) if self._rst_rate else float("nan")
     pct = 100.0 * rst_seconds / self.budget
-    line = (f"step {step:>7d} | loss {loss:8.4f} | RST {format_duration(rst_seconds)}"
-            f" / {format_duration(self.budget)} ({pct:5.1f}%) | "
-            f"{(self._tok_rate or 0):,.0f} tok/s | ETA {format_duration(eta)}{extra}")
+    line = (
+      f"step {step:>7d} | loss {loss:8.4f} | RST {format_duration(rst_seconds)}"
+      f" / {format_duration(self.budget)} ({pct:5.1f}%) | "
+      f"{(self._tok_rate or 0):,.0f} tok/s | ETA {format_duration(eta)}{extra}"
+    )
     print(line, file=self.stream or sys.stdout, flush=True)
     return line

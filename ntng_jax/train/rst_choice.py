@@ -37,8 +37,9 @@ def resolve_rst_table(config, workdir: str, calibrate_fn) -> rst.RSTTable:
     table = rst.paper_table_for(config)
     if table is None:
       raise ConfigError(
-          "rst.table='paper' only prices the paper's base models at their sequence length;"
-          " use rst.table=auto (a built-in or calibrated table) or a table file for this config.")
+        "rst.table='paper' only prices the paper's base models at their sequence length;"
+        " use rst.table=auto (a built-in or calibrated table) or a table file for this config."
+      )
   elif choice != "auto":
     table = rst.load_table(choice, config)
   else:
@@ -52,17 +53,21 @@ def _auto_table(config, cached: str, calibrate_fn) -> rst.RSTTable:
   have_cache = os.path.exists(cached)
   if jax.process_count() > 1:  # calibration is collective: all processes calibrate, or none
     from jax.experimental import multihost_utils
+
     have_cache = bool(np.all(multihost_utils.process_allgather(np.int32(have_cache))))
   if have_cache:  # the clock this run started with
     return rst.load_table(cached, config)
   table = rst.reference_table_for(config)
   if table is not None:
     return table
-  print(f"No reference RST table matches this config (step-shape fingerprint"
-        f" {rst.step_shape_fingerprint(config)}); calibrating one on this machine, so the number"
-        " of steps depends on this machine and its load. To compare runs, calibrate once with"
-        " `python -m launch.calibrate_rst --config=... --output=TABLE.json` and pass"
-        " --config.rst.table=TABLE.json to every run.", flush=True)
+  print(
+    f"No reference RST table matches this config (step-shape fingerprint"
+    f" {rst.step_shape_fingerprint(config)}); calibrating one on this machine, so the number"
+    " of steps depends on this machine and its load. To compare runs, calibrate once with"
+    " `python -m launch.calibrate_rst --config=... --output=TABLE.json` and pass"
+    " --config.rst.table=TABLE.json to every run.",
+    flush=True,
+  )
   return _table_of_process_zero(calibrate_fn())
 
 
@@ -79,9 +84,10 @@ def _table_of_process_zero(table: rst.RSTTable) -> rst.RSTTable:
   if jax.process_count() == 1:
     return table
   from jax.experimental import multihost_utils
+
   payload = json.dumps(table.to_json()).encode() if jax.process_index() == 0 else b""
   buffer = np.zeros(1 << 16, np.uint8)
-  buffer[:len(payload)] = np.frombuffer(payload, np.uint8)
+  buffer[: len(payload)] = np.frombuffer(payload, np.uint8)
   buffer = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
   return rst.RSTTable.from_json(json.loads(bytes(buffer).rstrip(b"\0")))
 
@@ -91,6 +97,7 @@ def check_budget_buys_a_step(config, table: rst.RSTTable, first_step_cost: float
   budget = float(config.train.budget_hours) * 3600.0
   if first_step_cost > budget * (1 + 1e-12):
     raise ConfigError(
-        f"train.budget_hours={config.train.budget_hours} ({budget:.4g} RST s) buys no step: the"
-        f" first step costs {first_step_cost:.4g} RST s under RST table {table.name!r}; raise"
-        f" train.budget_hours to at least {first_step_cost / 3600.0:.3g}.")
+      f"train.budget_hours={config.train.budget_hours} ({budget:.4g} RST s) buys no step: the"
+      f" first step costs {first_step_cost:.4g} RST s under RST table {table.name!r}; raise"
+      f" train.budget_hours to at least {first_step_cost / 3600.0:.3g}."
+    )

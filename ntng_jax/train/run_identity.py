@@ -27,15 +27,34 @@ import os
 from ntng_jax.errors import UserError
 
 IDENTITY_FILE = "run.json"
-ALLOWED = ("train.log_every_steps", "train.eval_every_rst_minutes",
-           "train.checkpoint_every_rst_minutes", "train.keep_checkpoints", "train.max_steps",
-           "mesh.", "model.remat", "data.validation.", "data.tfds_data_dir", "rst.repeats",
-           "rst.warmup", "rst.table")
+ALLOWED = (
+  "train.log_every_steps",
+  "train.eval_every_rst_minutes",
+  "train.checkpoint_every_rst_minutes",
+  "train.keep_checkpoints",
+  "train.max_steps",
+  "mesh.",
+  "model.remat",
+  "data.validation.",
+  "data.tfds_data_dir",
+  "rst.repeats",
+  "rst.warmup",
+  "rst.table",
+)
 # rst.table is a path or a name; the table's content is compared instead (`rst_table`).
 TABLE_KEY = "rst_table"
 # What a resume may not change and is listed first when it did (the issue's usual suspects).
-_ORDER = ("model.", "method.", "seed", "train.batch_size", "train.micro_batch_size", "data.",
-          "optim.", "train.budget_hours", TABLE_KEY)
+_ORDER = (
+  "model.",
+  "method.",
+  "seed",
+  "train.batch_size",
+  "train.micro_batch_size",
+  "data.",
+  "optim.",
+  "train.budget_hours",
+  TABLE_KEY,
+)
 
 
 class RunIdentityError(UserError, ValueError):
@@ -95,8 +114,10 @@ def recorded(workdir: str) -> dict | None:
 
 def record(workdir: str, config, table=None) -> None:
   """Writes run.json for a new run (atomically)."""
-  data = {"fields": config_identity(config),
-          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  data = {
+    "fields": config_identity(config),
+    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
   if table is not None:
     data[TABLE_KEY] = table_identity(table)
   tmp = _path(workdir) + ".tmp"
@@ -140,18 +161,29 @@ def check(workdir: str, config, table=None) -> None:
     return
   shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
   budget = any(d.startswith("train.budget_hours") for d in diffs)
-  why = (" (a budget cannot be extended: the learning rate follows the fraction of the budget"
-         " spent, so it would jump back up)" if budget else "")
+  why = (
+    " (a budget cannot be extended: the learning rate follows the fraction of the budget"
+    " spent, so it would jump back up)"
+    if budget
+    else ""
+  )
   raise RunIdentityError(
-      f"{workdir} holds a run started with another configuration ({shown}){why}; resume it with"
-      " the original values, use another --workdir, or rerun with --restart to set the old run"
-      " aside under WORKDIR/previous/ and start a new one (changes allowed on resume: logging,"
-      " evaluation and checkpoint intervals, keep_checkpoints, max_steps, mesh, remat and extra"
-      " validation sets).")
+    f"{workdir} holds a run started with another configuration ({shown}){why}; resume it with"
+    " the original values, use another --workdir, or rerun with --restart to set the old run"
+    " aside under WORKDIR/previous/ and start a new one (changes allowed on resume: logging,"
+    " evaluation and checkpoint intervals, keep_checkpoints, max_steps, mesh, remat and extra"
+    " validation sets)."
+  )
 
 
-SET_ASIDE = ("checkpoints", "metrics.jsonl", "summary.json", "tensorboard", IDENTITY_FILE,
-             "config.json")
+SET_ASIDE = (
+  "checkpoints",
+  "metrics.jsonl",
+  "summary.json",
+  "tensorboard",
+  IDENTITY_FILE,
+  "config.json",
+)
 
 
 def set_aside(workdir: str) -> str | None:

@@ -25,12 +25,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def split_micro_batches(batch: dict, num_micro: int, mesh=None) -> dict:
   """[B, ...] -> [num_micro, B / num_micro, ...]; row r goes to micro-batch r % num_micro, so each
   device's contiguous shard contributes equally to every micro-batch (no resharding)."""
+
   def split(x):
     x = x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)
     if mesh is not None:
-      x = jax.lax.with_sharding_constraint(
-          x, NamedSharding(mesh, P(None, partitioning.BATCH_AXES)))
+      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, partitioning.BATCH_AXES)))
     return x
+
   return jax.tree.map(split, batch)
 
 
@@ -45,11 +46,18 @@ def make_loss_fn(model, compute_dtype) -> Callable:
   def loss_fn(params, batch, keep):
     logits, labels, weights = model.logits(params, batch, keep=keep, dtype=compute_dtype)
     return losses.mean_token_loss(logits, labels, weights)
+
   return loss_fn
 
 
-def make_train_step(model, tx: optax.GradientTransformation, num_micro: int, compute_dtype: str,
-                    mesh=None, optimizer_hook=None) -> Callable:
+def make_train_step(
+  model,
+  tx: optax.GradientTransformation,
+  num_micro: int,
+  compute_dtype: str,
+  mesh=None,
+  optimizer_hook=None,
+) -> Callable:
   """Returns the pure `train_step(state, batch, rng, controls) -> (state, metrics)`.
 
   `controls['keep']` (optional): bool [L] (every micro-batch) or [num_micro, L] (row m for
@@ -80,16 +88,18 @@ def make_train_step(model, tx: optax.GradientTransformation, num_micro: int, com
       return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
-                                           (micro, keep))
+    (loss_sum, grad_sum), _ = jax.lax.scan(
+      accumulate, (jnp.zeros((), jnp.float32), zeros), (micro, keep)
+    )
     loss = loss_sum / num_micro
     grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
 
     extra = {}
     if optimizer_hook is not None:
       aux_micro = None if aux is None else split_micro_batches(aux, num_micro, mesh)
-      extra = optimizer_hook.update_args(lambda p, b: model.logits(p, b, dtype=dtype), aux_micro,
-                                         rng)
+      extra = optimizer_hook.update_args(
+        lambda p, b: model.logits(p, b, dtype=dtype), aux_micro, rng
+      )
     opt_state = set_learning_rate(state.opt_state, controls["learning_rate"])
     updates, opt_state = tx.update(grads, opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
@@ -107,8 +117,11 @@ def make_eval_step(model, compute_dtype: str = "float32") -> Callable:
     logits, labels, weights = model.logits(params, batch, dtype=dtype)
     token_loss = losses.token_losses(logits, labels)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(token_loss * weights), "weight_sum": jnp.sum(weights),
-            "correct_sum": jnp.sum(correct * weights)}
+    return {
+      "loss_sum": jnp.sum(token_loss * weights),
+      "weight_sum": jnp.sum(weights),
+      "correct_sum": jnp.sum(correct * weights),
+    }
 
   return eval_step
 
@@ -116,17 +129,19 @@ def make_eval_step(model, compute_dtype: str = "float32") -> Callable:
 def jit_train_step(train_step, state_shardings, mesh):
   """Jits once per static shape with the state donated; the batch is split over data × fsdp."""
   rep = partitioning.replicated(mesh)
-  return jax.jit(train_step,
-                 in_shardings=(state_shardings, partitioning.batch_sharding(mesh), rep, rep),
-                 out_shardings=(state_shardings, rep),
-                 donate_argnums=(0,))
+  return jax.jit(
+    train_step,
+    in_shardings=(state_shardings, partitioning.batch_sharding(mesh), rep, rep),
+    out_shardings=(state_shardings, rep),
+    donate_argnums=(0,),
+  )
 
 
 def jit_eval_step(eval_step, param_shardings, mesh):
   rep = partitioning.replicated(mesh)
-  return jax.jit(eval_step, in_shardings=(param_shardings, partitioning.batch_sharding(mesh)),
-                 out_shardings=rep)
-
+  return jax.jit(
+    eval_step, in_shardings=(param_shardings, partitioning.batch_sharding(mesh)), out_shardings=rep
+  )
 
 
 def make_score_step(model, compute_dtype: str = "float32") -> Callable:

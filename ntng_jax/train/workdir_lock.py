@@ -64,6 +64,7 @@ class WorkdirLock:
     if not self.enabled:
       return
     import fcntl
+
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -83,8 +84,9 @@ class WorkdirLock:
 
   def _busy(self, holder: dict) -> None:
     raise WorkdirBusyError(
-        f"another run ({_describe(holder)}) is training in {os.path.dirname(self.path)}; wait for"
-        " it to finish or stop it, or use another --workdir.")
+      f"another run ({_describe(holder)}) is training in {os.path.dirname(self.path)}; wait for"
+      " it to finish or stop it, or use another --workdir."
+    )
 
   def _acquire_pidfile(self) -> None:
     """Exclusive create; a holder that is dead on this host is stale and replaced."""
@@ -104,8 +106,9 @@ class WorkdirLock:
           continue
         if not same_host:
           raise WorkdirBusyError(
-              f"{self.path}.pid says {_describe(holder)} is training in this workdir and that host"
-              " cannot be checked from here; if that run is gone, delete the file and rerun.")
+            f"{self.path}.pid says {_describe(holder)} is training in this workdir and that host"
+            " cannot be checked from here; if that run is gone, delete the file and rerun."
+          )
         self._busy(holder)
       with os.fdopen(fd, "w") as f:
         json.dump(self._record(), f)
@@ -116,6 +119,7 @@ class WorkdirLock:
   def release(self) -> None:
     if self._fd is not None:
       import fcntl
+
       try:
         os.ftruncate(self._fd, 0)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
