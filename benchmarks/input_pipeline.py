@@ -130,6 +130,7 @@ def bench_train_step(
   batch_size: int, seq_len: int, seconds: float, sample_batch: dict, size: str = "tiny"
 ) -> dict:
   import jax
+
   from ntng_jax import partitioning
   from ntng_jax.config import get_config
   from ntng_jax.optim import build_optimizer

@@ -29,8 +29,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
-
 import step_time  # noqa: E402
+
 from ntng_jax import partitioning  # noqa: E402
 
 CONTAINERS = {"while", "conditional", "call"}

@@ -35,8 +35,10 @@ def _median_seconds(fn, warmup: int, repeats: int) -> float:
 
 def scoring_cost(size: str, repeats: int, warmup: int = 2) -> dict:
   import jax
+
   from configs import bert as bert_configs
-  from ntng_jax import data as data_lib, partitioning
+  from ntng_jax import data as data_lib
+  from ntng_jax import partitioning
   from ntng_jax.methods.base import build_method
   from ntng_jax.optim import build_optimizer
   from ntng_jax.train import loop
@@ -99,9 +101,10 @@ def scoring_cost(size: str, repeats: int, warmup: int = 2) -> dict:
 
 def rst_per_step() -> list[dict]:
   import ml_collections
+
   from ntng_jax import rst
-  from ntng_jax.methods.base import Method, Plan
   from ntng_jax.methods import selection
+  from ntng_jax.methods.base import Method, Plan
 
   table = rst.PAPER_TABLES["bert"]
   b = 1536

@@ -18,13 +18,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-import flax.linen as nn  # noqa: E402
-
 import step_time  # noqa: E402
+
 from ntng_jax.models import build_model  # noqa: E402
 from ntng_jax.train import step as step_lib  # noqa: E402
 

@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-
 import step_time  # noqa: E402
+
 from ntng_jax import partitioning  # noqa: E402
 from ntng_jax.train import step as step_lib  # noqa: E402
 

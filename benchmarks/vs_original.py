@@ -38,8 +38,8 @@ sys.path.insert(0, HERE)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
 import step_time  # noqa: E402
+
 from ntng_jax import partitioning  # noqa: E402
 from ntng_jax.train import step as step_lib  # noqa: E402
 

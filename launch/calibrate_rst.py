@@ -34,7 +34,9 @@ def main(argv):
   config = common.parsed_config(_CONFIG)
 
   def run():
-    from ntng_jax import config as config_lib, data as data_lib, partitioning, rst
+    from ntng_jax import config as config_lib
+    from ntng_jax import data as data_lib
+    from ntng_jax import partitioning, rst
     from ntng_jax.train import calibrate
 
     config_lib.validate(config)

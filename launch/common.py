@@ -98,6 +98,7 @@ def preflight_config(argv: list[str], default: str = DEFAULT_CONFIG) -> list[str
   `configs` package when it is not found from the working directory, and made explicit when
   absent (so the default config works from any directory)."""
   import importlib.util
+
   from ntng_jax.config import check_overrides, resolve_config_path
 
   argv = list(argv)

@@ -49,7 +49,8 @@ def extract(
   import jax
   import numpy as np
 
-  from ntng_jax import data as data_lib, partitioning
+  from ntng_jax import data as data_lib
+  from ntng_jax import partitioning
   from ntng_jax.config import ConfigError
   from ntng_jax.methods import selection
   from ntng_jax.methods.base import build_method

@@ -8,7 +8,6 @@ import shutil
 import warnings
 
 import numpy as np
-
 from conftest import fixed_table, tiny_config
 
 STEP_SECONDS = 0.02  # RST seconds per full-depth step in the fixed table

@@ -11,10 +11,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from conftest import tiny_config  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from conftest import tiny_config  # noqa: E402
-from ntng_jax import data as data_lib, partitioning  # noqa: E402
+from ntng_jax import data as data_lib  # noqa: E402
+from ntng_jax import partitioning
 from ntng_jax.optim import build_optimizer  # noqa: E402
 from ntng_jax.train import loop  # noqa: E402
 

@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntng_jax.models import build_model, greedy_decode, losses, model_config
+from ntng_jax.models import build_model, greedy_decode, losses, model_config, stack
 from ntng_jax.models import layers as L
-from ntng_jax.models import stack
 
 B, S, P, SI, ST = 2, 16, 5, 12, 6
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -11,12 +11,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, fixed_table, run_module, tiny_config
 
 from ntng_jax import config as config_lib
 from ntng_jax import rst
 from ntng_jax.data.errors import DataError
-
-from conftest import REPO, fixed_table, run_module, tiny_config
 
 
 def one_sentence(proc, phrase) -> str:

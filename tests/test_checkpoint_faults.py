@@ -13,12 +13,6 @@ import time
 
 import numpy as np
 import pytest
-
-from ntng_jax.config import ConfigError
-from ntng_jax.train import checkpoint as ckpt_lib
-from ntng_jax.train import loop as loop_lib
-from ntng_jax.train import workdir_lock
-
 from conftest import REPO
 from fault_helpers import (
   SimulatedKill,
@@ -29,6 +23,11 @@ from fault_helpers import (
   saved_dirs,
   seed_workdir,
 )
+
+from ntng_jax.config import ConfigError
+from ntng_jax.train import checkpoint as ckpt_lib
+from ntng_jax.train import loop as loop_lib
+from ntng_jax.train import workdir_lock
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +279,7 @@ def test_rotation_keeps_everything_while_a_newer_checkpoint_is_damaged(tmp_path)
 
 def test_full_disk_during_a_save_is_one_sentence_and_keeps_state(tmp_path, monkeypatch):
   import errno
+
   import orbax.checkpoint as ocp
 
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=3)

@@ -4,11 +4,10 @@ import json
 import math
 
 import pytest
+from conftest import run_module
 
 from ntng_jax import rst
 from ntng_jax.experiments import rst_compare
-
-from conftest import run_module
 
 L = 16
 SHARES = (0.125, 0.175, 0.7)  # stacking stages 4, 8, 16 (BERT base schedule)
@@ -150,9 +149,11 @@ def test_cli_writes_markdown_json_and_figure(tmp_path, tables):
 
 
 def test_depthwise_calibration_writes_a_loadable_partial_table(tmp_path):
-  from ntng_jax import data as data_lib, partitioning
-  from ntng_jax.train.calibrate import calibrate
   from conftest import tiny_config
+
+  from ntng_jax import data as data_lib
+  from ntng_jax import partitioning
+  from ntng_jax.train.calibrate import calibrate
 
   config = tiny_config(
     "bert", **{"data.num_lines": 2000, "rst.repeats": 1, "rst.warmup": 1, "model.num_layers": 3}

@@ -121,7 +121,8 @@ def test_stream_dataset_and_heldout_validation(docs, tmp_path):
   ds = build_stream_dataset(
     cfg, "bert", 512, tmp_path / "run", share_docs=_share_docs(docs), source="test-stream"
   )
-  from ntng_jax.data import ValidationResolver, validation_spec as spec
+  from ntng_jax.data import ValidationResolver
+  from ntng_jax.data import validation_spec as spec
 
   ds.validation_sources = spec(cfg)
   ds.resolver = ValidationResolver(ds.tokenizer, "bert", 32, (ds.tokenizer.sep_id,), None)
@@ -246,9 +247,8 @@ def test_tfds_spec_parsing():
 # ----------------------------------------------------------------------------- seqio
 def test_seqio_tasks_over_local_files(tmp_path):
   seqio = pytest.importorskip("seqio")
-  from ntng_jax.data import compute_input_and_target_lengths
+  from ntng_jax.data import compute_input_and_target_lengths, seqio_tasks
   from ntng_jax.data.shards import open_shards, prepare_shards
-  from ntng_jax.data import seqio_tasks
 
   assert "ntng_t5_span_corruption_c4" in seqio.TaskRegistry.names()
   text = tmp_path / "train.txt"

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_config
+from test_stacking import make_batch, random_params
 
 from ntng_jax import rst
 from ntng_jax.methods import layer_drop as ld
@@ -16,10 +18,6 @@ from ntng_jax.optim import build_optimizer, gnb_estimate, optimizer_hook
 from ntng_jax.train import loop as loop_lib
 from ntng_jax.train import state as state_lib
 from ntng_jax.train import step as step_lib
-
-from conftest import tiny_config
-from test_stacking import make_batch, random_params
-
 
 # ---- layer dropping per micro-batch -------------------------------------------------------------
 
@@ -243,6 +241,7 @@ def test_sophia_refresh_is_charged_six_micro_batches_unless_free():
 def test_fresh_draws_and_keep_rows_resume_exactly(tmp_path, method, overrides):
   """A run stopped at step 7 and resumed gives the uninterrupted run's losses exactly."""
   import json
+
   from conftest import fixed_table
 
   config = tiny_config(

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_config
+from test_stacking import make_batch, random_params
 
 from ntng_jax.methods import stacking as st
 from ntng_jax.optim import build_optimizer
@@ -14,9 +16,6 @@ from ntng_jax.optim.layer_count import has_layer_count
 from ntng_jax.train import checkpoint as ckpt_lib
 from ntng_jax.train import loop as loop_lib
 from ntng_jax.train import state as state_lib
-
-from conftest import tiny_config
-from test_stacking import make_batch, random_params
 
 WARM_STEPS = 30  # updates before growth: the global count is far from 1
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, fixed_table, tiny_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -212,6 +211,7 @@ def _one_sentence_error(result: subprocess.CompletedProcess) -> str:
 
 def test_load_pretrained_restores_the_saved_params(jobs, tmp_path):
   import orbax.checkpoint as ocp
+
   from ntng_jax.eval.pretrained import PretrainedError, load_pretrained
 
   workdir = jobs.workdir("bert")
@@ -252,6 +252,7 @@ def _flatten(tree, prefix=""):
 def test_classifier_masks_padding_and_drops_the_mlm_head(jobs):
   import jax
   import jax.numpy as jnp
+
   from ntng_jax.eval import finetune as F
   from ntng_jax.eval import ft_core
   from ntng_jax.eval.encoding import encode_classification
@@ -291,8 +292,9 @@ def test_classifier_masks_padding_and_drops_the_mlm_head(jobs):
 
 
 def _tiny_bert():
-  import jax
   import flax.linen as nn
+  import jax
+
   from ntng_jax.models import build_model, model_config
 
   model_cfg = model_config("bert", "tiny")
@@ -308,6 +310,7 @@ def _tiny_bert():
 def test_finetuning_applies_attention_dropout_in_training_only():
   import jax
   import jax.numpy as jnp
+
   from ntng_jax.eval import finetune as F
   from ntng_jax.eval import ft_core
   from ntng_jax.eval.heads import ClassificationHead
@@ -349,6 +352,7 @@ def test_finetuning_applies_attention_dropout_in_training_only():
 
 def test_finetuning_step_leaves_the_pad_embedding_row_unchanged():
   import jax
+
   from ntng_jax import partitioning
   from ntng_jax.eval import finetune as F
 

@@ -9,8 +9,8 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from conftest import fixed_table, run_module, tiny_config
+
 from ntng_jax import data as data_lib
 from ntng_jax.config import ConfigError, validate
 from ntng_jax.models import build_model, losses, model_config, param_count

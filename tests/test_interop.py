@@ -7,12 +7,11 @@ import struct
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, fixed_table, run_module, tiny_config
 
 from ntng_jax.eval.pretrained import abstract_params
 from ntng_jax.interop import layout, safetensors, transfer
 from ntng_jax.models import build_model
-
-from conftest import REPO, fixed_table, run_module, tiny_config
 
 MANIFESTS = REPO / "tests" / "data" / "interop"
 STEP_SECONDS = 0.02
@@ -94,7 +93,8 @@ def test_layout_round_trip_is_bitwise_and_transposes(family):
 
 def _val_loss(config, params, workdir):
   """Validation loss of `params` on the run's own held-out batches (the loop's evaluation)."""
-  from ntng_jax import data as data_lib, partitioning
+  from ntng_jax import data as data_lib
+  from ntng_jax import partitioning
   from ntng_jax.optim import build_optimizer
   from ntng_jax.train import loop
 

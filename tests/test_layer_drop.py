@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config
+from test_stacking import layer_leaves, make_batch, random_params, run_summary
 
 from ntng_jax import rst
 from ntng_jax.methods import layer_drop as ld
@@ -15,10 +17,6 @@ from ntng_jax.models import build_model
 from ntng_jax.optim import build_optimizer
 from ntng_jax.train import state as state_lib
 from ntng_jax.train import step as step_lib
-
-from conftest import tiny_config
-from test_stacking import layer_leaves, make_batch, random_params, run_summary
-
 
 # ---- config and schedule -------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import fixed_table, tiny_config
+
 from ntng_jax import data as data_lib
 
 SEQ = 32
@@ -89,6 +89,7 @@ def test_report_gives_perplexity_and_validation_loss_against_epochs(tmp_path):
   """A hand-made two-method GPT grid whose data repeated: the report has perplexity tables, an
   epochs table and the validation-vs-epochs figure."""
   import math
+
   from ntng_jax.experiments import report, sweep
 
   for method, offset in (("baseline", 0.0), ("stacking", 0.1)):

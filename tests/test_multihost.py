@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests"))

@@ -4,12 +4,11 @@ RST meter charging Sophia's Hessian passes."""
 import math
 
 import pytest
+from conftest import tiny_config
+from test_train import read_records, small_run_config
 
 from ntng_jax import rst
 from ntng_jax.train import loop as loop_lib
-
-from conftest import tiny_config
-from test_train import read_records, small_run_config
 
 
 @pytest.mark.parametrize("family", ["bert", "t5"])

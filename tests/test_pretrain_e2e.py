@@ -7,7 +7,6 @@ The same command in two fresh workdirs gives the same run."""
 import json
 
 import pytest
-
 from conftest import run_module
 
 

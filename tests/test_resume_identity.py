@@ -6,12 +6,11 @@ import os
 import shutil
 
 import pytest
+from conftest import fixed_table, run_module
+from fault_helpers import STEP_SECONDS, committed, make_config, saved_dirs, summary
 
 from ntng_jax.train import loop as loop_lib
 from ntng_jax.train import run_identity
-
-from conftest import fixed_table, run_module
-from fault_helpers import STEP_SECONDS, committed, make_config, saved_dirs, summary
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,10 @@ import dataclasses
 import math
 
 import pytest
+from conftest import tiny_config
 
 from ntng_jax import rst, schedules
 from ntng_jax.rst import Charge
-
-from conftest import tiny_config
 
 
 def test_paper_bert_table_charges_full_depth_micro_batch():
@@ -181,7 +180,8 @@ def test_auto_uses_the_builtin_table_and_records_it(tmp_path):
 def test_auto_calibration_for_a_shape_without_reference_table(tmp_path, capsys):
   """The one test of start-up calibration: it asserts only what machine load cannot change (which
   entries exist, that they are positive, the fingerprint, the record, the cache on resume)."""
-  from ntng_jax import data as data_lib, partitioning
+  from ntng_jax import data as data_lib
+  from ntng_jax import partitioning
   from ntng_jax.train import calibrate, rst_choice
 
   config = tiny_config(

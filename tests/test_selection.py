@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import fixed_table, run_module, tiny_config
 
 from ntng_jax import data as data_lib
 from ntng_jax import rst
@@ -15,8 +16,6 @@ from ntng_jax.models import build_model
 from ntng_jax.optim import build_optimizer
 from ntng_jax.train import state as state_lib
 from ntng_jax.train import step as step_lib
-
-from conftest import fixed_table, run_module, tiny_config
 
 STEP_SECONDS = 0.02  # RST seconds per full-depth baseline step in the fixed test table
 

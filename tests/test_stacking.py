@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import REPO, fixed_table, run_module, tiny_config
 
 from ntng_jax import rst
 from ntng_jax.config import ConfigError
@@ -26,8 +27,6 @@ from ntng_jax.methods.base import build_method
 from ntng_jax.optim import build_optimizer
 from ntng_jax.train import loop as loop_lib
 from ntng_jax.train import state as state_lib
-
-from conftest import REPO, fixed_table, run_module, tiny_config
 
 STEP_SECONDS = 0.02  # RST seconds per full-depth step in the fixed tables below
 E2E_STEPS = 24  # budget = this many full-depth steps

@@ -13,7 +13,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import REPO, run_module
 
 sys.path.insert(0, str(REPO))

@@ -9,11 +9,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import REPO, fixed_table, run_module, tiny_config
 
 from ntng_jax.train import checkpoint as ckpt_lib
 from ntng_jax.train import loop as loop_lib
-
-from conftest import REPO, fixed_table, run_module, tiny_config
 
 STEP_SECONDS = 0.02  # RST seconds per full-depth step in the fixed test table
 
@@ -123,7 +122,8 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
 
 
 def _abstract(config, workdir):
-  from ntng_jax import data as data_lib, partitioning
+  from ntng_jax import data as data_lib
+  from ntng_jax import partitioning
   from ntng_jax.optim import build_optimizer
 
   mesh = partitioning.make_mesh(config.mesh)

@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import REPO, fixed_table, run_module, tiny_config
 
 EXAMPLES = REPO / "examples"
@@ -149,6 +148,7 @@ def test_user_optimizer_recipe_by_import_path(tmp_path, monkeypatch):
   monkeypatch.syspath_prepend(str(EXAMPLES))
   import jax.numpy as jnp
   import optax
+
   from ntng_jax.config import ConfigError
   from ntng_jax.optim import build_optimizer
   from ntng_jax.train import loop as loop_lib

@@ -79,7 +79,7 @@ __all__ = [
   "span_corruption",
   "train_tokenizer",
   "unigram_entropy_nats",
-  "validation_spec",
+  "validation_spec", "epochs_seen",
 ]
 
 _FAMILY_KIND = {"bert": "bert", "t5": "t5", "gpt": "gpt"}

@@ -45,9 +45,9 @@ from ntng_jax.data.objectives import compute_input_and_target_lengths
 from ntng_jax.data.pipeline import holdout_count, iter_chunk_blocks
 from ntng_jax.data.sources import corpus_files, file_digest, iter_documents
 from ntng_jax.data.tokenizers import (
-  Tokenizer,
   _META_FILE,
   _MODEL_FILE,
+  Tokenizer,
   default_num_sentinels,
   train_tokenizer,
 )

@@ -185,7 +185,7 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None, mesh=N
   workdir may belong to a running job). If none is usable: :class:`PretrainedError` naming
   why.
   """
-  from ntng_jax.train.checkpoint import CheckpointError, Checkpointer, restore_params
+  from ntng_jax.train.checkpoint import Checkpointer, CheckpointError, restore_params
   from ntng_jax.train.loop import model_at_depth
 
   work = Path(workdir).resolve()

@@ -27,7 +27,9 @@ from ntng_jax.train import calibrate as calibrate_lib
 def _main(argv):
   del argv
   from absl import flags
-  from ntng_jax import config as config_lib, data as data_lib
+
+  from ntng_jax import config as config_lib
+  from ntng_jax import data as data_lib
 
   f = flags.FLAGS
   config = f.config

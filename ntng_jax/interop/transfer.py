@@ -117,6 +117,7 @@ def export_run(
 def read_export(directory: str):
   """(ntng config, unboxed numpy params) of an export directory."""
   import ml_collections
+
   from ntng_jax.eval.pretrained import abstract_params
   from ntng_jax.models import build_model
 

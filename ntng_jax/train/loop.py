@@ -30,11 +30,9 @@ from ntng_jax.models import build_model
 from ntng_jax.optim import build_optimizer, optimizer_hook
 from ntng_jax.train import checkpoint as ckpt_lib
 from ntng_jax.train import metrics as metrics_lib
-from ntng_jax.train import rst_choice
-from ntng_jax.train import run_identity
+from ntng_jax.train import rst_choice, run_identity, workdir_lock
 from ntng_jax.train import state as state_lib
 from ntng_jax.train import step as step_lib
-from ntng_jax.train import workdir_lock
 
 log = logging.getLogger(__name__)
 
