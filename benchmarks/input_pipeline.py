@@ -6,7 +6,7 @@ Builds (once, cached under --workdir) BERT shards (seq 128) and T5 shards (512 i
 targets, raw chunks of 568) from --corpus with `prepare_shards`, then times, in one process,
 `Dataset.train_iterator` from the memory-mapped shards: row gather + uint16 -> int32 + masking
 (BERT 15 % MLM) or span corruption (T5) + batching, over --seconds of batches. Then it times the
-project's jitted train step (`ntng_jax.train.loop.build_programs`) of tiny BERT at seq 128 on
+project's jitted train step (`ntng_jax.train.programs.build_programs`) of tiny BERT at seq 128 on
 the same batch size, on this machine's default JAX device, and prints one JSON object
 (the single-process figures are without prefetching; `*_prefetch` use worker threads):
 
@@ -131,10 +131,10 @@ def bench_train_step(
 ) -> dict:
   import jax
 
+  from configs import get_config
   from ntng_jax import partitioning
-  from ntng_jax.config import get_config
   from ntng_jax.optim import build_optimizer
-  from ntng_jax.train import loop
+  from ntng_jax.train import programs
 
   c = get_config("bert", f"size={size}")
   c.data.seq_len = seq_len
@@ -145,8 +145,8 @@ def bench_train_step(
   c.train.batch_size = c.train.micro_batch_size = batch_size
   mesh = partitioning.make_mesh(c.mesh)
   tx = build_optimizer(c.optim)
-  built = loop.build_programs(c, loop.model_at_depth(c, c.model.num_layers), tx, mesh, sample_batch)
-  state = loop.init_state(built, tx, mesh, sample_batch, 0)
+  built = programs.build_at_depth(c, c.model.num_layers, tx, mesh, sample_batch)
+  state = programs.init_state(built, tx, mesh, sample_batch, 0)
   controls = {"learning_rate": np.float32(1e-3)}
   batch = partitioning.global_batch(mesh, sample_batch)
   rng = jax.random.PRNGKey(0)

@@ -121,7 +121,7 @@ def main():
   )
   args = parser.parse_args()
   sys.path.insert(0, REPO)
-  from ntng_jax.config import get_config
+  from configs import get_config
 
   rng = random.Random(args.seed)
   root = args.root or tempfile.mkdtemp(prefix="kill_loop_")

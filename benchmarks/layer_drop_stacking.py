@@ -3,8 +3,8 @@
   python benchmarks/layer_drop_stacking.py                      # BERT tiny and small, f32
   python benchmarks/layer_drop_stacking.py --sizes=small --repeats=9
 
-Layer dropping ("bench": "layer_drop"): the project's jitted train step (`loop.build_programs`,
-state from `loop.init_state`, donated) at full depth L without a keep vector, against the same
+Layer dropping ("bench": "layer_drop"): the project's jitted train step (`programs.build_programs`,
+state from `programs.init_state`, donated) at full depth L without a keep vector, against the same
 full-depth program given a keep vector with k of L layers kept (k = L, L/2, L/4; the dropped
 layers run through `lax.cond`). `ratio` = median time with k kept / median full-depth time, to be
 compared with the ideal k/L plus a fixed-cost allowance: `bound` = k/L + 0.15 (embeddings, MLM
@@ -43,7 +43,7 @@ from ntng_jax import partitioning  # noqa: E402
 from ntng_jax.data import default_max_predictions  # noqa: E402
 from ntng_jax.methods import stacking as st  # noqa: E402
 from ntng_jax.optim import build_optimizer  # noqa: E402
-from ntng_jax.train import loop  # noqa: E402
+from ntng_jax.train import programs  # noqa: E402
 
 
 def bert_config(size: str, dtype: str, batch_size: int, remat: bool = False):
@@ -75,8 +75,8 @@ class Program:
 
   def __init__(self, config, depth, mesh, tx, batch):
     example = {k: v[: config.train.micro_batch_size] for k, v in batch.items()}
-    self.built = loop.build_programs(config, loop.model_at_depth(config, depth), tx, mesh, example)
-    self.state = loop.init_state(self.built, tx, mesh, example, config.seed)
+    self.built = programs.build_at_depth(config, depth, tx, mesh, example)
+    self.state = programs.init_state(self.built, tx, mesh, example, config.seed)
     self.mesh = mesh
     self.batch = partitioning.global_batch(mesh, batch)
     self.rng = jax.random.PRNGKey(0)

@@ -23,11 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from configs import get_config  # noqa: E402
 from ntng_jax import data as data_lib  # noqa: E402
 from ntng_jax import partitioning, rst
-from ntng_jax.config import get_config  # noqa: E402
 from ntng_jax.optim import build_optimizer  # noqa: E402
-from ntng_jax.train import loop  # noqa: E402
+from ntng_jax.train import loop, programs  # noqa: E402
 
 WARMUP = 50
 
@@ -56,10 +56,8 @@ def bare_seconds_per_step(config, workdir: str, steps: int) -> float:
   it = ds.train_iterator(config.train.batch_size, seed=config.seed)
   example = next(iter(ds.train_iterator(config.train.micro_batch_size, seed=0)))
   tx = build_optimizer(config.optim)
-  built = loop.build_programs(
-    config, loop.model_at_depth(config, config.model.num_layers), tx, mesh, example
-  )
-  state = loop.init_state(built, tx, mesh, example, config.seed)
+  built = programs.build_at_depth(config, config.model.num_layers, tx, mesh, example)
+  state = programs.init_state(built, tx, mesh, example, config.seed)
   key = jax.random.PRNGKey(0)
   with partitioning.activate(mesh):
     for i in range(steps):

@@ -23,10 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from configs import get_config  # noqa: E402
 from ntng_jax import partitioning  # noqa: E402
-from ntng_jax.config import get_config  # noqa: E402
 from ntng_jax.optim import build_optimizer  # noqa: E402
-from ntng_jax.train import loop  # noqa: E402
+from ntng_jax.train import programs  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_time import synthetic_batch  # noqa: E402
@@ -41,10 +41,8 @@ def make_runner(family: str, size: str, batch_size: int, method: str, dtype: str
   mesh = partitioning.make_mesh(config.mesh)
   tx = build_optimizer(config.optim)
   batch_np = synthetic_batch(config, batch_size, np.random.default_rng(0))
-  built = loop.build_programs(
-    config, loop.model_at_depth(config, config.model.num_layers), tx, mesh, batch_np
-  )
-  state = loop.init_state(built, tx, mesh, batch_np, seed=0)
+  built = programs.build_at_depth(config, config.model.num_layers, tx, mesh, batch_np)
+  state = programs.init_state(built, tx, mesh, batch_np, seed=0)
   batch = partitioning.global_batch(mesh, batch_np)
   controls = {"learning_rate": np.float32(1e-5)}
   holder = {"state": state, "i": 0}

@@ -41,7 +41,7 @@ def scoring_cost(size: str, repeats: int, warmup: int = 2) -> dict:
   from ntng_jax import partitioning
   from ntng_jax.methods.base import build_method
   from ntng_jax.optim import build_optimizer
-  from ntng_jax.train import loop
+  from ntng_jax.train import programs
 
   config = bert_configs.get_config(f"size={size},method=selective_backprop")
   config.data.num_lines = 4000
@@ -52,15 +52,12 @@ def scoring_cost(size: str, repeats: int, warmup: int = 2) -> dict:
   mega_np = next(iter(ds.train_iterator(method.input_batch_size(t.batch_size), seed=0)))
   micro_np = {k: v[: t.micro_batch_size] for k, v in mega_np.items()}
   tx = build_optimizer(config.optim)
-  built = loop.build_programs(
-    config, loop.model_at_depth(config, config.model.num_layers), tx, mesh, micro_np, method
-  )
-  state = loop.init_state(built, tx, mesh, micro_np, config.seed, method)
+  built = programs.build_at_depth(config, config.model.num_layers, tx, mesh, micro_np, method)
+  state = programs.init_state(built, tx, mesh, micro_np, config.seed, method)
   mega = partitioning.global_batch(mesh, mega_np)
   batch = partitioning.global_batch(mesh, {k: v[: t.batch_size] for k, v in mega_np.items()})
-  scorer = jax.jit(
-    method._scorer(built.model, t.compute_dtype),
-    in_shardings=(built.shardings.params, partitioning.batch_sharding(mesh)),
+  scorer = programs.jit_eval_step(
+    method.scorer(built.model, t.compute_dtype), built.shardings.params, mesh
   )
   controls = {"learning_rate": np.float32(1e-4)}
   holder = {"state": state}

@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from configs import get_config  # noqa: E402
 from ntng_jax import partitioning  # noqa: E402
-from ntng_jax.config import get_config  # noqa: E402
 from ntng_jax.optim import build_optimizer  # noqa: E402
-from ntng_jax.train import loop  # noqa: E402
+from ntng_jax.train import programs  # noqa: E402
 
 
 def synthetic_batch(config, batch_size: int, rng: np.random.Generator) -> dict:
@@ -132,10 +132,10 @@ def build(
   tx = build_optimizer(config.optim)
   batch_np = synthetic_batch(config, batch_size, np.random.default_rng(0))
   example = {k: v[: config.train.micro_batch_size] for k, v in batch_np.items()}
-  built = loop.build_programs(
-    config, loop.model_at_depth(config, config.model.num_layers), tx, mesh, example
+  built = programs.build_programs(
+    config, programs.model_at_depth(config, config.model.num_layers), tx, mesh, example
   )
-  state = loop.init_state(built, tx, mesh, example, seed=0)
+  state = programs.init_state(built, tx, mesh, example, seed=0)
   return dict(
     config=config,
     built=built,

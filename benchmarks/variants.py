@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import step_time  # noqa: E402
 
 from ntng_jax import partitioning  # noqa: E402
-from ntng_jax.train import step as step_lib  # noqa: E402
+from ntng_jax.train import programs  # noqa: E402
 
 
 def parse_variants(spec: str) -> dict:
@@ -57,7 +57,7 @@ def main():
     mesh = next(iter(built.values()))["mesh"]
     times = {n: {"train": [], "forward": []} for n in variants}
     with partitioning.activate(mesh):
-      score = {n: jax.jit(step_lib.make_score_step(b["built"].model)) for n, b in built.items()}
+      score = {n: programs.score_program(b["built"].model, "float32") for n, b in built.items()}
       for r in range(args.rounds + 1):  # round 0 compiles and warms up
         for n, b in built.items():
           t0 = time.perf_counter()

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import step_time  # noqa: E402
 
 from ntng_jax import partitioning  # noqa: E402
-from ntng_jax.train import step as step_lib  # noqa: E402
+from ntng_jax.train import programs  # noqa: E402
 
 # name: (family, size, batch, encoder/BERT sequence length)
 SHAPES = {
@@ -121,7 +121,7 @@ def jax_peak(n: int = 2048, reps: int = 10) -> dict:
 def time_ntng(name: str, args) -> dict:
   family, size, batch, seq = SHAPES[name]
   b = step_time.build(family, size, batch, seq_len=seq)
-  score = jax.jit(step_lib.make_score_step(b["built"].model))
+  score = programs.score_program(b["built"].model, "float32")
   train, fwd = [], []
   with partitioning.activate(b["mesh"]):
     for i in range(args.warmup + args.steps):

@@ -1,60 +1,30 @@
 """Decoder-only (GPT-2 style) causal-LM pre-training: the family the paper did not test.
 
-Usage: `--config=configs/gpt.py:size=tiny,method=baseline,seed=0`. `base` is GPT-2 small
-(124M parameters, 1,024 tokens); `data.seq_len` may be lowered (e.g. 128 or 512) for cheaper
-runs, the model's 1,024 learned positions stay. No paper recipe or RST table exists for this
-family: `rst.table=auto` calibrates one at start-up (share it across a sweep as for the others).
-
-Recipe (GPT-2 / nanoGPT defaults, on the RST clock): AdamW b1 0.9, b2 0.95, weight decay 0.1
-except biases and norm scales, clip 1.0, the budget one-cycle schedule the paper used for BERT
-(peak at half the budget, zero at its end). Lion: lr / 3 and weight decay x 3 of AdamW's (the
-Lion paper's rule: 3-10x). Sophia-G: the Sophia paper's GPT-2 settings (b1 0.965, b2 0.99, rho 0.04,
-k = 10, weight decay 0.2); the GNB estimator samples labels from the causal LM's own logits.
+Usage: `--config=configs/gpt.py:size=tiny,method=baseline,seed=0`. `base` is GPT-2 small (124M
+parameters, 1,024 positions; `data.seq_len` may be lowered). No paper table exists for this
+family: `rst.table=auto` calibrates one at start-up (share it across a sweep).
 """
 
-from configs.common import base_config
-from ntng_jax.methods.base import method_defaults
+from configs.common import apply_method_defaults, base_config
+from ntng_jax import registry
 
-PER_SIZE = {
-  # tiny: about a minute on 2 CPU cores (synthetic corpus), like BERT/T5 tiny.
-  "tiny": dict(
-    seq_len=64,
-    batch_size=32,
-    micro_batch_size=32,
-    budget_hours=0.02,
-    eval_every_rst_minutes=0.3,
-    checkpoint_every_rst_minutes=0.3,
-    learning_rate=3e-3,
-  ),
-  "small": dict(
-    seq_len=256,
-    batch_size=64,
-    micro_batch_size=32,
-    budget_hours=0.25,
-    eval_every_rst_minutes=3.0,
-    checkpoint_every_rst_minutes=3.0,
-    learning_rate=1e-3,
-    log_every_steps=20,
-  ),
-  # base: GPT-2 small at its full context (480 x 1,024 tokens per step as GPT-2's ~0.5M),
-  # bf16 compute, 24 RST hours like the paper's budgets.
+PER_SIZE = {  # over configs/common.py SIZE_DEFAULTS
+  "tiny": dict(learning_rate=3e-3),  # synthetic corpus, like BERT/T5 tiny
+  "small": dict(seq_len=256, batch_size=64, micro_batch_size=32, learning_rate=1e-3),
+  # base: GPT-2 small at its full context (480 x 1,024 tokens per step as GPT-2's ~0.5M), bf16.
   "base": dict(
-    seq_len=1024,
-    batch_size=480,
-    micro_batch_size=16,
-    budget_hours=24.0,
-    compute_dtype="bfloat16",
-    eval_every_rst_minutes=360.0,
-    checkpoint_every_rst_minutes=60.0,
-    learning_rate=6e-4,
-    log_every_steps=50,
-    validation_batches=80,
+    seq_len=1024, batch_size=480, micro_batch_size=16, compute_dtype="bfloat16", learning_rate=6e-4
   ),
 }
 
 
 def optim_recipe(name: str, learning_rate: float) -> dict:
-  """The optimizer fields for `name` ('adamw' | 'lion' | 'sophia') at AdamW peak `learning_rate`."""
+  """The optimizer fields for `name` ('adamw' | 'lion' | 'sophia') at AdamW peak `learning_rate`.
+
+  GPT-2 / nanoGPT defaults on the RST clock: AdamW b1 0.9, b2 0.95, weight decay 0.1 except
+  biases and norm scales, clip 1.0, the budget one-cycle schedule the paper used for BERT. Lion:
+  lr / 3 and weight decay x 3 of AdamW's (the Lion paper's 3-10x rule). Sophia-G: the Sophia
+  paper's GPT-2 settings (b1 0.965, b2 0.99, rho 0.04, k = 10, weight decay 0.2)."""
   common = dict(clip_norm=1.0, weight_decay_exclude="bias_and_norm", schedule="triangle")
   if name == "lion":
     return dict(
@@ -82,8 +52,6 @@ def get_config(arg=None):
   c = base_config("gpt", arg, PER_SIZE)
   size, name = c.model.size, c.method.name
   c.optim = optim_recipe(
-    name if name in ("lion", "sophia") else "adamw", PER_SIZE[size]["learning_rate"]
+    name if name in registry.OPTIMIZER_METHODS else "adamw", PER_SIZE[size]["learning_rate"]
   )
-  for section, values in method_defaults(name, "gpt", size).items():
-    c[section].update(values)
-  return c
+  return apply_method_defaults(c)

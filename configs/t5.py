@@ -5,38 +5,11 @@ Usage: `--config=configs/t5.py:size=tiny,method=baseline,seed=0`.
 
 from configs.common import base_config, finalize
 
-PER_SIZE = {
-  "tiny": dict(
-    seq_len=64,
-    batch_size=32,
-    micro_batch_size=32,
-    budget_hours=0.015,
-    eval_every_rst_minutes=0.3,
-    checkpoint_every_rst_minutes=0.3,
-    learning_rate=2e-2,
-  ),
-  "small": dict(
-    seq_len=256,
-    batch_size=64,
-    micro_batch_size=32,
-    budget_hours=0.25,
-    eval_every_rst_minutes=3.0,
-    checkpoint_every_rst_minutes=3.0,
-    learning_rate=2e-2,
-    log_every_steps=20,
-  ),
+PER_SIZE = {  # over configs/common.py SIZE_DEFAULTS
+  "tiny": dict(budget_hours=0.015, learning_rate=2e-2),
+  "small": dict(seq_len=256, batch_size=64, micro_batch_size=32, learning_rate=2e-2),
   # base: the paper's recipe (144 = 2 x 72 sequences of 512 input / 114 target tokens).
-  "base": dict(
-    seq_len=512,
-    batch_size=144,
-    micro_batch_size=72,
-    budget_hours=24.0,
-    eval_every_rst_minutes=360.0,
-    checkpoint_every_rst_minutes=60.0,
-    learning_rate=2e-2,
-    log_every_steps=50,
-    validation_batches=80,
-  ),
+  "base": dict(seq_len=512, batch_size=144, micro_batch_size=72, learning_rate=2e-2),
 }
 
 

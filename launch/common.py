@@ -1,10 +1,15 @@
 """Shared plumbing for entry points: default paths, multi-host start-up, one-sentence errors."""
 
+import importlib.util
 import logging
 import os
 import sys
 
 from absl import app
+
+from configs import resolve_config_path
+from ntng_jax.config import check_overrides, workdir_problem
+from ntng_jax.errors import UserError
 
 
 def _shipped_config(name: str) -> str:
@@ -17,8 +22,9 @@ def _shipped_config(name: str) -> str:
 # The default `--config` of the entry points (absolute: absl parses flag defaults at import).
 DEFAULT_CONFIG = _shipped_config("bert.py")
 
-# Errors a user can fix from the command line: printed as one sentence, no traceback.
-_USER_ERRORS = ("ConfigError", "RSTTableError", "CheckpointError", "FileNotFoundError", "DataError")
+# Errors a user can fix from the command line, printed as one sentence without a traceback: the
+# `UserError` family, and a missing input file.
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 # `--config.data.validation.NAME=SOURCE` flags, taken out of argv before absl parses it (a locked
@@ -71,24 +77,13 @@ def run_cleanly(fn):
   try:
     return fn()
   except Exception as e:  # noqa: BLE001
-    if type(e).__name__ in _USER_ERRORS or isinstance(e, ValueError) and _is_ours(e):
+    if isinstance(e, USER_ERRORS):
       _fail(str(e))
     if isinstance(e, OSError) and e.filename:
-      from ntng_jax.config import workdir_problem
-
       problem = workdir_problem(str(e.filename), e)
       if problem:
         _fail(problem)
     raise
-
-
-def _is_ours(e: Exception) -> bool:
-  """True for ValueErrors raised by ntng_jax/configs code (not from inside JAX or numpy)."""
-  tb = e.__traceback__
-  while tb is not None and tb.tb_next is not None:
-    tb = tb.tb_next
-  filename = tb.tb_frame.f_code.co_filename if tb is not None else ""
-  return f"{os.sep}ntng_jax{os.sep}" in filename or f"{os.sep}configs{os.sep}" in filename
 
 
 def preflight_config(argv: list[str], default: str = DEFAULT_CONFIG) -> list[str]:
@@ -97,10 +92,6 @@ def preflight_config(argv: list[str], default: str = DEFAULT_CONFIG) -> list[str
   flag-parsing error). Returns argv with the config file resolved relative to the installed
   `configs` package when it is not found from the working directory, and made explicit when
   absent (so the default config works from any directory)."""
-  import importlib.util
-
-  from ntng_jax.config import check_overrides, resolve_config_path
-
   argv = list(argv)
   value, where = default, None
   for i, arg in enumerate(argv):
@@ -119,7 +110,7 @@ def preflight_config(argv: list[str], default: str = DEFAULT_CONFIG) -> list[str
     config = module.get_config(config_arg or None)
     check_overrides(config, argv)
   except Exception as e:  # noqa: BLE001
-    if type(e).__name__ in _USER_ERRORS:
+    if isinstance(e, USER_ERRORS):
       _fail(str(e))
     raise
   new_value = resolved + colon + config_arg

@@ -8,21 +8,19 @@
       --max_source_len=256 --max_target_len=32
 
 BERT checkpoints take glue / superglue, T5 checkpoints take sni. Without --data_dir the GLUE and
-SuperGLUE tasks come from tensorflow-datasets (SNI always needs --data_dir). The paper's recipe
-is the default; the flags below override it. Results go to WORKDIR/finetune/<suite>.json (per
-task: per-epoch dev metrics, the best of each metric over epochs, the majority-class rate; the
-paper's average; for SNI both Rouge-L figures, the paper's and SNI's official one), and a
-Markdown table is printed at the end.
+SuperGLUE tasks come from tensorflow-datasets (SNI always needs --data_dir). The paper's recipe is
+the default; the flags override it. The result goes to WORKDIR/finetune/<suite>.json (format:
+ntng_jax/experiments/finetune_results.py), and the table printed at the end is rendered from it.
 """
 
-import json
-import math
 import os
 import sys
 
 from absl import flags
 
 from launch import common
+from ntng_jax.config import ConfigError
+from ntng_jax.experiments import finetune_results
 
 _PRETRAINED = flags.DEFINE_string(
   "pretrained", None, "Pre-training workdir (launch.pretrain --workdir)."
@@ -44,125 +42,47 @@ _TFDS_DIR = flags.DEFINE_string(
 _OUTPUT = flags.DEFINE_string(
   "output", None, "Result file (default PRETRAINED/finetune/<suite>.json)."
 )
-_EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs (paper: GLUE 5, SuperGLUE 10, SNI 2).")
 _LR = flags.DEFINE_float(
   "learning_rate", None, "Peak learning rate (paper: GLUE 4e-5, SuperGLUE 5e-5, SNI 5e-5)."
 )
-_BATCH = flags.DEFINE_integer("batch_size", None, "Training batch size (paper: 16; SNI 8).")
-_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size.")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of the head init, dropout and shuffling.")
-_MAX_TRAIN = flags.DEFINE_integer(
-  "max_train_examples",
-  None,
-  "Use a seeded random subset of this many training examples per task (0 = all).",
-)
-_MAX_EVAL = flags.DEFINE_integer(
-  "max_eval_examples", None, "Score only the first this many dev/test examples per task (0 = all)."
-)
-_MAX_LENGTH = flags.DEFINE_integer("max_length", None, "BERT sequence length (paper: 128).")
-_MAX_SOURCE = flags.DEFINE_integer("max_source_len", None, "SNI source tokens (paper: 1024).")
-_MAX_TARGET = flags.DEFINE_integer(
-  "max_target_len", None, "SNI target and decoding tokens (paper: 128)."
-)
-_MAX_INSTANCES = flags.DEFINE_integer("max_instances", None, "SNI instances per task (paper: 100).")
+# Integer overrides of the recipe: name -> (smallest valid value, help). Unset = the paper's.
+_COUNTS = {
+  "epochs": (1, "Epochs (paper: GLUE 5, SuperGLUE 10, SNI 2)."),
+  "batch_size": (1, "Training batch size (paper: 16; SNI 8)."),
+  "eval_batch_size": (1, "Evaluation batch size."),
+  "max_length": (1, "BERT sequence length (paper: 128)."),
+  "max_source_len": (1, "SNI source tokens (paper: 1024)."),
+  "max_target_len": (1, "SNI target and decoding tokens (paper: 128)."),
+  "max_instances": (1, "SNI instances per task (paper: 100)."),
+  "max_train_examples": (
+    0,
+    "Use a seeded random subset of this many training examples per task (0 = all).",
+  ),
+  "max_eval_examples": (0, "Score only the first this many dev/test examples per task (0 = all)."),
+}
+_COUNT_FLAGS = {name: flags.DEFINE_integer(name, None, help) for name, (_, help) in _COUNTS.items()}
 
 SUITES = ("glue", "superglue", "sni")
-
-
-def _config_error(message: str):
-  from ntng_jax.config import ConfigError
-
-  return ConfigError(message)
-
-
-def _json_safe(x):
-  """NaN/inf become null so the file is strict JSON."""
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  if isinstance(x, dict):
-    return {str(k): _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  if hasattr(x, "item") and getattr(x, "shape", None) == ():
-    return _json_safe(x.item())
-  return x
-
-
-def _fmt(v, scale=100.0) -> str:
-  if v is None or (isinstance(v, float) and not math.isfinite(v)):
-    return "n/a"
-  return f"{v * scale:.2f}"
-
-
-def markdown_table(result: dict) -> str:
-  """The results as a Markdown table (scores x100)."""
-  if result["suite"] == "sni":
-    # paper: one random reference, as the paper's code scored it; SNI: the best reference.
-    rows = [
-      "| task | Rouge-L (paper) | Rouge-L (SNI official) | test examples |",
-      "|---|---:|---:|---:|",
-    ]
-    for name, r in result["tasks"].items():
-      rows.append(
-        f"| {name} | {_fmt(r['rouge_l_paper'], 1)} | "
-        f"{_fmt(r['rouge_l_official'], 1)} | {r['num_examples']} |"
-      )
-    rows.append(
-      f"| **all** | **{_fmt(result['rouge_l_paper'], 1)}** | "
-      f"**{_fmt(result['rouge_l_official'], 1)}** | {result['num_test']} |"
-    )
-    return "\n".join(rows)
-  rows = [
-    "| task | metric | best (x100) | best epoch | per epoch (x100) | majority rate (x100) "
-    "| train examples |",
-    "|---|---|---:|---:|---|---:|---:|",
-  ]
-  for name, r in result["tasks"].items():
-    for metric, value in r["best"].items():
-      per_epoch = ", ".join(_fmt(e["metrics"][metric]) for e in r["epochs"])
-      rows.append(
-        f"| {name} | {metric} | {_fmt(value)} | {r['best_epoch'].get(metric)} | "
-        f"{per_epoch} | {_fmt(r.get('majority_rate'))} | {r['num_train']} |"
-      )
-    for key, metrics in r.get("extra", {}).items():
-      for metric, value in metrics.items():
-        rows.append(f"| {key} | {metric} | {_fmt(value)} | last | | | |")
-  avg = result["average"]
-  note = (
-    f" (of {len(avg['components'])}; missing: {', '.join(avg['missing'])})"
-    if avg["missing"]
-    else ""
-  )
-  rows.append(f"| **average** | paper's{note} | **{_fmt(avg['average'])}** | | | | |")
-  return "\n".join(rows)
 
 
 def _check_flags():
   """Validates the flags without touching jax; returns (suite, workdir, tasks)."""
   if not _PRETRAINED.value:
-    raise _config_error("--pretrained is required: the --workdir of a launch.pretrain run.")
+    raise ConfigError("--pretrained is required: the --workdir of a launch.pretrain run.")
   suite = (_SUITE.value or "").strip().lower().replace("-", "").replace("_", "")
   if suite not in SUITES:
-    raise _config_error(f"--suite must be one of {', '.join(SUITES)}; got {_SUITE.value!r}.")
-  for name, flag in (
-    ("epochs", _EPOCHS),
-    ("batch_size", _BATCH),
-    ("eval_batch_size", _EVAL_BATCH),
-    ("max_length", _MAX_LENGTH),
-    ("max_source_len", _MAX_SOURCE),
-    ("max_target_len", _MAX_TARGET),
-    ("max_instances", _MAX_INSTANCES),
-  ):
-    if flag.value is not None and flag.value <= 0:
-      raise _config_error(f"--{name} must be a positive integer; got {flag.value}.")
-  for name, flag in (("max_train_examples", _MAX_TRAIN), ("max_eval_examples", _MAX_EVAL)):
-    if flag.value is not None and flag.value < 0:
-      raise _config_error(f"--{name} must be 0 (all) or positive; got {flag.value}.")
+    raise ConfigError(f"--suite must be one of {', '.join(SUITES)}; got {_SUITE.value!r}.")
+  for name, (least, _) in _COUNTS.items():
+    value = _COUNT_FLAGS[name].value
+    if value is not None and value < least:
+      what = "a positive integer" if least else "0 (all) or positive"
+      raise ConfigError(f"--{name} must be {what}; got {value}.")
   if _LR.value is not None and not _LR.value > 0:
-    raise _config_error(f"--learning_rate must be positive; got {_LR.value}.")
+    raise ConfigError(f"--learning_rate must be positive; got {_LR.value}.")
   tasks = [t.strip() for t in (_TASKS.value or []) if t.strip()] or None
   if suite != "sni" and tasks:
-    from ntng_jax.eval.tasks import GLUE_TASKS, SUPERGLUE_TASKS, get_task
+    from ntng_jax.eval.tasks import GLUE_TASKS, SUPERGLUE_TASKS, get_task  # jax: not before here
 
     names = []
     for t in tasks:
@@ -170,12 +90,12 @@ def _check_flags():
         names.append(get_task(t, suite=suite).name)
       except ValueError:
         valid = ", ".join(GLUE_TASKS if suite == "glue" else SUPERGLUE_TASKS)
-        raise _config_error(f"unknown {suite} task {t!r}; valid names are: {valid}.") from None
+        raise ConfigError(f"unknown {suite} task {t!r}; valid names are: {valid}.") from None
     tasks = names
   if _DATA_DIR.value is not None and not os.path.isdir(_DATA_DIR.value):
-    raise _config_error(f"--data_dir {_DATA_DIR.value!r} is not a directory.")
+    raise ConfigError(f"--data_dir {_DATA_DIR.value!r} is not a directory.")
   if suite == "sni" and _DATA_DIR.value is None:
-    raise _config_error(
+    raise ConfigError(
       "--suite=sni needs --data_dir (a directory with tasks/ and "
       "splits/default/test_tasks.txt, optionally train_tasks.txt)."
     )
@@ -183,12 +103,21 @@ def _check_flags():
     import importlib.util
 
     if importlib.util.find_spec("tensorflow_datasets") is None:
-      raise _config_error(
+      raise ConfigError(
         "without --data_dir the tasks come from tensorflow-datasets, which "
         "is not installed; pass --data_dir=DIR with local files or install "
         "tensorflow-datasets."
       )
   return suite, _PRETRAINED.value, tasks
+
+
+def _overrides(suite: str) -> dict:
+  """The recipe fields set by flags (None = the paper's value) for `suite`'s config."""
+  skip = (
+    ("max_length",) if suite == "sni" else ("max_source_len", "max_target_len", "max_instances")
+  )
+  counts = {name: flag.value for name, flag in _COUNT_FLAGS.items() if name not in skip}
+  return dict(counts, learning_rate=_LR.value, seed=_SEED.value)
 
 
 def run() -> dict:
@@ -210,33 +139,12 @@ def run() -> dict:
   if suite == "sni":
     from ntng_jax.eval.sni_finetune import SNIConfig, run_sni
 
-    cfg = SNIConfig(
-      epochs=_EPOCHS.value,
-      learning_rate=_LR.value,
-      batch_size=_BATCH.value,
-      eval_batch_size=_EVAL_BATCH.value,
-      seed=_SEED.value,
-      max_train_examples=_MAX_TRAIN.value,
-      max_eval_examples=_MAX_EVAL.value,
-      max_source_len=_MAX_SOURCE.value,
-      max_target_len=_MAX_TARGET.value,
-      max_instances=_MAX_INSTANCES.value,
-    )
+    cfg = SNIConfig(**_overrides(suite))
     result = run_sni(pretrained, _DATA_DIR.value, cfg, tasks=tasks, mesh=mesh, log=log)
   else:
     from ntng_jax.eval.finetune import paper_recipe, run_suite
 
-    cfg = paper_recipe(
-      suite,
-      epochs=_EPOCHS.value,
-      learning_rate=_LR.value,
-      batch_size=_BATCH.value,
-      eval_batch_size=_EVAL_BATCH.value,
-      seed=_SEED.value,
-      max_train_examples=_MAX_TRAIN.value,
-      max_eval_examples=_MAX_EVAL.value,
-      max_length=_MAX_LENGTH.value,
-    )
+    cfg = paper_recipe(suite, **_overrides(suite))
     local = _DATA_DIR.value is not None
     result = run_suite(
       pretrained,
@@ -254,24 +162,20 @@ def run() -> dict:
     checkpoint_step=pretrained.step,
     model=dict(pretrained.model_cfg),
   )
-  out = _OUTPUT.value or os.path.join(workdir, "finetune", f"{suite}.json")
+  out = _OUTPUT.value or finetune_results.result_path(workdir, suite)
   import jax
 
   if jax.process_index() != 0:
     return result
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(_json_safe(result), f, indent=1)
-  os.replace(tmp, out)
-  print(f"\nWrote {out}\n\n{markdown_table(result)}", flush=True)
+  written = finetune_results.write_result(out, result)
+  print(f"\nWrote {out}\n\n{finetune_results.markdown_table(written)}", flush=True)
   return result
 
 
 def main(argv):
   def go():
     if len(argv) > 1:
-      raise _config_error(f"unexpected arguments {' '.join(argv[1:])}; every option is a --flag.")
+      raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; every option is a --flag.")
     return run()
 
   common.run_cleanly(go)

@@ -21,7 +21,9 @@ specials <pad> <s> </s> <unk> <cls> <sep> <mask>; T5: SentencePiece unigram + se
 `--tokenizer=PATH.model` wraps an existing SentencePiece model, `--tokenizer=DIR` reuses the
 tokenizer of another shards directory (e.g. to prepare a validation corpus). The output
 directory holds `manifest.json`, `spm.model`, `tokenizer.json` and `chunks-*.npy`
-(see ntng_jax/data/shards.py).
+(format: docs/data.md). Defaults: the tokenizer size and sequence length per family are
+``shard_writer.DEFAULT_VOCAB`` / ``DEFAULT_SEQ_LEN``; the held-out fraction and T5 noise
+settings are those of ``config.data``.
 """
 
 import json
@@ -30,6 +32,15 @@ import sys
 from absl import flags
 
 from launch import common
+from ntng_jax.data.shard_writer import (
+  DEFAULT_SEQ_LEN,
+  DEFAULT_VOCAB,
+  SHARD_MB,
+  TOKENIZER_TRAIN_CHARS,
+  prepare_shards,
+)
+from ntng_jax.data.shards import verify_shards
+from ntng_jax.data.spec import default
 
 _MODEL = flags.DEFINE_enum("model", None, ["bert", "t5", "gpt"], "Model family the chunks are for.")
 _INPUT = flags.DEFINE_string("input", None, "Corpus file or directory, or tfds:NAME[:SPLIT].")
@@ -37,10 +48,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
 _VOCAB = flags.DEFINE_integer(
   "vocab_size",
   None,
-  "Tokenizer ids (BERT default 32768; T5 default 32100 = 32000 pieces + 100 sentinels).",
+  f"Tokenizer ids (default {DEFAULT_VOCAB}; T5: pieces + 100 sentinels).",
 )
 _SEQ_LEN = flags.DEFINE_integer(
-  "seq_len", None, "BERT sequence length (default 128) / T5 encoder input length (default 512)."
+  "seq_len", None, f"BERT sequence length / T5 encoder input length (default {DEFAULT_SEQ_LEN})."
 )
 _TOKENIZER = flags.DEFINE_string(
   "tokenizer",
@@ -50,16 +61,22 @@ _TOKENIZER = flags.DEFINE_string(
 _SENTINELS = flags.DEFINE_integer(
   "num_sentinels", None, "T5 sentinels (default 100, or vocab_size // 20 for tiny vocabularies)."
 )
-_HOLDOUT = flags.DEFINE_float("holdout_fraction", 0.02, "Recorded in-domain held-out fraction.")
+_HOLDOUT = flags.DEFINE_float(
+  "holdout_fraction", default("validation_fraction"), "Recorded in-domain held-out fraction."
+)
 _HOLDOUT_SEED = flags.DEFINE_integer("holdout_seed", 0, "Seed of the held-out split.")
-_NOISE = flags.DEFINE_float("noise_density", 0.15, "T5 span-corruption noise density.")
-_SPAN = flags.DEFINE_float("mean_noise_span_length", 3.0, "T5 mean noise span length.")
+_NOISE = flags.DEFINE_float(
+  "noise_density", default("noise_density"), "T5 span-corruption noise density."
+)
+_SPAN = flags.DEFINE_float(
+  "mean_noise_span_length", default("mean_noise_span_length"), "T5 mean noise span length."
+)
 _TRAIN_CHARS = flags.DEFINE_integer(
   "tokenizer_train_chars",
-  20_000_000,
+  TOKENIZER_TRAIN_CHARS,
   "Characters sampled evenly from the corpus to train the tokenizer.",
 )
-_SHARD_MB = flags.DEFINE_float("shard_mb", 256.0, "Target size of one shard file (MiB).")
+_SHARD_MB = flags.DEFINE_float("shard_mb", SHARD_MB, "Target size of one shard file (MiB).")
 _MAX_DOCS = flags.DEFINE_integer("max_docs", 0, "Stop after this many documents (0 = all).")
 _TFDS_DIR = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir ('' = $TFDS_DATA_DIR).")
 _TFDS_KEY = flags.DEFINE_string("tfds_text_key", "text", "Text feature of the TFDS dataset.")
@@ -76,8 +93,6 @@ _VERIFY = flags.DEFINE_string(
 def main(argv):
   del argv
   if _VERIFY.value:
-    from ntng_jax.data.shards import verify_shards
-
     common.run_cleanly(lambda: verify_shards(_VERIFY.value, log=lambda s: print(s, flush=True)))
     return
   missing = [f"--{f.name}" for f in (_MODEL, _INPUT, _OUTPUT) if not f.value]
@@ -87,7 +102,6 @@ def main(argv):
       file=sys.stderr,
     )
     sys.exit(2)
-  from ntng_jax.data.shards import prepare_shards
 
   def run():
     return prepare_shards(

@@ -15,6 +15,9 @@ import sys
 
 from absl import app, flags
 
+from ntng_jax.experiments import tables
+from ntng_jax.experiments.report import write_report
+
 _ROOT = flags.DEFINE_string("root", None, "Sweep directory (as passed to launch.sweep).")
 _BASELINE = flags.DEFINE_string("baseline", "baseline", "Method the Δ columns compare against.")
 _FIGURES = flags.DEFINE_bool("figures", True, "Draw the PNG figures.")
@@ -26,9 +29,7 @@ def main(argv):
     _fail(f"unexpected arguments {' '.join(argv[1:])}; flags take the form --name=value.")
   if not os.path.isdir(_ROOT.value):
     _fail(f"--root={_ROOT.value!r} is not a directory; pass the --root of a sweep.")
-  from ntng_jax.experiments import report
-
-  result = report.write_report(_ROOT.value, _BASELINE.value, _FIGURES.value)
+  result = write_report(_ROOT.value, _BASELINE.value, _FIGURES.value)
   agg = result["aggregate"]
   if not result["collected"]["runs"]:
     _fail(
@@ -37,8 +38,8 @@ def main(argv):
     )
   for name in ("train_loss", "validation_loss", "perplexity"):  # perplexity: gpt runs
     if name in agg["metric_names"]:
-      print(f"{report._title(name)}:")
-      print("\n".join(report.metric_table(agg, name)))
+      print(f"{tables.title(name)}:")
+      print("\n".join(tables.metric_table(agg, name)))
       print()
   print(
     f"Wrote {result['markdown']}, {result['json']}"

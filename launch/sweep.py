@@ -17,6 +17,10 @@ import sys
 
 from absl import app, flags
 
+from ntng_jax.experiments import commands, grid
+from ntng_jax.experiments.runner import SweepInterrupted
+from ntng_jax.experiments.sweep import Sweep
+
 _CONFIG = flags.DEFINE_string(
   "config",
   "configs/bert.py:size=tiny",
@@ -56,30 +60,28 @@ flags.mark_flag_as_required("root")
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments {' '.join(argv[1:])}; flags take the form --name=value.")
-  from ntng_jax.experiments import sweep
-
   try:
-    spec = sweep.SweepSpec(
+    spec = grid.SweepSpec(
       config=_CONFIG.value,
-      methods=sweep.parse_list(_METHODS.value, str, "methods"),
-      budgets=sweep.parse_list(_BUDGETS.value, float, "budgets"),
-      seeds=sweep.parse_list(_SEEDS.value, int, "seeds"),
+      methods=grid.parse_list(_METHODS.value, str, "methods"),
+      budgets=grid.parse_list(_BUDGETS.value, float, "budgets"),
+      seeds=grid.parse_list(_SEEDS.value, int, "seeds"),
       root=_ROOT.value,
-      extra=sweep.split_flags(_EXTRA.value),
-      finetune=sweep.parse_list(_FINETUNE.value, str, "finetune") if _FINETUNE.value else (),
-      finetune_args=sweep.split_flags(_FINETUNE_ARGS.value),
+      extra=grid.split_flags(_EXTRA.value),
+      finetune=grid.parse_list(_FINETUNE.value, str, "finetune") if _FINETUNE.value else (),
+      finetune_args=grid.split_flags(_FINETUNE_ARGS.value),
       rst_table=_RST_TABLE.value,
       il_path=_IL_PATH.value,
       il_budget=_IL_BUDGET.value,
     )
-    sweep.validate(spec)
+    grid.validate(spec)
     if _DRY_RUN.value:
-      print("\n".join(sweep.dry_run_lines(spec)))
+      print("\n".join(commands.dry_run_lines(spec)))
       return
-    status = sweep.Sweep(spec, verbose=_VERBOSE.value).run()
-  except sweep.SweepError as e:
+    status = Sweep(spec, verbose=_VERBOSE.value).run()
+  except grid.SweepError as e:
     _fail(str(e))
-  except sweep.SweepInterrupted as e:
+  except SweepInterrupted as e:
     print(f"Sweep interrupted during {e}; run the same command again to resume.", flush=True)
     sys.exit(130)
   failed = status.get("counts", {}).get("failed", 0) + status.get("finetune_failed", 0)

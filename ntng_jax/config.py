@@ -1,8 +1,8 @@
 """Config parsing and validation.
 
-Config files (`configs/bert.py`, `configs/t5.py`) expose `get_config(arg)`; `arg` is the part of
-`--config=configs/bert.py:size=tiny,method=stacking` after the colon. `parse_arg` turns it into typed
-fields, and `validate` turns every bad value into one sentence that names the field and the fix.
+Config files (`configs/<family>.py`) expose `get_config(arg)`, `arg` being the part of
+`--config=configs/bert.py:size=tiny,method=stacking` after the colon; `parse_arg` types it and
+`validate` turns every bad value into a `ConfigError`: one sentence naming the field and the fix.
 """
 
 from __future__ import annotations
@@ -14,24 +14,14 @@ import pathlib
 
 import ml_collections
 
-from ntng_jax.errors import UserError
+from ntng_jax import registry
+from ntng_jax.errors import ConfigError  # noqa: F401  (re-exported)
+from ntng_jax.methods.base import method_class
+from ntng_jax.registry import import_named, is_import_path  # noqa: F401  (re-exported)
 
-METHODS = (
-  "baseline",
-  "stacking",
-  "layer_drop",
-  "selective_backprop",
-  "rho_loss",
-  "il_model",
-  "lion",
-  "sophia",
-)
+METHODS = tuple(registry.METHODS)
 DATA_SOURCES = ("synthetic", "text", "shards", "tfds")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-class ConfigError(UserError, ValueError):
-  """A config value is wrong; the message is one sentence naming the field and the fix."""
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -61,43 +51,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return parsed
 
 
-def is_import_path(name: str) -> bool:
-  """True for a user's method given as 'pkg.module:Class' rather than a built-in name."""
-  return ":" in name
-
-
-def import_named(path: str, field: str, kind: str, wanted: str):
-  """The attribute at 'module:name' for config field `field`; a ConfigError (one sentence) if the
-  path is malformed, the module cannot be imported or lacks it (`kind`: 'attribute', 'function';
-  `wanted`: what to name instead)."""
-  import importlib
-
-  module_name, _, attr = path.partition(":")
-  if not module_name or not attr:
-    raise ConfigError(f"{field} {path!r} must be a registered name or 'module:name'.")
-  try:
-    module = importlib.import_module(module_name)
-  except ImportError as e:
-    raise ConfigError(
-      f"{field} {path!r}: cannot import {module_name!r} ({e}); put its"
-      " directory on PYTHONPATH or run from the directory that holds it."
-    ) from None
-  value = getattr(module, attr, None)
-  if value is None:
-    raise ConfigError(
-      f"{field} {path!r}: module {module_name!r} has no {kind} {attr!r};"
-      f" name a {wanted} defined in it."
-    )
-  return value
-
-
 def check_method_name(name: str, field: str = "method.name") -> None:
   """A ConfigError unless `name` is a built-in method or an importable 'module:Class' that
   subclasses `ntng_jax.methods.base.Method` (imported here to check it)."""
   if is_import_path(name):
-    from ntng_jax.methods.base import method_class  # raises ConfigError with the cause
-
-    method_class(name)
+    method_class(name)  # raises ConfigError with the cause
     return
   _require(
     name in METHODS,
@@ -120,9 +78,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   )
   check_method_name(config.method.name, "method.name")
   if is_import_path(str(config.optim.get("name", ""))):  # a user's 'module:fn' optimizer
-    from ntng_jax.optim.build import user_optimizer  # raises ConfigError with the cause
-
-    user_optimizer(config.optim.name)
+    registry.user_optimizer(config.optim.name)  # raises ConfigError with the cause
   _require(
     d.source in DATA_SOURCES,
     f"data.source must be one of {', '.join(DATA_SOURCES)}; got {d.source!r}.",
@@ -182,32 +138,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f"rst.repeats must be at least 1 and rst.warmup at least 0; got {config.rst.repeats}"
     f" and {config.rst.warmup}.",
   )
-
-
-def get_config(family: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """The config of `configs/<family>.py` for `arg` ('size=tiny,method=...'), for library users,
-  benchmarks and tests (the launch scripts take `--config=configs/<family>.py:ARG`)."""
-  import importlib
-
-  return importlib.import_module(f"configs.{family}").get_config(arg)
-
-
-def resolve_config_path(path: str) -> str:
-  """A config file path as given if it exists, else the shipped config it names relative to the
-  installed `configs` package (so `configs/bert.py` works from any working directory)."""
-  if os.path.exists(path) or os.path.isabs(path):
-    return path
-  import configs
-
-  package_dir = pathlib.Path(configs.__file__).resolve().parent
-  parts = pathlib.PurePath(path).parts
-  for candidate in (
-    package_dir.parent / path,
-    package_dir.joinpath(*parts[1:]) if parts and parts[0] == "configs" else None,
-  ):
-    if candidate is not None and candidate.is_file():
-      return str(candidate)
-  return path
 
 
 def check_overrides(config: ml_collections.ConfigDict, flags: list[str]) -> None:

@@ -24,6 +24,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ntng_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -53,17 +55,17 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
   if sizes.count(-1) > 1:
-    raise ValueError("mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1.")
+    raise ConfigError("mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1.")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(
+      raise ConfigError(
         f"mesh: {len(devices)} devices are not divisible by the fixed mesh sizes"
         f" (product {known}); change mesh.fsdp/mesh.tensor."
       )
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(
+    raise ConfigError(
       f"mesh: data×fsdp×tensor = {math.prod(sizes)} but {len(devices)} devices are"
       " available; set one of mesh.data/fsdp/tensor to -1."
     )

@@ -7,8 +7,9 @@ A table maps a step *kind* to reference seconds per unit of `unit_sequences` seq
 - `extra[name]`: additional optimizer work charged per unit when that optimizer runs
   (e.g. the paper's T5 Lion/Sophia step times above AdamWScale).
 
-The meter is pure: `charge(rst_seconds, charges)` returns the new clock. The loop tells it what ran
-(a list of `Charge`), never what was planned, so a dropped layer or a scoring pass changes the bill.
+`step_cost(table, charges)` is what a step costs; the trainer adds it to the clock after telling
+it what ran (a list of `Charge`), never what was planned, so a dropped layer or a scoring pass
+changes the bill.
 """
 
 from __future__ import annotations
@@ -146,11 +147,6 @@ class RSTTable:
     return RSTTable.from_json(
       json.loads(json.dumps(self.to_json())), source or f"RST table {self.name!r}"
     )
-
-
-def charge(rst_seconds: float, table: RSTTable, charges: Sequence[Charge]) -> float:
-  """The meter: returns the clock after paying for `charges` (pure)."""
-  return rst_seconds + step_cost(table, charges)
 
 
 def step_cost(table: RSTTable, charges: Sequence[Charge]) -> float:

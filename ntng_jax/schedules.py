@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from ntng_jax.errors import ConfigError
+
 # The paper quantises the fraction to a nominal horizon of "fake steps" (BERT 2,000,000; T5 65,536).
 # We keep the T5 horizon because its warmup length is given in those steps; BERT's quantisation
 # (5e-7 of the budget) is immaterial and omitted.
@@ -42,5 +44,5 @@ SCHEDULES = {"triangle": triangle, "t5_cosine": t5_cosine, "constant": constant}
 
 def get(name: str):
   if name not in SCHEDULES:
-    raise ValueError(f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {name!r}.")
+    raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {name!r}.")
   return SCHEDULES[name]

@@ -44,7 +44,7 @@ def run_module(
 def tiny_config(family: str = "bert", arg: str = "size=tiny", **overrides):
   """The tiny config with dotted-key overrides, e.g. tiny_config(**{'train.max_steps': 3})."""
   sys.path.insert(0, str(REPO))
-  from ntng_jax.config import get_config
+  from configs import get_config
 
   config = get_config(family, arg)
   for key, value in overrides.items():

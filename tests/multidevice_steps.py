@@ -17,19 +17,19 @@ from ml_collections import ConfigDict  # noqa: E402
 from ntng_jax import data as data_lib  # noqa: E402
 from ntng_jax import partitioning
 from ntng_jax.optim import build_optimizer  # noqa: E402
-from ntng_jax.train import loop  # noqa: E402
+from ntng_jax.train import programs  # noqa: E402
 
 
 def losses_on(mesh, config, batches):
   tx = build_optimizer(config.optim)
-  built = loop.build_programs(
+  built = programs.build_programs(
     config,
-    loop.model_at_depth(config, config.model.num_layers),
+    programs.model_at_depth(config, config.model.num_layers),
     tx,
     mesh,
     {k: v[: config.train.micro_batch_size] for k, v in batches[0].items()},
   )
-  state = loop.init_state(built, tx, mesh, batches[0], seed=0)
+  state = programs.init_state(built, tx, mesh, batches[0], seed=0)
   out = []
   with partitioning.activate(mesh):
     for i, b in enumerate(batches):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, fixed_table, run_module, tiny_config
 
+import configs
 from ntng_jax import config as config_lib
 from ntng_jax import rst
 from ntng_jax.data.errors import DataError
@@ -61,12 +62,12 @@ def test_unknown_config_field_names_the_nearest_valid_one(tmp_path):
 
 def test_configs_resolve_relative_to_the_package(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  path = config_lib.resolve_config_path("configs/t5.py")
+  path = configs.resolve_config_path("configs/t5.py")
   assert os.path.isabs(path) and path == str(REPO / "configs" / "t5.py")
-  assert config_lib.resolve_config_path("nope.py") == "nope.py"
+  assert configs.resolve_config_path("nope.py") == "nope.py"
   (tmp_path / "configs").mkdir()
   (tmp_path / "configs" / "t5.py").write_text("# a local config wins")
-  assert config_lib.resolve_config_path("configs/t5.py") == "configs/t5.py"
+  assert configs.resolve_config_path("configs/t5.py") == "configs/t5.py"
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,14 @@ import json
 import math
 
 import pytest
-from conftest import run_module
+from conftest import run_module, tiny_config
 
-from ntng_jax import rst
+from configs import get_config
+from ntng_jax import data as data_lib
+from ntng_jax import partitioning, rst
 from ntng_jax.experiments import rst_compare
+from ntng_jax.optim import optimizer_hook
+from ntng_jax.train.calibrate import calibrate, combine_runs
 
 L = 16
 SHARES = (0.125, 0.175, 0.7)  # stacking stages 4, 8, 16 (BERT base schedule)
@@ -78,11 +82,8 @@ def test_method_implications(tables):
   assert ma["layer_drop"]["relative"] == pytest.approx(MEAN_ACTIVE / 16, abs=1e-5)
   assert mb["layer_drop"]["relative"] == pytest.approx((8 + MEAN_ACTIVE / 2) / 16, abs=1e-5)
   # Sophia (BERT): an extra training pass over its Hessian batch every 10 steps; Lion: nothing.
-  from ntng_jax.config import get_config
-  from ntng_jax.train.loop import hessian_micro_batches
-
   c = get_config("bert", "size=base,method=sophia")
-  share = hessian_micro_batches(c) * c.train.micro_batch_size / c.train.batch_size
+  share = optimizer_hook(c).hessian_sequences / c.train.batch_size
   assert 0 < share <= 1
   for m in (ma, mb):
     assert m["sophia"]["relative"] == pytest.approx(1 + share / 10)
@@ -149,12 +150,6 @@ def test_cli_writes_markdown_json_and_figure(tmp_path, tables):
 
 
 def test_depthwise_calibration_writes_a_loadable_partial_table(tmp_path):
-  from conftest import tiny_config
-
-  from ntng_jax import data as data_lib
-  from ntng_jax import partitioning
-  from ntng_jax.train.calibrate import calibrate
-
   config = tiny_config(
     "bert", **{"data.num_lines": 2000, "rst.repeats": 1, "rst.warmup": 1, "model.num_layers": 3}
   )
@@ -176,8 +171,6 @@ def test_depthwise_calibration_writes_a_loadable_partial_table(tmp_path):
 
 
 def test_combined_runs_of_different_depths_take_the_minimum_per_entry():
-  from ntng_jax.train.calibrate import combine_runs
-
   a = rst.RSTTable(
     "calibrated-cpu-bert-base", 16, {1: 2.0, 4: 5.0}, {4: 1.0}, fingerprint="f", meta={"date": "d1"}
   )

@@ -218,9 +218,7 @@ def test_sophia_refresh_is_charged_six_micro_batches_unless_free():
   config = tiny_config("bert", "size=base,method=sophia")
   table = rst.paper_table_for(config)
   full = [rst.Charge("train", 16, 1536)]
-  cost = lambda s: rst.step_cost(
-    table, full + loop_lib.optimizer_charges(config, table, s, 1536, 16)
-  )
+  cost = lambda s: rst.step_cost(table, full + optimizer_hook(config).charges(table, s, 1536, 16))
   assert cost(1) == pytest.approx(12 * 0.2253)
   assert cost(0) - cost(1) == pytest.approx(6 * 0.2253)  # 6 extra full-depth micro-batches
   assert cost(10) == pytest.approx(18 * 0.2253) and cost(11) == pytest.approx(cost(1))

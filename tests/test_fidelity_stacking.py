@@ -14,7 +14,7 @@ from ntng_jax.methods import stacking as st
 from ntng_jax.optim import build_optimizer
 from ntng_jax.optim.layer_count import has_layer_count
 from ntng_jax.train import checkpoint as ckpt_lib
-from ntng_jax.train import loop as loop_lib
+from ntng_jax.train import programs
 from ntng_jax.train import state as state_lib
 
 WARM_STEPS = 30  # updates before growth: the global count is far from 1
@@ -73,7 +73,7 @@ def test_new_layers_start_a_fresh_optimizer(family, optimizer, tmp_path):
   tx = build_optimizer(config.optim)
   update = jax.jit(tx.update)
   batch = make_batch(family, config.model.vocab_size)
-  params = random_params(loop_lib.model_at_depth(config, 1), batch)
+  params = random_params(programs.model_at_depth(config, 1), batch)
   opt_state = tx.init(params)
   rng = np.random.default_rng(0)
   for _ in range(WARM_STEPS):
@@ -124,7 +124,7 @@ def test_copied_optimizer_state_carries_the_source_count():
   config = tiny_config("t5", "size=tiny,method=stacking")
   tx = build_optimizer(config.optim)
   batch = make_batch("t5", config.model.vocab_size)
-  params = st.grow_params(random_params(loop_lib.model_at_depth(config, 1), batch), 1)
+  params = st.grow_params(random_params(programs.model_at_depth(config, 1), batch), 1)
   opt_state = tx.init(params)
   opt_state = jax.tree.map(
     lambda n: (
@@ -148,7 +148,7 @@ def test_runs_without_stacking_keep_plain_optax(family):
   config = tiny_config(family)
   assert not config.optim.get("per_layer_step_counts", False)
   batch = make_batch(family, config.model.vocab_size)
-  params = random_params(loop_lib.model_at_depth(config, 2), batch)
+  params = random_params(programs.model_at_depth(config, 2), batch)
   assert not _layer_counts(build_optimizer(config.optim).init(params))
   layered = build_optimizer({**dict(config.optim), "per_layer_step_counts": True})
   assert [c.tolist() for c in _layer_counts(layered.init(params))] == [[0, 0]]

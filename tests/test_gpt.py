@@ -6,14 +6,19 @@ through the `launch.pretrain` script itself."""
 
 import json
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 from conftest import fixed_table, run_module, tiny_config
 
+from launch.extract_il import extract
 from ntng_jax import data as data_lib
 from ntng_jax.config import ConfigError, validate
+from ntng_jax.eval import lm
+from ntng_jax.eval.pretrained import load_pretrained
 from ntng_jax.models import build_model, losses, model_config, param_count
+from ntng_jax.train.loop import train_and_evaluate
 
 STEP_SECONDS = 1.0
 BUDGET_STEPS = 8
@@ -145,8 +150,6 @@ def _method_config(method, table, **overrides):
 
 
 def _run(root, table, method, **overrides):
-  from ntng_jax.train.loop import train_and_evaluate
-
   workdir = root / method
   summary = train_and_evaluate(_method_config(method, table, **overrides), str(workdir))
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
@@ -186,7 +189,6 @@ def test_selection_methods_and_rho_loss_via_il_model(gpt_runs):
   assert summary["steps"] < BUDGET_STEPS  # scoring the mega-batch is charged
   assert any("sb_keep_probability_mean" in r for r in records)
   il, _, _ = _run(root, table, "il_model")
-  from launch.extract_il import extract
 
   meta = extract(str(root / "il_model"))
   assert meta["num_scored"] > 0
@@ -215,8 +217,6 @@ def test_launch_pretrain_script_runs_gpt(gpt_runs, tmp_path):
 
 
 def test_kv_cache_decoding_equals_no_cache_decoding():
-  from ntng_jax.eval import lm
-
   model = build_model(model_config("gpt", "tiny", init_std=0.2))  # spread-out logits: no ties
   params = _params(model, {"input_ids": np.zeros((1, 8), np.int32)})
   prompt = np.random.default_rng(1).integers(3, 2048, size=(3, 7)).astype(np.int32)
@@ -225,7 +225,6 @@ def test_kv_cache_decoding_equals_no_cache_decoding():
   np.testing.assert_array_equal(cached, full)
   assert len(np.unique(cached)) > 3
   # The cached logits themselves match a full forward pass, position by position.
-  import flax.linen as nn
 
   seq = np.concatenate([prompt, cached], 1)
   ref = np.asarray(model.module.apply({"params": nn.unbox(params)}, seq))
@@ -242,8 +241,6 @@ def test_kv_cache_decoding_equals_no_cache_decoding():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A tiny GPT trained for 150 steps on the synthetic corpus (fixed RST table)."""
-  from ntng_jax.train.loop import train_and_evaluate
-
   root = tmp_path_factory.mktemp("gpt-trained")
   config = tiny_config(
     "gpt",
@@ -261,9 +258,6 @@ def trained(tmp_path_factory):
 
 
 def test_perplexity_multiple_choice_and_generation_of_a_trained_model(trained):
-  from ntng_jax.eval import lm
-  from ntng_jax.eval.pretrained import load_pretrained
-
   workdir, summary = trained
   config, model_cfg, params, tok = load_pretrained(workdir)
   model = build_model(model_cfg)

@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 from conftest import REPO, fixed_table, run_module, tiny_config
 
-from ntng_jax.eval.pretrained import abstract_params
+from ntng_jax import data as data_lib
+from ntng_jax import partitioning
+from ntng_jax.eval.pretrained import abstract_params, load_pretrained
 from ntng_jax.interop import layout, safetensors, transfer
 from ntng_jax.models import build_model
+from ntng_jax.optim import build_optimizer
+from ntng_jax.train import loop, programs, validation
 
 MANIFESTS = REPO / "tests" / "data" / "interop"
 STEP_SECONDS = 0.02
@@ -93,11 +97,6 @@ def test_layout_round_trip_is_bitwise_and_transposes(family):
 
 def _val_loss(config, params, workdir):
   """Validation loss of `params` on the run's own held-out batches (the loop's evaluation)."""
-  from ntng_jax import data as data_lib
-  from ntng_jax import partitioning
-  from ntng_jax.optim import build_optimizer
-  from ntng_jax.train import loop
-
   t = config.train
   dataset = data_lib.build_dataset(
     config.data, config.model.family, config.model.vocab_size, str(workdir)
@@ -105,21 +104,19 @@ def _val_loss(config, params, workdir):
   batches = dataset.validation_batches(t.micro_batch_size, seed=0, max_batches=t.validation_batches)
   mesh = partitioning.make_mesh(config.mesh)
   example = {k: np.asarray(v) for k, v in batches[0].items()}
-  built = loop.build_programs(
+  built = programs.build_programs(
     config,
-    loop.model_at_depth(config, config.model.num_layers),
+    programs.model_at_depth(config, config.model.num_layers),
     build_optimizer(config.optim),
     mesh,
     example,
   )
   params = jax.device_put(params, built.shardings.params)
-  return loop.evaluate(built, params, batches, mesh)["validation_loss"]
+  return validation.evaluate(built, params, batches, mesh)["validation_loss"]
 
 
 @pytest.mark.parametrize("family", ["bert", "t5"])
 def test_export_import_round_trip(tmp_path, family):
-  from ntng_jax.train import loop
-
   config = tiny_config(
     family, **{"train.max_steps": 2, "data.num_lines": 2000, "train.validation_batches": 2}
   )
@@ -144,7 +141,6 @@ def test_export_import_round_trip(tmp_path, family):
   step2, depth2, imported, _ = transfer.restore_params(str(new))
   assert (step, depth, step2, depth2) == (2, 2, 0, 2)
   _leaves_equal(imported, original)
-  from ntng_jax.eval.pretrained import load_pretrained  # what launch.finetune reads
 
   _leaves_equal(jax.tree.map(np.asarray, load_pretrained(str(new)).params), original)
 

@@ -41,7 +41,7 @@ def test_default_config(family, size, gamma, mask, lr):
 
 
 def test_drop_level():
-  assert ld.drop_level(0.0) == 0.0
+  assert ld.drop_level(0.0, 0.5, 100.0) == 0.0
   for f in (0.001, 0.01, 0.1, 0.5):
     for theta, gamma in ((0.5, 100.0), (0.5, 20.0), (0.3, 5.0)):
       want = 1 - (theta + (1 - theta) * math.exp(-gamma * f))

@@ -42,7 +42,10 @@ def test_paper_table_only_for_paper_shape():
 
 def test_meter_is_pure_and_rejects_unknown_kinds():
   table = rst.PAPER_TABLES["bert"]
-  assert rst.charge(10.0, table, [Charge("train", 4, 128)]) == pytest.approx(10.06508)
+  assert rst.step_cost(table, [Charge("train", 4, 128)]) == pytest.approx(0.06508)
+  assert rst.step_cost(table, [Charge("train", 4, 256), Charge("forward", 4, 128)]) == (
+    pytest.approx(2 * 0.06508 + table.seconds(Charge("forward", 4, 128)))
+  )
   with pytest.raises(rst.RSTTableError, match="no train entry for 17"):
     table.seconds(Charge("train", 17, 128))
   with pytest.raises(rst.RSTTableError, match="no extra kind"):

@@ -25,7 +25,7 @@ from ntng_jax.config import ConfigError
 from ntng_jax.methods import stacking as st
 from ntng_jax.methods.base import build_method
 from ntng_jax.optim import build_optimizer
-from ntng_jax.train import loop as loop_lib
+from ntng_jax.train import programs
 from ntng_jax.train import state as state_lib
 
 STEP_SECONDS = 0.02  # RST seconds per full-depth step in the fixed tables below
@@ -195,7 +195,7 @@ def depth1(request):
   """(config, params at depth 1, example batch) for each family."""
   config = tiny_config(request.param)
   batch = make_batch(request.param, config.model.vocab_size)
-  return config, random_params(loop_lib.model_at_depth(config, 1), batch), batch
+  return config, random_params(programs.model_at_depth(config, 1), batch), batch
 
 
 def test_grow_params_copies_layers(depth1):
@@ -204,7 +204,7 @@ def test_grow_params_copies_layers(depth1):
   four = st.grow_params(two, 2)
   assert st.layer_depth(params) == 1 and st.layer_depth(two) == 2 and st.layer_depth(four) == 4
   # The grown tree has exactly the shapes of a model built at that depth.
-  want = jax.eval_shape(loop_lib.model_at_depth(config, 4).init, jax.random.PRNGKey(0), batch)
+  want = jax.eval_shape(programs.model_at_depth(config, 4).init, jax.random.PRNGKey(0), batch)
   assert jax.tree.map(np.shape, four) == jax.tree.map(np.shape, nn.unbox(want))
   old, new = layer_leaves(two), layer_leaves(four)
   stacks = {k.split("['layers']")[0] for k in new}
@@ -290,12 +290,12 @@ def test_grown_model_trains():
   tx = build_optimizer(config.optim)
   mesh = partitioning.make_mesh(config.mesh)
   example = make_batch("bert", config.model.vocab_size, batch=config.train.batch_size)
-  params = random_params(loop_lib.model_at_depth(config, 1), example)
+  params = random_params(programs.model_at_depth(config, 1), example)
   state = state_lib.create(params, tx)
   state = method.grow(state, 2, tx)
   assert int(state.step) == 0 and st.layer_depth(state.params) == 2
-  built = loop_lib.build_programs(
-    config, loop_lib.model_at_depth(config, 2), tx, mesh, example, method
+  built = programs.build_programs(
+    config, programs.model_at_depth(config, 2), tx, mesh, example, method
   )
   state = jax.device_put(state, built.shardings)
   batch = partitioning.global_batch(mesh, example)

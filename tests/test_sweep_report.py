@@ -16,7 +16,8 @@ import pytest
 from conftest import REPO, run_module
 
 sys.path.insert(0, str(REPO))
-from ntng_jax.experiments import report, sweep  # noqa: E402
+from ntng_jax.experiments import commands as cmds  # noqa: E402
+from ntng_jax.experiments import eta, grid, report, run_files, sweep  # noqa: E402
 
 
 def _spec(root, **kw):
@@ -28,7 +29,7 @@ def _spec(root, **kw):
     root=str(root),
   )
   args.update(kw)
-  return sweep.SweepSpec(**args)
+  return grid.SweepSpec(**args)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -44,18 +45,18 @@ def test_plan_commands_and_validation(tmp_path):
     finetune_args=["--tasks=rte", "--epochs=1"],
     extra=["--config.data.num_lines=99"],
   )
-  runs = sweep.plan(spec)
+  runs = grid.plan(spec)
   assert len(runs) == 8 and runs[0].key == "baseline/budget-0.002/seed-0"
   assert runs[-1].workdir == os.path.join(str(tmp_path), "rho_loss", "budget-0.004", "seed-1")
-  assert sweep.parse_run_dir(runs[-1].workdir) == ("rho_loss", 0.004, 1)
-  cmd = sweep.pretrain_command(spec, runs[1], il_path="/il.npy", python="python")
+  assert grid.parse_run_dir(runs[-1].workdir) == ("rho_loss", 0.004, 1)
+  cmd = cmds.pretrain_command(spec, runs[1], il_path="/il.npy", python="python")
   assert cmd[:3] == ["python", "-m", "launch.pretrain"]
   assert "--config=configs/bert.py:size=tiny,method=rho_loss,seed=0" in cmd
   assert "--config.train.budget_hours=0.002" in cmd and "--config.method.il_path=/il.npy" in cmd
   assert f"--config.rst.table={tmp_path}/rst_table.json" in cmd
   assert "--config.data.num_lines=99" in cmd
 
-  lines = sweep.dry_run_lines(spec)
+  lines = cmds.dry_run_lines(spec)
   commands = [l for l in lines if not l.startswith("#")]
   assert commands[0].startswith("python -m launch.calibrate_rst")
   assert "method=il_model" in commands[1] and "launch.extract_il" in commands[1]
@@ -78,20 +79,20 @@ def test_plan_commands_and_validation(tmp_path):
     (dict(extra=["--config.train.budget_hours=1"]), "set by the sweep"),
     (dict(rst_table="nope.json"), "rst_table"),
   ]:
-    with pytest.raises(sweep.SweepError, match=msg):
-      sweep.validate(_spec(tmp_path, **bad))
-  assert sweep.format_budget(24.0) == "24" and sweep.format_budget(0.005) == "0.005"
+    with pytest.raises(grid.SweepError, match=msg):
+      grid.validate(_spec(tmp_path, **bad))
+  assert grid.format_budget(24.0) == "24" and grid.format_budget(0.005) == "0.005"
 
 
 def test_eta_fits_startup_and_rate():
-  eta = sweep.Eta()
-  assert eta.remaining([1.0]) is None
-  eta.add(1.0, 70.0)
-  assert eta.predict(2.0) == pytest.approx(140.0)
-  eta.add(2.0, 130.0)  # 10 s start-up + 60 s per RST hour
-  assert eta.predict(4.0) == pytest.approx(250.0)
-  eta.add_extra("glue", 30.0)
-  assert eta.remaining([1.0, 4.0], ["glue"]) == pytest.approx(70.0 + 250.0 + 30.0)
+  est = eta.Eta()
+  assert est.remaining([1.0]) is None
+  est.add(1.0, 70.0)
+  assert est.predict(2.0) == pytest.approx(140.0)
+  est.add(2.0, 130.0)  # 10 s start-up + 60 s per RST hour
+  assert est.predict(4.0) == pytest.approx(250.0)
+  est.add_extra("glue", 30.0)
+  assert est.remaining([1.0, 4.0], ["glue"]) == pytest.approx(70.0 + 250.0 + 30.0)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -185,8 +186,8 @@ def stub(tmp_path, monkeypatch):
   calls = tmp_path / "calls.jsonl"
   monkeypatch.setenv("STUB_CALLS", str(calls))
   # The stub's own method names (a diverging and a slow run) join the real ones.
-  known = sweep.known_methods()
-  monkeypatch.setattr(sweep, "known_methods", lambda: known + ("diverge", "slow"))
+  known = grid.known_methods()
+  monkeypatch.setattr(grid, "known_methods", lambda: known + ("diverge", "slow"))
 
   def read_calls():
     if not calls.exists():
@@ -262,6 +263,7 @@ def test_sweep_driver_and_report_with_stub(tmp_path, stub):
   assert "minipile" in md and "NotImplementedError" in md
   assert "fig_train_loss.png" in md
   assert "il_model" not in agg["methods"]
+  assert str(tmp_path) not in md  # paths relative to the sweep root
 
 
 def test_sigterm_is_forwarded_and_stops_the_sweep(tmp_path, stub):
@@ -283,7 +285,32 @@ def test_sigterm_is_forwarded_and_stops_the_sweep(tmp_path, stub):
   status = json.loads((root / "sweep_status.json").read_text())
   assert status["runs"]["slow/budget-0.002/seed-0"]["status"] == "interrupted"
   assert status["runs"]["baseline/budget-0.002/seed-0"]["status"] == "pending"
-  assert sweep.read_summary(str(marker.parent))["stopped_because"] == "interrupt"
+  assert run_files.read_summary(str(marker.parent))["stopped_because"] == "interrupt"
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[\w.~-]")
+
+
+def test_report_names_no_absolute_path(tmp_path, stub, monkeypatch):
+  """A sweep run from its own directory, then moved: the report still finds the RST table, and
+  every path in report.md and report.json is relative to the sweep root (issue 20.7)."""
+  python, _ = stub
+  monkeypatch.chdir(tmp_path)
+  missing_il = tmp_path / "nowhere" / "il.npy"  # absolute, outside the root: rho_loss fails
+  spec = _spec("sweep", methods=["baseline", "rho_loss"], budgets=[0.002], il_path=str(missing_il))
+  sweep.Sweep(spec, out=open(os.devnull, "w"), python=python).run()
+  (tmp_path / "sweep").rename(tmp_path / "moved")
+  monkeypatch.chdir("/")
+  result = report.write_report(str(tmp_path / "moved"), figures=False)
+  md = open(result["markdown"]).read()
+  assert "stub-table" in md and "`rst_table.json`" in md
+  assert "no IL losses at '../nowhere/il.npy'" in md
+  assert str(tmp_path) not in md and not ABSOLUTE_PATH.search(md), md
+  runs = json.load(open(result["json"]))["runs"]
+  assert sorted(r["workdir"] for r in runs) == [
+    "baseline/budget-0.002/seed-0",
+    "rho_loss/budget-0.002/seed-0",
+  ]
 
 
 def test_report_lists_an_unfinished_grid(tmp_path):

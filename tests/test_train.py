@@ -13,6 +13,7 @@ from conftest import REPO, fixed_table, run_module, tiny_config
 
 from ntng_jax.train import checkpoint as ckpt_lib
 from ntng_jax.train import loop as loop_lib
+from ntng_jax.train import programs
 
 STEP_SECONDS = 0.02  # RST seconds per full-depth step in the fixed test table
 
@@ -130,8 +131,8 @@ def _abstract(config, workdir):
   tx = build_optimizer(config.optim)
   ds = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, workdir)
   example = next(iter(ds.train_iterator(config.train.micro_batch_size, seed=0)))
-  built = loop_lib.build_programs(
-    config, loop_lib.model_at_depth(config, config.model.num_layers), tx, mesh, example
+  built = programs.build_programs(
+    config, programs.model_at_depth(config, config.model.num_layers), tx, mesh, example
   )
   return built, mesh
 

@@ -12,9 +12,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
+NOISE_DENSITY = 0.15  # T5's span-corruption defaults (data.noise_density, mean_noise_span_length)
+MEAN_NOISE_SPAN_LENGTH = 3.0
+
 
 @functools.lru_cache(maxsize=16)
-def _allowed_ids(low: int, high: int, special: tuple) -> np.ndarray:
+def allowed_ids(low: int, high: int, special: tuple) -> np.ndarray:
   """Sorted ids in ``[low, high)`` minus ``special`` (cached; read-only)."""
   out = np.setdiff1d(np.arange(low, high), np.asarray(special, dtype=np.int64))
   out.flags.writeable = False
@@ -79,7 +82,7 @@ def mask_for_mlm(
   labels = np.where(valid, tokens[rows, pos], 0)
   # 80 / 10 / 10 replacement.
   u = rng.random((b, p), dtype=np.float32)
-  allowed = _allowed_ids(int(random_token_low), int(vocab_size), tuple(np.unique(special)))
+  allowed = allowed_ids(int(random_token_low), int(vocab_size), tuple(np.unique(special)))
   random_ids = allowed[rng.integers(0, len(allowed), size=(b, p))]
   new = np.where(u < 0.8, mask_id, np.where(u < 0.9, random_ids, labels))
   input_ids = tokens.astype(np.int32, copy=True)
@@ -102,7 +105,9 @@ def _span_counts(length: int, noise_density: float, mean_noise_span_length: floa
 
 
 def compute_input_and_target_lengths(
-  inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+  inputs_length: int,
+  noise_density: float = NOISE_DENSITY,
+  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
 ) -> tuple[int, int]:
   """Raw chunk length that span-corrupts to exactly ``inputs_length`` encoder tokens (incl.
   EOS), and the resulting target length (incl. EOS). 512 -> (568, 114) at 0.15 / 3.0."""
@@ -140,8 +145,8 @@ def random_spans_noise_mask(
   rng: np.random.Generator,
   batch: int,
   length: int,
-  noise_density: float = 0.15,
-  mean_noise_span_length: float = 3.0,
+  noise_density: float = NOISE_DENSITY,
+  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
 ) -> np.ndarray:
   """bool [batch, length]: T5 noise mask; each row alternates non-noise/noise spans, starting
   with non-noise, with exactly ``num_noise`` noise tokens in ``num_spans`` spans."""
@@ -161,8 +166,8 @@ def span_corruption(
   sentinel_ids,
   eos_id: int = 1,
   pad_id: int = 0,
-  noise_density: float = 0.15,
-  mean_noise_span_length: float = 3.0,
+  noise_density: float = NOISE_DENSITY,
+  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
   targets_length: int | None = None,
 ) -> dict:
   """T5 span corruption of raw chunks.

@@ -6,10 +6,15 @@ corpus + tokenizer + chunk length).
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from ntng_jax.data.errors import DataError
 
 Objective = Callable[[np.random.Generator, np.ndarray], dict]
 
@@ -65,6 +70,25 @@ def iter_chunk_blocks(
     n = len(flat) // chunk_len
     carry = flat[n * chunk_len :]
     yield flat[: n * chunk_len].reshape(n, chunk_len), done, streamed
+
+
+def take_chunks(
+  docs: Iterable[str],
+  encode_batch: Callable[[list[str]], list[list[int]]],
+  chunk_len: int,
+  append_ids: Sequence[int],
+  max_chunks: int | None,
+  batch_docs: int = 256,
+) -> np.ndarray:
+  """The first ``max_chunks`` (None = all) chunks int32 [n, chunk_len] of ``docs``."""
+  blocks, have = [], 0
+  for block, _, _ in iter_chunk_blocks(docs, encode_batch, chunk_len, append_ids, batch_docs):
+    blocks.append(block)
+    have += len(block)
+    if max_chunks is not None and have >= max_chunks:
+      break
+  out = np.concatenate(blocks) if blocks else np.empty((0, chunk_len), np.int32)
+  return out[:max_chunks]
 
 
 def holdout_count(num_chunks: int, fraction: float) -> int:
@@ -223,18 +247,13 @@ class Prefetcher:
 
   ``BatchIterator.batch_at`` is a pure function of the position, so the next ``depth``
   positions are computed by ``workers`` threads and the result is identical to iterating
-  ``it`` directly. Its use is to overlap batch preparation with a training step that waits
-  on the device; it is not a parallel speed-up: the objectives make many small numpy calls
-  that hold the GIL, and on a 16-core host 8 workers were 3.4x *slower* than none
-  (``benchmarks/input_pipeline.py``). Keep ``workers`` at 1-2.
+  ``it`` directly. It overlaps batch preparation with a step waiting on the device; it is not a
+  parallel speed-up (the objectives hold the GIL; see docs/data.md). Keep ``workers`` at 1-2.
   ``get_state``/``set_state`` describe the next batch to be *returned* (not the next to be
   computed), so checkpoints resume exactly.
   """
 
   def __init__(self, it: "BatchIterator", depth: int = 4, workers: int = 1):
-    import collections
-    from concurrent.futures import ThreadPoolExecutor
-
     self.it, self.depth = it, max(1, int(depth))
     self._pool = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="batches")
     self._queue = collections.deque()
@@ -289,10 +308,6 @@ def limit_unique_tokens(dataset, unique_tokens: int):
   Raises:
     DataError: a streamed source, a prefix of no chunk, or more tokens than the split holds.
   """
-  import dataclasses
-
-  from ntng_jax.data.errors import DataError
-
   unique_tokens = int(unique_tokens or 0)
   if unique_tokens <= 0:
     return dataset

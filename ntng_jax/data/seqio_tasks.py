@@ -1,29 +1,9 @@
-"""seqio Tasks for BERT masked LM and T5 span corruption (needs seqio + TensorFlow).
-
-Importing this module registers, in ``seqio.TaskRegistry``:
-
-* ``ntng_t5_span_corruption_c4``: C4 (``c4/en:3.1.0`` from TFDS; splits train, validation),
-  tokenised with the T5 tokenizer ``$NTNG_T5_TOKENIZER`` (a tokenizer/shards directory or a
-  SentencePiece ``.model``; default the public T5 vocabulary
-  ``gs://t5-data/vocabs/cc_all.32000/sentencepiece.model`` with 100 sentinels, the paper's);
-* ``ntng_bert_mlm_c4``: C4 with the BERT tokenizer ``$NTNG_BERT_TOKENIZER`` (registered only
-  when that variable is set: the paper's BERT vocabulary is trained on the corpus, e.g. by
-  ``launch.prepare_data --model=bert``);
-* ``ntng_{bert_mlm,t5_span_corruption}_<name>`` for every ``<name>/train.txt`` (and
-  ``validation.txt``) under ``$NTNG_TEXT_DATA_DIR`` (default: the repository's
-  ``../shared/data/text``), with the same tokenizers.
-
-:func:`register_text_tasks` registers the two tasks over any local text files.
-
-The pipeline is the one of ``ntng_jax.data`` expressed in tf.data: each document (a text line or
-the 'text' feature; stripped, empty ones dropped) is tokenised, followed by ``<sep>`` (BERT) /
-``</s>`` (T5), concatenated and cut into chunks (BERT: ``sequence_length['inputs']`` tokens; T5:
-the raw length that span-corrupts to ``sequence_length['inputs']``), and the chunk goes through
-the same numpy objective (``mask_for_mlm`` / ``span_corruption``, via ``tf.numpy_function``,
-seeded by seqio's per-example seeds). Features: T5 ``inputs`` (EOS-terminated, with sentinels)
-and ``targets``; BERT ``inputs`` (masked), ``targets`` (the original chunk) plus
-``mlm_positions``, ``mlm_labels``, ``mlm_weights``. Use ``add_eos=False`` semantics: EOS/SEP are
-already in place, and with ``sequence_length`` as the objective needs nothing is trimmed.
+"""seqio Tasks for BERT masked LM and T5 span corruption (needs seqio + TensorFlow; imported
+only on use). Importing registers ``ntng_t5_span_corruption_c4`` (C4 from TFDS, tokenizer
+``$NTNG_T5_TOKENIZER`` or the public T5 vocabulary), ``ntng_bert_mlm_c4`` (when
+``$NTNG_BERT_TOKENIZER`` is set) and text tasks for every ``<name>/train.txt`` under
+``$NTNG_TEXT_DATA_DIR``. The pipeline is ``ntng_jax.data``'s in tf.data, with the same numpy
+objective; features and details: docs/data.md.
 """
 
 from __future__ import annotations

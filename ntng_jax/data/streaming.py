@@ -1,27 +1,11 @@
-"""Deterministic, resumable batches from a document *stream* (used for ``data.source='tfds'``).
+"""Deterministic, resumable batches from a document stream (``data.source='tfds'``).
 
-A stream source is a function ``docs_from(start) -> iterator of str`` that yields the documents
-of this process's share from document ``start`` on (tfds: ``as_dataset(split=share).skip(start)``),
-one string per record (empty strings are skipped but counted, so indices stay record indices).
-
-* **Held-out split** (document level, independent of sharding and order): a document is
-  held out iff ``doc_hash(text, seed) < fraction`` (blake2b of the text). Training skips held-out
-  documents; the 'heldout' validation set is the chunks of the held-out documents of the full
-  split, in order.
-* **Chunks**: training documents are tokenised, followed by ``append_ids`` and concatenated into
-  chunks of ``chunk_len`` as for text corpora.
-* **Shuffling**: chunks are grouped into windows of ``window_batches`` local batches; each window
-  is permuted by ``default_rng((seed, epoch, window))`` (a deterministic, resumable stand-in for
-  a shuffle buffer). The partial last window of an epoch is permuted too; its incomplete last
-  batch is dropped. Epoch ``e + 1`` re-reads the stream from its start.
-* **State** (``get_state``): six integers ``{epoch, window, doc, offset, chunk, batch}``: where
-  the current window starts (document index, token offset inside that document's tokens,
-  stream chunk index) and how many of its batches were already returned. Resuming re-reads from
-  ``doc`` (tfds skips records without decoding text) and yields exactly the same batches.
-* **Processes**: each process reads only its share and builds its ``batch_size /
-  process_count`` rows per step; example ids are ``chunk_index * process_count +
-  process_index`` (unique across processes).
-* **Objective RNG** per batch: ``default_rng((seed, 1, epoch, window, batch, process_index))``.
+A stream source is ``docs_from(start) -> iterator of str``: this process's share of the records
+from record ``start`` on. A document is held out iff ``doc_hash(text, seed) < fraction``;
+training chunks are shuffled in windows of ``window_batches`` local batches by
+``default_rng((seed, epoch, window))``; the iterator state is six integers ``{epoch, window,
+doc, offset, chunk, batch}``; example ids are ``chunk_index * process_count + process_index``.
+Details: docs/data.md.
 """
 
 from __future__ import annotations
@@ -32,9 +16,12 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ntng_jax.data import Dataset, _get, _load_or_train_tokenizer, make_objective
+from ntng_jax.data.dataset import Dataset
 from ntng_jax.data.errors import DataError
-from ntng_jax.data.pipeline import iter_chunk_blocks, unigram_entropy_nats
+from ntng_jax.data.layout import make_objective
+from ntng_jax.data.pipeline import take_chunks, unigram_entropy_nats
+from ntng_jax.data.spec import as_spec
+from ntng_jax.data.tokenizers import load_or_train_tokenizer
 from ntng_jax.data.validation import fixed_batches
 
 _U64 = float(1 << 64)
@@ -224,25 +211,6 @@ def heldout_chunks(
   return take_chunks(held, encode_batch, chunk_len, append_ids, max_chunks, batch_docs)
 
 
-def take_chunks(
-  docs: Iterator[str],
-  encode_batch,
-  chunk_len: int,
-  append_ids,
-  max_chunks: int | None,
-  batch_docs: int = 256,
-) -> np.ndarray:
-  """The first ``max_chunks`` (None = all) chunks of ``docs``."""
-  blocks, have = [], 0
-  for block, _, _ in iter_chunk_blocks(docs, encode_batch, chunk_len, append_ids, batch_docs):
-    blocks.append(block)
-    have += len(block)
-    if max_chunks is not None and have >= max_chunks:
-      break
-  out = np.concatenate(blocks) if blocks else np.empty((0, chunk_len), np.int32)
-  return out[:max_chunks]
-
-
 # ----------------------------------------------------------------------------- dataset
 def build_stream_dataset(
   cfg_data,
@@ -255,7 +223,7 @@ def build_stream_dataset(
   tokenizer_train_chars: int = 4_000_000,
   entropy_docs: int = 2000,
 ):
-  """A :class:`ntng_jax.data.Dataset` over a document stream.
+  """A :class:`Dataset` over a document stream; ``cfg_data``: a ``DataSpec`` or config.data.
 
   Args:
     share_docs: ``(process_index, process_count, start) -> documents`` of that process's
@@ -265,7 +233,8 @@ def build_stream_dataset(
   ``tokenizer_train_chars`` characters of the training documents (cached in
   ``workdir/tokenizer``).
   """
-  frac = float(_get(cfg_data, "validation_fraction", 0.02))
+  spec = as_spec(cfg_data)
+  frac = spec.validation_fraction
   hseed = 0
 
   def training_docs():  # a generator: the stream is opened only when the docs are read
@@ -273,10 +242,15 @@ def build_stream_dataset(
       if d and not is_heldout(d, frac, hseed):
         yield d
 
-  tok = _load_or_train_tokenizer(
-    cfg_data, kind, vocab_size, training_docs(), work, max_train_chars=tokenizer_train_chars
+  tok = load_or_train_tokenizer(
+    spec.tokenizer_dir,
+    kind,
+    vocab_size,
+    training_docs(),
+    work / "tokenizer" if work else None,
+    max_train_chars=tokenizer_train_chars,
   )
-  objective, lay = make_objective(cfg_data, kind, tok)
+  objective, lay = make_objective(spec, kind, tok)
   chunk_len, append = lay["chunk_len"], lay["append_ids"]
   sample = take_chunks(
     itertools.islice(training_docs(), entropy_docs), tok.encode_batch, chunk_len, append, None
@@ -356,5 +330,5 @@ class StreamDataset(Dataset):
       chunks, np.arange(len(chunks)), self.objective, batch_size, seed, max_batches
     )
 
-  def _heldout_batches(self, name, batch_size, seed, max_batches):
+  def heldout_batches(self, name, batch_size, seed, max_batches):
     return self.validation_batches(batch_size, seed, max_batches)

@@ -1,20 +1,8 @@
-"""Built-in synthetic corpus: a seeded sparse Markov chain over made-up words.
-
-The corpus is a stationary first-order Markov chain over ``num_words`` made-up, pronounceable,
-lower-case words. Each word has ``branching`` successors; the successors are drawn (without
-replacement) with Zipfian weights over the word ranks, and the transition probabilities over
-a word's successors are Zipf-like (``p_k ∝ k^-zipf_exponent``). One extra edge per word follows
-a random Hamiltonian cycle so the chain is irreducible. Frequent ranks get short words.
-
-Sentence boundaries: every line is an independent stretch of the chain whose first word is
-drawn from the stationary distribution ``pi``; lengths are uniform in
-``[min_words, max_words]``. Within a line, each word after the first costs exactly the chain's
-entropy rate ``H = sum_i pi_i H(P[i, :])`` (what :meth:`entropy_rate_bits_per_word` returns);
-the first word costs the unigram entropy ``H(pi)``. A model that knows only unigram statistics
-pays ``H(pi)`` per word, so ``H(pi) - H`` is what learning context buys.
-
-Generation is vectorised over blocks of ``_BLOCK`` lines; block ``b`` uses the generator
-``default_rng((seed, 1, b))``, so ``lines(n, start)`` is random access and deterministic.
+"""Built-in synthetic corpus (``data.source='synthetic'``): a seeded, stationary first-order
+Markov chain over ``num_words`` made-up words, Zipf-weighted successors, one line per
+independent stretch of the chain. ``lines(n, start)`` is deterministic random access (block
+``b`` of ``_BLOCK`` lines uses ``default_rng((seed, 1, b))``); ``entropy_rate_bits_per_word``
+is what a model that learns context can reach. Construction details: docs/data.md.
 """
 
 from __future__ import annotations

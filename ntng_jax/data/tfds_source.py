@@ -1,21 +1,8 @@
-"""TensorFlow Datasets as a streamed text source (``data.source='tfds'``).
-
-Imported only when a tfds source is used (it imports ``tensorflow_datasets``, which imports
-TensorFlow); ``import ntng_jax.data`` never imports it.
-
-``data.path`` names the dataset as ``NAME[/CONFIG][:VERSION][:SPLIT]``, e.g. ``'c4/en:3.1.0'``
-(split from ``data.tfds_split``, default 'train') or ``'c4/en:3.1.0:validation'``. The data
-directory is ``data.tfds_data_dir`` if set, else TFDS's default (``$TFDS_DATA_DIR`` or
-``~/tensorflow_datasets``); ``gs://`` directories work (TFDS reads them through
-``tf.io.gfile``), e.g. ``gs://my-bucket/tensorflow_datasets`` holding a prepared ``c4/en/3.1.0``.
-The dataset must already be prepared there (C4 needs Apache Beam to build; see the TFDS
-catalogue); nothing is downloaded implicitly.
-
-Records are read in their stored order (``shuffle_files=False``); the text field
-(``data.tfds_text_key``, default 'text') of each record is a document. Each process reads only
-``tfds.even_splits(split, n=process_count)[process_index]``; resuming skips records with
-``Dataset.skip``. Tokenising, chunking, the held-out split and shuffling are those of
-``streaming.py``.
+"""TensorFlow Datasets as a document source: ``NAME[/CONFIG][:VERSION][:SPLIT]`` names, one
+stripped string per record in stored order (``shuffle_files=False``), each process reading
+``tfds.even_splits(split, n=process_count)[process_index]``. ``tensorflow_datasets`` is imported
+only when a reader runs (``_tfds``), so importing this module stays light. The dataset must be
+prepared already (nothing is downloaded); ``gs://`` data directories work. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -26,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ntng_jax.data.errors import DataError
+from ntng_jax.data.pipeline import take_chunks
 
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
 _PREPARE = (
@@ -35,6 +23,7 @@ _PREPARE = (
 
 
 def _tfds():
+  """``tensorflow_datasets``, imported on use (a heavy optional package: imports TensorFlow)."""
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:
@@ -59,7 +48,7 @@ def parse_tfds_spec(spec: str) -> tuple[str, str | None]:
   return spec, None
 
 
-def _builder(name: str, data_dir: str | None):
+def builder(name: str, data_dir: str | None):
   tfds = _tfds()
   not_found = getattr(getattr(tfds.core, "registered", None), "DatasetNotFoundError", ())
   try:
@@ -79,7 +68,7 @@ def _builder(name: str, data_dir: str | None):
 
 def describe(name: str, split: str | None, data_dir: str | None = None) -> dict:
   """Provenance for manifests: name, split, version, data_dir."""
-  b = _builder(name, data_dir)
+  b = builder(name, data_dir)
   return {
     "tfds": name,
     "split": split or "train",
@@ -101,10 +90,10 @@ def iter_documents(
   ``start`` on (empty strings included, so indices are record indices)."""
   tfds = _tfds()
   split = split or "train"
-  builder = _builder(name, data_dir)
+  b = builder(name, data_dir)
   share = split if process_count == 1 else tfds.even_splits(split, n=process_count)[process_index]
   try:
-    ds = builder.as_dataset(split=share, shuffle_files=False)
+    ds = b.as_dataset(split=share, shuffle_files=False)
   except (AssertionError, FileNotFoundError, ValueError, KeyError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     where = data_dir or "the default TFDS data directory"
@@ -136,27 +125,6 @@ def validation_chunks(
 ) -> np.ndarray:
   """The first ``max_chunks`` chunks of a TFDS split (a 'tfds:NAME[:SPLIT]' validation set;
   default split 'validation')."""
-  from ntng_jax.data.streaming import take_chunks
-
   name, split = parse_tfds_spec(spec)
   docs = (d for d in iter_documents(name, split or "validation", data_dir, text_key) if d)
   return take_chunks(docs, tok.encode_batch, chunk_len, append_ids, max_chunks)
-
-
-def build_tfds_dataset(cfg_data, kind: str, vocab_size: int, work):
-  """The streamed :class:`ntng_jax.data.Dataset` of ``data.path`` (see module docstring)."""
-  from ntng_jax.data import _get
-  from ntng_jax.data.streaming import build_stream_dataset
-
-  name, split = parse_tfds_spec(str(_get(cfg_data, "path", "")))
-  split = split or _get(cfg_data, "tfds_split", "train")
-  data_dir = _get(cfg_data, "tfds_data_dir", "") or None
-  text_key = _get(cfg_data, "tfds_text_key", "text")
-  _builder(name, data_dir)  # fail early, in one sentence, on a wrong name
-
-  def share_docs(process_index: int, process_count: int, start: int) -> Iterator[str]:
-    return iter_documents(name, split, data_dir, text_key, process_index, process_count, start)
-
-  return build_stream_dataset(
-    cfg_data, kind, vocab_size, work, share_docs=share_docs, source=f"tfds:{name}:{split}"
-  )

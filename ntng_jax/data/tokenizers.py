@@ -1,37 +1,10 @@
-"""SentencePiece tokenizers for BERT (MLM) and T5 (span corruption).
+"""SentencePiece tokenizers with the id layouts of BERT (MLM), T5 (span corruption) and GPT.
 
-Id layout (``vocab_size`` is the number of ids the tokenizer may emit, at most the model's
-embedding rows):
-
-* ``kind='bert'``: the paper trains a WordPiece vocabulary of 32768 on the corpus (lower-cased,
-  whitespace pre-tokenised, specials ``<pad> <s> </s> <unk> <cls> <sep> <mask>``; docs/paper.md
-  §3.1). Our implementation is a **SentencePiece BPE** model standing in for WordPiece: pieces
-  never cross whitespace (SentencePiece's default ``split_by_whitespace``, the analogue of the
-  whitespace pre-tokenizer), normalisation is NFKC + case folding (lower-cases; unlike the
-  paper's normaliser it keeps accents and non-ASCII characters), and the same seven specials
-  are control symbols at fixed ids ``<pad>=0 <s>=1 </s>=2 <unk>=3 <cls>=4 <sep>=5 <mask>=6``.
-  A SentencePiece model trained elsewhere (:meth:`Tokenizer.from_sentencepiece`) keeps its own
-  ids; ``pad cls sep mask`` are looked up as ``<name>`` or ``[NAME]`` and, if absent, appended
-  right after its pieces.
-* ``kind='gpt'``: as 't5' (unigram, ``<pad>=0 </s>=1 <unk>=2``, case kept) without sentinels;
-  ``</s>`` separates the packed documents of the causal-LM objective.
-* ``kind='t5'``: SentencePiece unigram with NFKC normalisation (case kept),
-  ``<pad>=0 </s>=1 <unk>=2`` (no BOS). ``num_sentinels`` ids at the top of the vocabulary are
-  sentinels: ``<extra_id_i>`` = ``vocab_size - 1 - i``. They are not SentencePiece pieces; the
-  wrapper handles them (``decode`` renders them as ``<extra_id_i>``). The paper's T5 vocabulary
-  is 32000 pieces + 100 sentinels = 32100 ids (``<extra_id_0>`` = 32099, the seqio/HF layout)
-  in a 32128-row embedding: ``launch.prepare_data --model=t5`` builds exactly that layout
-  (``vocab_size = pieces + sentinels``, default 32100); ``train_tokenizer(..., 't5', V)`` used
-  by ``data.source='text'`` trains ``V - num_sentinels`` pieces for a ``V``-row embedding.
-
-Small corpora: SentencePiece is trained with ``hard_vocab_limit=False``, so it may return fewer
-pieces than requested (``num_pieces``). The vocabulary is then padded *logically*: ids in
-``[num_pieces, vocab_size - num_sentinels)`` exist in the model's embedding but never occur in
-data; ``decode`` drops them and MLM random replacement draws only real pieces
-(``random_token_high == num_pieces``).
-
-``fingerprint`` (16 hex digits) hashes the SentencePiece model and the id layout (kind,
-vocab_size, num_sentinels); shard manifests and workdirs record it.
+BERT: BPE, lower-cased, specials ``<pad>=0 <s>=1 </s>=2 <unk>=3 <cls>=4 <sep>=5 <mask>=6``.
+T5: unigram, ``<pad>=0 </s>=1 <unk>=2``, ``num_sentinels`` sentinels at the top of the vocabulary
+(``<extra_id_i>`` = ``vocab_size - 1 - i``). GPT: as T5 without sentinels. ``vocab_size`` is the
+number of ids the tokenizer may emit; ``fingerprint`` (16 hex digits) hashes the model and the
+layout. Details and the deviation from the paper's WordPiece: docs/data.md.
 """
 
 from __future__ import annotations
@@ -48,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from ntng_jax.data.errors import DataError
+
 BERT_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<cls>", "<sep>", "<mask>")  # ids 0..6
 _RECIPE_VERSION = 1  # bump when training options change (invalidates tokenizer caches)
 _MAX_LINE_CHARS = 4000  # SentencePiece skips longer "sentences"; we split them
-_MODEL_FILE, _META_FILE = "spm.model", "tokenizer.json"
+MODEL_FILE, META_FILE = "spm.model", "tokenizer.json"  # a tokenizer directory's files
 
 
 def default_num_sentinels(vocab_size: int) -> int:
@@ -204,8 +179,8 @@ class Tokenizer:
       recipe_version=_RECIPE_VERSION,
     )
     for name, data in (
-      (_MODEL_FILE, self.model_proto),
-      (_META_FILE, json.dumps(meta, indent=1).encode()),
+      (MODEL_FILE, self.model_proto),
+      (META_FILE, json.dumps(meta, indent=1).encode()),
     ):
       fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.")
       with os.fdopen(fd, "wb") as f:
@@ -218,14 +193,14 @@ class Tokenizer:
   def load(cls, directory: str | os.PathLike) -> "Tokenizer":
     """Load a directory written by :meth:`save`; checks the fingerprint."""
     d = Path(directory)
-    if not (d / _META_FILE).is_file() or not (d / _MODEL_FILE).is_file():
+    if not (d / META_FILE).is_file() or not (d / MODEL_FILE).is_file():
       raise FileNotFoundError(
-        f"No tokenizer in '{d}' (expected {_MODEL_FILE} and "
-        f"{_META_FILE}); set data.tokenizer_dir='' to train one."
+        f"No tokenizer in '{d}' (expected {MODEL_FILE} and "
+        f"{META_FILE}); set data.tokenizer_dir='' to train one."
       )
-    meta = json.loads((d / _META_FILE).read_text())
+    meta = json.loads((d / META_FILE).read_text())
     tok = cls(
-      (d / _MODEL_FILE).read_bytes(), meta["kind"], meta["vocab_size"], meta.get("num_sentinels", 0)
+      (d / MODEL_FILE).read_bytes(), meta["kind"], meta["vocab_size"], meta.get("num_sentinels", 0)
     )
     if meta["fingerprint"] not in (tok.fingerprint, tok._legacy_fingerprint):
       raise ValueError(f"Tokenizer in '{d}' is corrupt (fingerprint mismatch); delete it.")
@@ -263,8 +238,6 @@ def _training_error(
   e: RuntimeError, kind: str, vocab_size: int, num_sentinels: int, num_lines: int
 ) -> Exception:
   """One sentence for a corpus SentencePiece cannot train on (the cause and the fix)."""
-  from ntng_jax.data.errors import DataError
-
   text = str(e)
   m = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", text)
   if m:
@@ -319,7 +292,7 @@ def train_tokenizer(
     json.dumps([_RECIPE_VERSION, kind, int(vocab_size), n_sent, text_hash]).encode()
   ).hexdigest()[:16]
   entry = Path(cache_dir) / key if cache_dir is not None else None
-  if entry is not None and (entry / _META_FILE).is_file():
+  if entry is not None and (entry / META_FILE).is_file():
     return Tokenizer.load(entry)
 
   buf = io.BytesIO()
@@ -369,3 +342,25 @@ def train_tokenizer(
   if entry is not None:
     tok.save(entry)
   return tok
+
+
+def load_or_train_tokenizer(
+  tokenizer_dir: str,
+  kind: str,
+  vocab_size: int,
+  lines: Iterable[str],
+  cache_dir: Path | None,
+  **train_kwargs,
+) -> Tokenizer:
+  """The tokenizer in ``tokenizer_dir`` (``data.tokenizer_dir``; checked against the model),
+  or, if that is '', one trained on ``lines`` and cached under ``cache_dir``."""
+  if tokenizer_dir:
+    tok = Tokenizer.load(tokenizer_dir)
+    if tok.kind != kind or tok.vocab_size > vocab_size:
+      raise DataError(
+        f"Tokenizer in '{tokenizer_dir}' is {tok.kind} with {tok.vocab_size} ids, "
+        f"but the model needs {kind} with at most {vocab_size}; fix "
+        f"data.tokenizer_dir or set it to '' to train one."
+      )
+    return tok
+  return train_tokenizer(lines, kind, vocab_size, cache_dir=cache_dir, **train_kwargs)

@@ -52,6 +52,7 @@ from ntng_jax.eval.sni import (
 )
 from ntng_jax.eval.sni_scoring import paper_references, score_sni
 from ntng_jax.eval.superglue import read_superglue, read_superglue_jsonl
+from ntng_jax.eval.task_data import load_examples
 from ntng_jax.eval.tasks import (
   GLUE_TASKS,
   SUPERGLUE_TASKS,
@@ -59,7 +60,6 @@ from ntng_jax.eval.tasks import (
   TaskSpec,
   compute_metrics,
   get_task,
-  load_examples,
   parse_label,
   read_tfds,
   task_names,

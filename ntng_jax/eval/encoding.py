@@ -21,6 +21,8 @@ from typing import Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from ntng_jax.errors import ConfigError
+
 __all__ = [
   "Tokenizer",
   "truncate_longest_first",
@@ -75,7 +77,9 @@ def encode_classification(
     texts = ex["texts"]
     budget = max_length - (len(texts) + 1)
     if budget < 0:
-      raise ValueError(f"max_length {max_length} is too short for {len(texts)} texts.")
+      raise ConfigError(
+        f"max_length {max_length} is too short for {len(texts)} texts; pass a larger --max_length."
+      )
     pieces = truncate_longest_first([tokenizer.encode(t) for t in texts], budget)
     ids = [tokenizer.cls_id]
     for p in pieces:

@@ -1,34 +1,17 @@
 """BERT fine-tuning on GLUE / SuperGLUE (docs/paper.md §5), one fresh model per task.
 
-Model: the pre-trained encoder (``Bert.encode``, padding masked in attention) +
-:class:`~ntng_jax.eval.heads.ClassificationHead` (first-token pooling -> Dense 1024 -> tanh ->
-dropout 0.1 -> Dense classes; STS-B: one output trained with MSE). Dropout as the original's
-fine-tuning (crammed BERT ``arch/bert-c5.yaml`` in train mode): 0.1 on hidden states and the
-embedding (``dropout_rate``) and 0.1 on attention probabilities (``attention_dropout_rate``,
-FlashMHA's ``attention_dropout``), in training only; evaluation is deterministic. The lookup
-gives the word embedding's pad row no gradient (torch ``padding_idx``), so fine-tuning with
-the paper's zero weight decay never moves it.
+Model: the pre-trained encoder (``Bert.encode``, padding masked) + ``heads.ClassificationHead``
+(STS-B: one output, MSE); dropout 0.1 on hidden states, embedding and attention probabilities in
+training only (the original's crammed-BERT fine-tuning); the word embedding's pad row gets no
+gradient. Recipe (:func:`paper_recipe`): AdamW (0.9/0.98, eps 1e-6, no weight decay, no
+clipping), batch 16, length 128; GLUE lr 4e-5 × 5 epochs, SuperGLUE 5e-5 × 10; cosine decay
+after a linear warmup over 10 % of this task's steps, step s at the schedule's s + 0.5. Training
+batches are shuffled and the last partial one dropped; the dev set is scored after every epoch and
+each metric keeps its maximum over epochs (MNLI-mm once, after the last). Config, state, step,
+programs and epoch loop: :mod:`ntng_jax.eval.ft_core`; tasks with the same number of classes
+reuse the compiled programs.
 
-Recipe (:func:`paper_recipe`): AdamW (betas 0.9/0.98, eps 1e-6, no weight decay, no
-clipping), batch 16, max length 128; GLUE lr 4e-5 for 5 epochs, SuperGLUE lr 5e-5 for 10
-epochs; cosine decay after a linear warmup over 10 % of *this task's* steps (the original
-reused CoLA's/BoolQ's warmup for every later task, docs/paper.md §7.12). The rate of step
-``s`` (0-based) of ``T`` is the schedule at ``s + 0.5`` (no step is spent at rate 0).
-Training batches are shuffled (seeded) and the last partial one is dropped; dev batches keep
-every example (the last one is padded and masked). The dev set is scored after every epoch
-and each metric keeps its maximum over epochs (the paper's protocol); MNLI's mismatched dev
-set is scored once after the last epoch (result key ``mnli_mm``).
-
-Config, state, train step, programs and epoch loop come from :mod:`ntng_jax.eval.ft_core`
-(shared with SNI); this module adds the classification head, its loss, the schedule and the
-dev metrics. The config is an ml_collections ConfigDict (:func:`FinetuneConfig`,
-:func:`paper_recipe`). Tasks with the same number of classes reuse the compiled programs.
-
-Typical use::
-
-    pre = load_pretrained(workdir, suite="glue")
-    results = run_suite(pre, "glue", tasks=["cola", "sst2"], data_dir=".../data/glue")
-    results["average"]        # glue_average of the best dev scores
+    results = run_suite(load_pretrained(workdir, suite="glue"), "glue", data_dir=".../glue")
 """
 
 from __future__ import annotations
@@ -37,6 +20,7 @@ import dataclasses
 import functools
 import math
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
@@ -56,7 +40,10 @@ from ntng_jax.eval.ft_core import (
 )
 from ntng_jax.eval.heads import ClassificationHead, classification_loss, predictions_from_logits
 from ntng_jax.eval.metrics import glue_average, superglue_average
-from ntng_jax.eval.tasks import TaskSpec, compute_metrics, get_task, load_examples
+from ntng_jax.eval.task_data import load_examples
+from ntng_jax.eval.tasks import GLUE_TASKS, SUPERGLUE_TASKS, TaskSpec, compute_metrics, get_task
+from ntng_jax.models import build_model
+from ntng_jax.train import programs as programs_lib
 
 __all__ = [
   "FinetuneConfig",
@@ -158,9 +145,6 @@ def encoder_params(params: dict) -> dict:
   return {k: v for k, v in params.items() if k not in _UNUSED_BERT_PARAMS}
 
 
-_Programs = ft_core.Programs  # init(encoder_params, rng), train_step, eval_step -> logits
-
-
 def classifier_apply(bert, head, params, input_ids, attention_mask, deterministic: bool, rng=None):
   """Logits ``[B, C]`` of the encoder + head; ``params = {'encoder', 'head'}``."""
   rngs_enc, rngs_head = {}, {}
@@ -184,9 +168,7 @@ def _programs(
   eps: float,
   weight_decay: float,
   mesh,
-) -> _Programs:
-  from ntng_jax.models import build_model
-
+) -> ft_core.Programs:  # init(encoder_params, rng), train_step, eval_step -> logits
   model = build_model(model_cfg)
   bert = model.module
   head = ClassificationHead(num_classes=num_classes, hidden=head_hidden, dropout_rate=head_dropout)
@@ -223,11 +205,7 @@ def _programs(
   )
   return dataclasses.replace(
     core,
-    eval_step=jax.jit(
-      eval_step,
-      in_shardings=(core.state_shardings.params, core.batch_sharding),
-      out_shardings=core.replicated,
-    ),
+    eval_step=programs_lib.jit_eval_step(eval_step, core.state_shardings.params, mesh),
   )
 
 
@@ -235,11 +213,8 @@ def _programs(
 # One task.
 
 
-_device_batch = device_batch
-
-
 def predict(
-  programs: _Programs, params, arrays: dict, batch_size: int, mesh, num_classes: int
+  programs: ft_core.Programs, params, arrays: dict, batch_size: int, mesh, num_classes: int
 ) -> np.ndarray:
   """Predictions ``[N]`` for every row of ``arrays`` (the last batch padded and masked)."""
   outputs = []
@@ -386,8 +361,6 @@ def finetune_task(
 
 def _check_local_files(specs: Sequence[TaskSpec], data_dir) -> None:
   """Fails before any training if a task's local file is missing (one sentence)."""
-  from pathlib import Path
-
   if data_dir is None:
     raise ValueError("Reading local files needs data_dir (the glue/ or superglue/ directory).")
   for spec in specs:
@@ -417,8 +390,6 @@ def run_suite(
   (``source='tfds'``). Returns ``{'suite', 'recipe', 'tasks': {name: finetune_task
   result}, 'best': {result_key: best metrics}, 'average': the paper's average}``.
   """
-  from ntng_jax.eval.tasks import GLUE_TASKS, SUPERGLUE_TASKS
-
   registry = {"glue": GLUE_TASKS, "superglue": SUPERGLUE_TASKS}
   if suite not in registry:
     raise ValueError(f"Unknown suite {suite!r}; use glue or superglue.")

@@ -17,12 +17,13 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from ntng_jax import partitioning
+from ntng_jax.train import programs as programs_lib
+from ntng_jax.train import state as state_lib
 from ntng_jax.train.state import TrainState
 from ntng_jax.train.step import set_learning_rate
 
@@ -140,12 +141,6 @@ def adamw(b1: float, b2: float, eps: float, weight_decay: float):
   )
 
 
-def new_state(params, tx) -> TrainState:
-  return TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), method_state={}
-  )
-
-
 def make_train_step(loss_fn: Callable, tx) -> Callable:
   """The pure ``train_step(state, batch, rng, learning_rate) -> (state, {'loss'})`` of
   ``loss_fn(params, batch, rng) -> scalar``."""
@@ -178,27 +173,22 @@ def build_programs(
   tx,
   mesh,
 ) -> Programs:
-  """Shape-only init -> logical shardings -> jitted init and train step.
+  """Shape-only init -> logical shardings -> jitted init and train step (`train.programs`).
 
   boxed_params(rng): the (boxed) params of a state, for shapes and logical axes only;
   init_params(*args): the params a real state starts from (copy what is reused: the state
   is donated); init_shardings(param_shardings, replicated): the in_shardings of ``args``."""
-  with partitioning.rules_context():
-    abstract = jax.eval_shape(lambda rng: new_state(boxed_params(rng), tx), jax.random.PRNGKey(0))
-    shardings = partitioning.logical_shardings(mesh, abstract)
+  shardings, _ = programs_lib.abstract_state(
+    lambda rng: state_lib.create(boxed_params(rng), tx), mesh
+  )
   rep, batch_sh = partitioning.replicated(mesh), partitioning.batch_sharding(mesh)
   return Programs(
-    init=jax.jit(
-      lambda *args: new_state(init_params(*args), tx),
-      in_shardings=init_shardings(shardings.params, rep),
-      out_shardings=shardings,
+    init=programs_lib.jit_init(
+      lambda *args: state_lib.create(init_params(*args), tx),
+      shardings,
+      init_shardings(shardings.params, rep),
     ),
-    train_step=jax.jit(
-      make_train_step(loss_fn, tx),
-      in_shardings=(shardings, batch_sh, rep, rep),
-      out_shardings=(shardings, rep),
-      donate_argnums=(0,),
-    ),
+    train_step=programs_lib.jit_train_step(make_train_step(loss_fn, tx), shardings, mesh),
     state_shardings=shardings,
     replicated=rep,
     batch_sharding=batch_sh,

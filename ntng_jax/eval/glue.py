@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ntng_jax.eval.tasks import Example, TaskSpec, get_task, parse_label, read_tfds
+from ntng_jax.eval.tasks import (
+  Example,
+  TaskDataError,
+  TaskSpec,
+  get_task,
+  local_file,
+  parse_label,
+  read_tfds,
+)
 
 __all__ = ["read_glue_tsv", "read_glue"]
 
@@ -37,19 +45,19 @@ def read_glue_tsv(path: str | Path, task: str | TaskSpec) -> list[Example]:
   """Read one GLUE TSV file of ``task`` (a GLUE task name or spec). See module docstring."""
   spec = get_task(task, suite="glue" if isinstance(task, str) and "/" not in task else None)
   if spec.suite != "glue":
-    raise ValueError(f"{spec.key} is not a GLUE task.")
+    raise TaskDataError(f"{spec.key} is not a GLUE task.")
   path = Path(path)
   lines = _lines(path)
   if spec.tsv_header is not None:
     header, first_line = list(spec.tsv_header), 1
   else:
     if not lines:
-      raise ValueError(f"{path}: the file is empty; a header row was expected.")
+      raise TaskDataError(f"{path}: the file is empty; a header row was expected.")
     header, first_line = lines[0].split("\t"), 2
     lines = lines[1:]
   missing = [c for c in spec.tsv_columns if c not in header]
   if missing:
-    raise ValueError(
+    raise TaskDataError(
       f"{path}, line 1: the header lacks column(s) {missing} needed for "
       f"{spec.key} (header: {header})."
     )
@@ -60,13 +68,13 @@ def read_glue_tsv(path: str | Path, task: str | TaskSpec) -> list[Example]:
     lineno = first_line + i
     row = line.split("\t")
     if len(row) != len(header):
-      raise ValueError(
+      raise TaskDataError(
         f"{path}, line {lineno}: expected {len(header)} tab-separated columns, found {len(row)}."
       )
     try:
       label = parse_label(spec, row[label_col])
     except ValueError as e:
-      raise ValueError(f"{path}, line {lineno}: {e} for {spec.key}.") from None
+      raise TaskDataError(f"{path}, line {lineno}: {e} for {spec.key}.") from None
     examples.append(Example(texts=tuple(row[c] for c in text_cols), label=label, idx=i, group=None))
   return examples
 
@@ -83,10 +91,4 @@ def read_glue(
   spec = get_task(task, suite="glue")
   if source == "tfds":
     return read_tfds(spec, split, data_dir)
-  if split not in spec.files:
-    raise ValueError(
-      f"{spec.key} has no local split {split!r}; valid splits are: " + ", ".join(spec.files) + "."
-    )
-  if data_dir is None:
-    raise ValueError("Reading local GLUE files needs data_dir (the glue/ directory).")
-  return read_glue_tsv(Path(data_dir) / spec.dir_name / spec.files[split], spec)
+  return read_glue_tsv(local_file(spec, split, data_dir), spec)

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntng_jax.models import losses
+from ntng_jax.train import programs
+from ntng_jax.train import step as step_lib
 
 __all__ = [
   "validation_perplexity",
@@ -40,8 +41,7 @@ __all__ = [
 
 def _logits_fn(model, dtype=jnp.float32):
   """Jitted ``(params, input_ids [B, S]) -> logits [B, S, V]`` at full depth."""
-  module = model.module.clone(dtype=dtype, deterministic=True)
-  return jax.jit(lambda p, ids: module.apply({"params": nn.unbox(p)}, ids))
+  return programs.apply_program(model.module.clone(dtype=dtype, deterministic=True))
 
 
 def validation_perplexity(
@@ -49,23 +49,18 @@ def validation_perplexity(
 ) -> dict[str, dict[str, float]]:
   """``{name: {'loss', 'perplexity', 'tokens'}}`` over fixed batches ``{name: [batch]}`` (as
   ``Dataset.validation_sets`` returns them); loss = token-weighted mean cross-entropy."""
-  fn = jax.jit(lambda p, b: _sums(model, p, b, dtype))
+  fn = programs.jit_eval_step(step_lib.make_eval_step(model, dtype))
   out = {}
   for name, batches in sets.items():
     total, weight = 0.0, 0.0
     for batch in batches:
-      s, w = jax.device_get(
+      sums = jax.device_get(
         fn(params, {k: np.asarray(v) for k, v in batch.items() if k != "example_id"})
       )
-      total, weight = total + float(s), weight + float(w)
+      total, weight = total + float(sums["loss_sum"]), weight + float(sums["weight_sum"])
     loss = total / max(weight, 1.0)
     out[name] = dict(loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=int(weight))
   return out
-
-
-def _sums(model, params, batch, dtype):
-  logits, labels, weights = model.logits(params, batch, dtype=dtype)
-  return (losses.token_losses(logits, labels) * weights).sum(), weights.sum()
 
 
 def greedy_generate(

@@ -23,12 +23,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
-import jax
 import ml_collections
-import numpy as np
 
+from ntng_jax.data.tokenizers import Tokenizer
 from ntng_jax.errors import UserError
+from ntng_jax.train import programs
+from ntng_jax.train.checkpoint import Checkpointer, CheckpointError, restore_params
+from ntng_jax.train.programs import abstract_params
 
 __all__ = [
   "Pretrained",
@@ -119,8 +120,6 @@ def find_tokenizer(config, workdir: str | os.PathLike):
   that ``build_dataset`` trained and cached under ``workdir/tokenizer/<key>/`` (newest
   first). A candidate must be of the model's family and emit at most ``model.vocab_size``
   ids."""
-  from ntng_jax.data.tokenizers import Tokenizer
-
   kind, vocab = config.model.family, int(config.model.vocab_size)
   root = Path(workdir) / "tokenizer"
   candidates = [root]
@@ -147,33 +146,6 @@ def find_tokenizer(config, workdir: str | os.PathLike):
   )
 
 
-def _example_batch(model_cfg) -> dict:
-  if model_cfg.family == "bert":
-    return dict(input_ids=np.zeros((1, 8), np.int32), mlm_positions=np.zeros((1, 2), np.int32))
-  if model_cfg.family == "gpt":
-    return dict(input_ids=np.zeros((1, 8), np.int32))
-  return dict(
-    encoder_input_ids=np.zeros((1, 8), np.int32), decoder_input_ids=np.zeros((1, 4), np.int32)
-  )
-
-
-def abstract_params(model, mesh=None):
-  """ShapeDtypeStructs (with shardings) of ``model``'s unboxed params."""
-  from ntng_jax import partitioning
-
-  batch = _example_batch(model.cfg)
-  with partitioning.rules_context():
-    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
-    if mesh is None:
-      sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-      shardings = jax.tree.map(lambda _: sharding, nn.unbox(boxed))
-    else:
-      shardings = partitioning.logical_shardings(mesh, boxed)
-  return jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings
-  )
-
-
 def load_pretrained(workdir: str | os.PathLike, suite: str | None = None, mesh=None) -> Pretrained:
   """``(config, model_cfg_at_saved_depth, params, tokenizer)`` of a pre-training workdir.
 
@@ -185,9 +157,6 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None, mesh=N
   workdir may belong to a running job). If none is usable: :class:`PretrainedError` naming
   why.
   """
-  from ntng_jax.train.checkpoint import Checkpointer, CheckpointError, restore_params
-  from ntng_jax.train.loop import model_at_depth
-
   work = Path(workdir).resolve()
   config = read_config(work)
   family = config.model.family
@@ -203,7 +172,7 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None, mesh=N
 
   def read(step, loop):
     depth = int(loop["depth"]) if "depth" in loop else int(config.model.num_layers)
-    model = model_at_depth(config, depth)
+    model = programs.model_at_depth(config, depth)
     return depth, restore_params(ckpt.step_dir(step), abstract_params(model, mesh))
 
   ckpt = Checkpointer(str(work))

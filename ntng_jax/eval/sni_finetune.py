@@ -1,29 +1,15 @@
 """T5 fine-tuning and evaluation on Super-NaturalInstructions (docs/paper.md §5, nanoT5 ``ft``).
 
-Data: :func:`ntng_jax.eval.sni.load_sni` (definition + 2 positive examples, no task name, no
-negatives, no explanations; ≤100 instances per task; a positive example that would push the
-source past ``max_source_len`` tokens is left out). Source ≤1024 tokens and target ≤128 (both
-EOS-terminated; smaller caps are allowed for CPU runs).
-
-Targets: an instance with several outputs trains on one drawn at random anew every epoch (the
-original collator's ``random.choice``; seeded here).
-
-Recipe (:func:`SNIConfig` defaults, an ml_collections ConfigDict; the train step and epoch
-loop are :mod:`ntng_jax.eval.ft_core`'s): AdamW lr 5e-5 constant (no warmup, no weight decay, no
-clipping; HF betas 0.9/0.999, eps 1e-8), batch 8, 2 epochs, fp32, the pre-training dropout
-(0.0) unless overridden. Training batches are shuffled; the last partial batch is padded and
-masked (no example is dropped). The loss is the token-weighted mean cross-entropy.
-
-Data split: ``train_tasks.txt`` when the split directory has it (the paper's 756 tasks), else
-every task file not in ``test_tasks.txt`` (:func:`ntng_jax.eval.sni.split_tasks`); the result
-records the rule under ``split``.
-
-Evaluation: greedy decoding up to ``max_target_len`` tokens with the KV cache
-(:func:`ntng_jax.models.greedy_decode`), then Rouge-L x100 both ways
-(:mod:`ntng_jax.eval.sni_scoring`), averaged over the test examples of each task and over all
-test examples: ``rouge_l_official`` (SNI's metric: the best of the references) and
-``rouge_l_paper`` (the paper's code: one random reference, cut to ``max_target_len`` tokens);
-``rouge_l`` is ``rouge_l_paper``, the figure the paper reports.
+Data (:mod:`ntng_jax.eval.sni`): definition + 2 positive examples; source ≤ ``max_source_len``
+(1024) and target ≤ ``max_target_len`` (128) tokens, EOS-terminated; an instance with several
+outputs trains on one drawn anew every epoch (seeded); the split rule is recorded under
+``split``. Recipe (:func:`SNIConfig`; step and epoch loop from :mod:`ntng_jax.eval.ft_core`):
+AdamW lr 5e-5 constant (betas 0.9/0.999, eps 1e-8, no weight decay or clipping), batch 8, 2
+epochs, fp32, the pre-training dropout unless overridden; the last partial batch is padded and
+masked; token-weighted mean cross-entropy. Evaluation: greedy decoding with the KV cache, then
+Rouge-L ×100 per task and overall (:mod:`ntng_jax.eval.sni_scoring`): ``rouge_l_official``
+(best reference) and ``rouge_l_paper`` (one random reference cut to ``max_target_len``; the
+paper's figure, also reported as ``rouge_l``).
 """
 
 from __future__ import annotations
@@ -45,6 +31,8 @@ from ntng_jax.eval.ft_core import default_mesh, device_batch, subsample
 from ntng_jax.eval.sni import draw_targets, load_sni, split_tasks
 from ntng_jax.eval.sni_scoring import decode_text, score_sni
 from ntng_jax.models import build_model, greedy_decode, losses
+from ntng_jax.models import t5 as t5_lib
+from ntng_jax.train import programs as programs_lib
 
 __all__ = [
   "SNIConfig",
@@ -142,8 +130,6 @@ def load_sni_splits(
 
 
 def _check_ids(tokenizer) -> None:
-  from ntng_jax.models import t5 as t5_lib
-
   if tokenizer.pad_id != t5_lib.PAD_ID or tokenizer.eos_id != t5_lib.EOS_ID:
     raise ValueError(
       f"the T5 tokenizer has pad id {tokenizer.pad_id} and EOS id "
@@ -184,13 +170,7 @@ def _decode_program(
   model_cfg: ml_collections.FrozenConfigDict, max_decode_len: int, use_cache: bool, mesh
 ):
   model = build_model(model_cfg)
-  example = dict(
-    encoder_input_ids=np.zeros((1, 8), np.int32), decoder_input_ids=np.zeros((1, 4), np.int32)
-  )
-  with partitioning.rules_context():
-    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), example)
-    param_sh = partitioning.logical_shardings(mesh, abstract)
-  batch_sh, rep = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+  param_sh = programs_lib.param_shardings(model, mesh)
 
   def decode(params, encoder_input_ids, encoder_mask):
     return greedy_decode(
@@ -202,7 +182,7 @@ def _decode_program(
       use_cache=use_cache,
     )
 
-  return jax.jit(decode, in_shardings=(param_sh, batch_sh, batch_sh), out_shardings=rep), param_sh
+  return programs_lib.jit_decode(decode, param_sh, mesh), param_sh
 
 
 def train_sni(

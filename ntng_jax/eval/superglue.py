@@ -24,7 +24,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ntng_jax.eval.tasks import Example, TaskSpec, get_task, parse_label, read_tfds
+from ntng_jax.eval.tasks import (
+  Example,
+  TaskDataError,
+  TaskSpec,
+  get_task,
+  local_file,
+  parse_label,
+  read_tfds,
+)
 
 __all__ = ["read_superglue_jsonl", "read_superglue"]
 
@@ -57,7 +65,7 @@ def read_superglue_jsonl(
   """Read one SuperGLUE jsonl file of ``task`` (a SuperGLUE name or spec)."""
   spec = get_task(task, suite="superglue" if isinstance(task, str) and "/" not in task else None)
   if spec.suite != "superglue":
-    raise ValueError(f"{spec.key} is not a SuperGLUE task.")
+    raise TaskDataError(f"{spec.key} is not a SuperGLUE task.")
   path = Path(path)
   examples: list[Example] = []
   text = path.read_bytes().decode("utf-8-sig")
@@ -67,22 +75,24 @@ def read_superglue_jsonl(
     try:
       rec = json.loads(line)
       if not isinstance(rec, dict):
-        raise ValueError("the line is not a JSON object")
+        raise TaskDataError("the line is not a JSON object")
       flat = _records(spec, rec)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
       what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-      raise ValueError(f"{path}, line {lineno}: malformed {spec.key} record ({what}).") from None
+      raise TaskDataError(f"{path}, line {lineno}: malformed {spec.key} record ({what}).") from None
     for fields, group in flat:
       missing = [f for f in spec.text_fields if not isinstance(fields.get(f), str)]
       if missing:
-        raise ValueError(f"{path}, line {lineno}: missing text field(s) {missing} for {spec.key}.")
+        raise TaskDataError(
+          f"{path}, line {lineno}: missing text field(s) {missing} for {spec.key}."
+        )
       if "label" in fields:
         try:
           label = parse_label(spec, fields["label"])
         except ValueError as e:
-          raise ValueError(f"{path}, line {lineno}: {e} for {spec.key}.") from None
+          raise TaskDataError(f"{path}, line {lineno}: {e} for {spec.key}.") from None
       elif require_labels:
-        raise ValueError(f"{path}, line {lineno}: missing field 'label' for {spec.key}.")
+        raise TaskDataError(f"{path}, line {lineno}: missing field 'label' for {spec.key}.")
       else:
         label = -1
       idx = fields.get("idx", len(examples))
@@ -106,10 +116,4 @@ def read_superglue(
   spec = get_task(task, suite="superglue")
   if source == "tfds":
     return read_tfds(spec, split, data_dir)
-  if split not in spec.files:
-    raise ValueError(
-      f"{spec.key} has no local split {split!r}; valid splits are: " + ", ".join(spec.files) + "."
-    )
-  if data_dir is None:
-    raise ValueError("Reading local SuperGLUE files needs data_dir (the superglue/ directory).")
-  return read_superglue_jsonl(Path(data_dir) / spec.dir_name / spec.files[split], spec)
+  return read_superglue_jsonl(local_file(spec, split, data_dir), spec)

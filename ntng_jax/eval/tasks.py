@@ -14,13 +14,16 @@ RTE 0 = entailment, 1 = not_entailment; booleans map to 0/1.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, Sequence, TypedDict
 
 import numpy as np
 
+from ntng_jax.errors import UserError
 from ntng_jax.eval import metrics as M
 
 __all__ = [
+  "TaskDataError",
   "Example",
   "TaskSpec",
   "GLUE_TASKS",
@@ -30,8 +33,13 @@ __all__ = [
   "compute_metrics",
   "parse_label",
   "read_tfds",
-  "load_examples",
+  "local_file",
 ]
+
+
+class TaskDataError(UserError, ValueError):
+  """A task name, split or data directory is wrong, or a data file is malformed; the message
+  names the file and line where there is one."""
 
 
 class Example(TypedDict):
@@ -247,16 +255,16 @@ def get_task(name: str | TaskSpec, suite: str | None = None) -> TaskSpec:
   if "/" in raw:
     suite, raw = raw.split("/", 1)
   if suite is not None and _norm(suite) not in _SUITES:
-    raise ValueError(f"Unknown suite {suite!r}; valid suites are: glue, superglue.")
+    raise TaskDataError(f"Unknown suite {suite!r}; valid suites are: glue, superglue.")
   wanted = [_SUITES[_norm(suite)]] if suite is not None else list(_SUITES.values())
   hits = [tasks[_norm(raw)] for tasks in wanted if _norm(raw) in tasks]
   if len(hits) == 1:
     return hits[0]
   if len(hits) > 1:
-    raise ValueError(
+    raise TaskDataError(
       f"Task name {name!r} is ambiguous; use one of: " + ", ".join(h.key for h in hits) + "."
     )
-  raise ValueError(f"Unknown task {name!r}; valid names are: " + ", ".join(task_names()) + ".")
+  raise TaskDataError(f"Unknown task {name!r}; valid names are: " + ", ".join(task_names()) + ".")
 
 
 def compute_metrics(
@@ -280,7 +288,7 @@ def parse_label(spec: TaskSpec, value: Any) -> int | float:
     value = value.decode("utf-8")
   if spec.is_regression:
     if isinstance(value, bool):
-      raise ValueError(f"bad regression label {value!r}")
+      raise TaskDataError(f"bad regression label {value!r}")
     return float(value)
   if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false")):
     label = int(value is True or str(value).lower() == "true")
@@ -292,14 +300,28 @@ def parse_label(spec: TaskSpec, value: Any) -> int | float:
     except (TypeError, ValueError):
       label = None
     if label is None or float(value) != label:
-      raise ValueError(f"bad label {value!r}")
+      raise TaskDataError(f"bad label {value!r}")
   if not (label == -1 or 0 <= label < spec.num_classes):
-    raise ValueError(f"label {value!r} is outside 0..{spec.num_classes - 1}")
+    raise TaskDataError(f"label {value!r} is outside 0..{spec.num_classes - 1}")
   return label
 
 
 def _text(v: Any) -> str:
   return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def local_file(spec: TaskSpec, split: str, data_dir) -> Path:
+  """``<data_dir>/<spec.dir_name>/<spec.files[split]>``; ``ValueError`` for a split without a
+  local file or a missing ``data_dir``."""
+  if split not in spec.files:
+    raise TaskDataError(
+      f"{spec.key} has no local split {split!r}; valid splits are: " + ", ".join(spec.files) + "."
+    )
+  if data_dir is None:
+    raise TaskDataError(
+      f"Reading local {spec.key} files needs data_dir (the {spec.suite}/ directory)."
+    )
+  return Path(data_dir) / spec.dir_name / spec.files[split]
 
 
 def read_tfds(
@@ -330,29 +352,3 @@ def read_tfds(
       )
     )
   return out
-
-
-def load_examples(
-  task: str | TaskSpec,
-  split: str = "train",
-  data_dir=None,
-  source: str = "local",
-  suite: str | None = None,
-) -> list[Example]:
-  """Examples of ``task``/``split`` from local files (``source='local'``; ``data_dir`` is
-  the suite directory, e.g. ``.../data/glue``) or from tfds (``source='tfds'``; ``data_dir``
-  is the tfds data dir)."""
-  spec = get_task(task, suite)
-  if source == "tfds":
-    return read_tfds(spec, split, data_dir)
-  if source != "local":
-    raise ValueError(f"Unknown source {source!r}; use 'local' or 'tfds'.")
-  if data_dir is None:
-    raise ValueError("Reading local files needs data_dir (the glue/ or superglue/ directory).")
-  if spec.suite == "glue":
-    from ntng_jax.eval.glue import read_glue
-
-    return read_glue(spec, split, data_dir)
-  from ntng_jax.eval.superglue import read_superglue
-
-  return read_superglue(spec, split, data_dir)

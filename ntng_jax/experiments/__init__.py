@@ -1,5 +1,7 @@
-"""Experiments: sweeps over methods × RST budgets × seeds (`sweep`) and their reports (`report`).
+"""Experiments: sweeps over methods × RST budgets × seeds and their reports, without jax.
 
-Neither module imports jax: a sweep drives `python -m launch.pretrain` subprocesses (which own the
-accelerators) and a report reads the files those runs wrote.
+Sweep: `grid` (what to run, where) → `commands` (the launch-script command lines) → `sweep` (the
+driver, with `runner` for subprocesses, `eta`, `run_files`). Report: `results` (load runs) →
+`stats` (aggregate) → `tables` / `figures` → `report`; `finetune_results` owns the fine-tuning
+result file. RST comparisons: `rst_compare`, `rst_depthwise`.
 """

@@ -1,22 +1,11 @@
 """How far RST tables transfer across machines: step-kind ratios and what they imply per method.
 
-Each table is normalised to its own full-depth training step (`train[L]` = 1), so units
-(sequences per unit, seconds) cancel: `train[n]/train[L]` and `forward[n]/train[L]` are the
-prices of an n-layer training pass and of a forward-only scoring pass, per sequence, relative to a
-baseline training pass. Ratios are taken against the first table (the reference); the drift of an
-entry is its largest |log ratio| over the other tables.
-
-Method implications (RST per optimizer step relative to the baseline, under each table) are priced
-with the methods' own `charges` and schedules, never re-derived:
-- stacking: each stage's step (`Stacking.depths`), and the budget-averaged cost per step
-  1 / Σ_s f_s · c(L)/c(d_s) (stage s lasts a fixed RST fraction f_s of the budget);
-- layer dropping: a step at the schedule's mean number of active layers (the RST-fraction average
-  of L − D(f)·(L+1)/2 under `LayerDrop.drop_level`), linearly interpolated between table depths
-  (as is any depth a partial table lacks);
-- selective backprop and RHO-loss: `_Selection.charges` (a forward pass over the mega-batch of
-  `mega_batch_factor` × B sequences plus the B-sequence training step);
-- Sophia (and Lion on tables with optimizer extras): `loop.optimizer_charges` averaged over a
-  whole number of Hessian-refresh periods.
+Each table is normalised to its own full-depth training step (`train[L]` = 1, per sequence), so
+units cancel; ratios are against the first table (the reference), and an entry's drift is its
+largest |log ratio| over the others. Methods are priced with their own `charges` and schedules
+(optimizers with `optim.optimizer_hook(config).charges`), as RST per optimizer step relative to the
+baseline; depths a partial table lacks are linearly interpolated. Formulas: docs/architecture.md,
+"RST transfer".
 """
 
 from __future__ import annotations
@@ -28,8 +17,14 @@ import re
 
 import numpy as np
 
+from configs import get_config
 from ntng_jax import rst
-from ntng_jax.config import ConfigError
+from ntng_jax.errors import ConfigError
+from ntng_jax.methods.base import Plan, build_method, method_defaults
+from ntng_jax.methods.layer_drop import LayerDrop
+from ntng_jax.methods.selection import RhoLoss, SelectiveBackprop
+from ntng_jax.methods.stacking import Stacking
+from ntng_jax.optim import optimizer_hook
 
 _METHODS = (
   "baseline",
@@ -117,9 +112,6 @@ def _entries(norm: dict) -> dict:
 
 def method_config(family: str, size: str, method: str, num_layers: int):
   """The config of `method` for `family`/`size`, at `num_layers` layers (schedules, recipes)."""
-  from ntng_jax.config import get_config
-  from ntng_jax.methods.base import method_defaults
-
   c = get_config(family, f"size={size},method={method}")
   if int(c.model.num_layers) != num_layers:
     c.model.num_layers = num_layers
@@ -159,12 +151,6 @@ def mean_active_layers(method, points: int = 10_001) -> float:
 
 def method_costs(table: rst.RSTTable, family: str, size: str) -> dict:
   """{method: {'relative': RST per optimizer step / baseline's, ...details}} under `table`."""
-  from ntng_jax.methods.base import Plan, build_method
-  from ntng_jax.methods.layer_drop import LayerDrop
-  from ntng_jax.methods.selection import RhoLoss, SelectiveBackprop
-  from ntng_jax.methods.stacking import Stacking
-  from ntng_jax.train.loop import optimizer_charges
-
   L = depth_of(table)
   out = {}
   base_cfg = method_config(family, size, "baseline", L)
@@ -208,7 +194,8 @@ def method_costs(table: rst.RSTTable, family: str, size: str) -> dict:
     cfg = method_config(family, size, name, L)
     k = int(cfg.optim.get("update_interval", 1) or 1)
     steps = range(10 * k)
-    extra = sum(_cost(table, optimizer_charges(cfg, table, s, B, L)) for s in steps)
+    hook = optimizer_hook(cfg)
+    extra = sum(_cost(table, hook.charges(table, s, B, L)) for s in steps)
     entry = {"relative": 1.0 + extra / len(steps) / baseline}
     if name == "sophia":
       entry["update_interval"] = k

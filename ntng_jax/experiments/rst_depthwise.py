@@ -1,36 +1,28 @@
-"""Calibrates an RST table at chosen depths, within a host's memory (a command over
-`ntng_jax.train.calibrate.calibrate`).
-
-By default calibration builds the programs and state of every depth 1..L up front and times
-them in interleaved rounds; for base models on a small-memory host (BERT base: 16 states with
-AdamW moments, ~16 GB; base T5 more) that does not fit. This command times only `--depths`
-(interleaved together, so machine noise hits every entry alike), or with `--one_at_a_time`
-builds, times and frees each depth in turn (train and forward of one depth interleaved; noise is
-then shared within a depth but not across depths). Runs are merged with
-`calibrate.combine_runs`.
+"""Calibrates an RST table at chosen depths within one host's memory (over `train.calibrate`).
 
   python -m ntng_jax.experiments.rst_depthwise --config=configs/t5.py:size=base --output=t.json \
-      [--depths=1,3,6,9,12]
+      [--depths=1,3,6,9,12] [--one_at_a_time]
 
-With `--depths` only those depths are timed (a partial table: the loop cannot price the missing
-depths; `ntng_jax.experiments.rst_compare` interpolates between them).
+`--depths` times only those depths, interleaved (a partial table: the trainer cannot price a
+missing depth; `rst_compare` interpolates); `--one_at_a_time` builds, times and frees one depth at
+a time. Merge runs with `calibrate.combine_runs`. When to use which: docs/architecture.md, "RST".
 """
 
 from __future__ import annotations
 
 import json
 
+from absl import app, flags
+from ml_collections import config_flags
+
+from ntng_jax import config as config_lib
+from ntng_jax import data as data_lib
 from ntng_jax import partitioning, rst
 from ntng_jax.train import calibrate as calibrate_lib
 
 
 def _main(argv):
   del argv
-  from absl import flags
-
-  from ntng_jax import config as config_lib
-  from ntng_jax import data as data_lib
-
   f = flags.FLAGS
   config = f.config
   config_lib.validate(config)
@@ -53,9 +45,6 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-
   config_flags.DEFINE_config_file("config", "configs/bert.py", "Config file[:args].")
   flags.DEFINE_string("output", "rst_table.json", "Where to write the table (JSON).")
   flags.DEFINE_string("workdir", "runs/calibration", "Scratch dir (tokenizer cache).")

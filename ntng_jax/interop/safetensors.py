@@ -14,6 +14,8 @@ import struct
 
 import numpy as np
 
+from ntng_jax.errors import UserError
+
 _DTYPES = {
   "F64": np.float64,
   "F32": np.float32,
@@ -28,7 +30,7 @@ _DTYPES = {
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(UserError, ValueError):
   """A file that is not a valid safetensors file (the message names it)."""
 
 

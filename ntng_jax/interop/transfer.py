@@ -1,4 +1,5 @@
-"""Export a run's checkpoint in the original PyTorch layout, and import such a directory back.
+"""Export a run's checkpoint in the original PyTorch layout (`export_run`), and import such a
+directory back into a new workdir (`import_weights`).
 
 An export directory holds:
 - `model.safetensors`: the state dict of cramming's `ScriptableLMForPreTraining` (BERT) or
@@ -17,10 +18,15 @@ import json
 import os
 import shutil
 
+import jax
+import ml_collections
 import numpy as np
 
 from ntng_jax.errors import UserError
+from ntng_jax.eval.pretrained import abstract_params, read_config
 from ntng_jax.interop import layout, safetensors
+from ntng_jax.models import build_model
+from ntng_jax.train import checkpoint as checkpoint_lib
 
 WEIGHTS, TORCH_CONFIG, NTNG_CONFIG, TOKENIZER = (
   "model.safetensors",
@@ -41,18 +47,14 @@ def _model_config_at(config, depth: int):
 
 
 def restore_params(workdir: str, step: int | None = None):
-  """(step, depth, unboxed numpy params) of the newest intact checkpoint, or of `step`."""
-  from ntng_jax.eval.pretrained import abstract_params, read_config
-  from ntng_jax.models import build_model
-  from ntng_jax.train.checkpoint import Checkpointer, restore_params
-
+  """(step, depth, unboxed numpy params, config) of the newest intact checkpoint, or of `step`."""
   config = read_config(workdir)
-  ckpt = Checkpointer(workdir)
+  ckpt = checkpoint_lib.Checkpointer(workdir)
 
   def read(s, loop):
     depth = int(loop.get("depth", config.model.num_layers))
     model = build_model(_model_config_at(config, depth))
-    return depth, restore_params(ckpt.step_dir(s), abstract_params(model))
+    return depth, checkpoint_lib.restore_params(ckpt.step_dir(s), abstract_params(model))
 
   try:
     if step is None:
@@ -77,8 +79,6 @@ def restore_params(workdir: str, step: int | None = None):
   finally:
     ckpt.close()
   depth, params = got
-  import jax
-
   return int(step), depth, jax.tree.map(np.asarray, params), config
 
 
@@ -116,11 +116,6 @@ def export_run(
 
 def read_export(directory: str):
   """(ntng config, unboxed numpy params) of an export directory."""
-  import ml_collections
-
-  from ntng_jax.eval.pretrained import abstract_params
-  from ntng_jax.models import build_model
-
   for name in (WEIGHTS, NTNG_CONFIG):
     if not os.path.isfile(os.path.join(directory, name)):
       raise TransferError(
@@ -135,10 +130,11 @@ def read_export(directory: str):
 
 def import_weights(directory: str, workdir: str) -> dict:
   """Writes a workdir holding the export's params (checkpoint step 0) and config."""
-  from ntng_jax.train.checkpoint import Checkpointer
-
   config, params = read_export(directory)
-  if os.path.isdir(os.path.join(workdir, "checkpoints")) and Checkpointer(workdir).steps():
+  if (
+    os.path.isdir(os.path.join(workdir, "checkpoints"))
+    and checkpoint_lib.Checkpointer(workdir).steps()
+  ):
     raise TransferError(f"'{workdir}' already holds checkpoints; import into a new --workdir.")
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -147,7 +143,7 @@ def import_weights(directory: str, workdir: str) -> dict:
   if os.path.isdir(tok):
     shutil.rmtree(os.path.join(workdir, TOKENIZER), ignore_errors=True)
     shutil.copytree(tok, os.path.join(workdir, TOKENIZER))
-  ckpt = Checkpointer(workdir)
+  ckpt = checkpoint_lib.Checkpointer(workdir)
   try:
     ckpt.save(
       0,

@@ -34,6 +34,8 @@ import importlib
 
 import numpy as np
 
+from ntng_jax import registry
+from ntng_jax.errors import ConfigError
 from ntng_jax.rst import Charge
 
 
@@ -110,26 +112,23 @@ class Method:
     return {"active_layers": plan.active_layers}
 
 
-# method name -> "module:Class"; modules are imported on use.
-REGISTRY = {
-  "baseline": "ntng_jax.methods.base:Method",
-  "lion": "ntng_jax.methods.base:Method",  # optimizer methods change only config.optim
-  "sophia": "ntng_jax.methods.base:Method",
-  "stacking": "ntng_jax.methods.stacking:Stacking",
-  "layer_drop": "ntng_jax.methods.layer_drop:LayerDrop",
-  "selective_backprop": "ntng_jax.methods.selection:SelectiveBackprop",
-  "rho_loss": "ntng_jax.methods.selection:RhoLoss",
-  "il_model": "ntng_jax.methods.selection:ILModel",
-}
+REGISTRY = registry.METHODS  # method name -> "module:Class"; modules are imported on use
 
 
 def method_class(name: str):
   """The Method subclass named by a registry name or a user's import path 'pkg.module:Class'
-  (imported from sys.path: the working directory of `python -m launch...`, or PYTHONPATH)."""
-  if ":" in name:
-    return _import_method(name)
+  (imported from sys.path: the working directory of `python -m launch...`, or PYTHONPATH); a
+  ConfigError (one sentence) if a user's class cannot be imported or is not a `Method`."""
+  if registry.is_import_path(name):
+    cls = registry.import_named(name, "method.name", "attribute", "class")
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+      raise ConfigError(
+        f"method.name {name!r} is not a subclass of ntng_jax.methods.base.Method;"
+        " derive your method from it."
+      )
+    return cls
   if name not in REGISTRY:
-    raise ValueError(f"method.name must be one of {', '.join(REGISTRY)}; got {name!r}.")
+    raise ConfigError(f"method.name must be one of {', '.join(REGISTRY)}; got {name!r}.")
   module_name, _, cls = REGISTRY[name].partition(":")
   try:
     module = importlib.import_module(module_name)
@@ -140,21 +139,11 @@ def method_class(name: str):
   return getattr(module, cls)
 
 
-def _import_method(path: str):
-  """The class at 'module:Class'; a ConfigError (one sentence) if it cannot be imported or is
-  not a subclass of `Method`."""
-  from ntng_jax.config import ConfigError, import_named
-
-  module_name, _, attr = path.partition(":")
-  if not module_name or not attr:
-    raise ConfigError(f"method.name {path!r} must be a registered name or 'module:Class'.")
-  cls = import_named(path, "method.name", "attribute", "class")
-  if not (isinstance(cls, type) and issubclass(cls, Method)):
-    raise ConfigError(
-      f"method.name {path!r} is not a subclass of ntng_jax.methods.base.Method;"
-      " derive your method from it."
-    )
-  return cls
+def settings(config, defaults: dict) -> dict:
+  """A method's fields: `defaults` (the method's one statement of them, which its
+  `default_config` also puts into the config) overridden by the non-None `config.method` values."""
+  given = {} if config is None else {k: v for k, v in config.method.items() if v is not None}
+  return {**defaults, **given}
 
 
 def build_method(config) -> Method:

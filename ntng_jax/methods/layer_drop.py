@@ -1,50 +1,24 @@
 """Progressive layer dropping (docs/paper.md §4.2): skip random layers, more of the deep ones.
 
-Drop level at RST budget fraction f = t/T:
+Drop level at RST budget fraction f = t/T: D(f) = 1 − [θ̄ + (1 − θ̄) · exp(−γ_factor · f)], rising
+from 0 towards 1 − θ̄. Layer i (1-based) of L is dropped with probability D · i / L, independently.
 
-    D(f) = 1 − [θ̄ + (1 − θ̄) · exp(−γ_factor · f)]       (γ = γ_factor / T, so γ·t = γ_factor · f)
+Keep: bool [num_micro, L] in `controls['keep']`, row m for micro-batch m (`method.resample`:
+'micro_batch', the BERT default, a row per micro-batch; 'step', the T5 default, one row repeated),
+drawn by a numpy generator seeded by (config.seed, step[, m]), so it is the same on every host
+and on resume with no saved state. D is taken at the step's RST fraction; the same row drives the
+T5 encoder and decoder. A dropped layer is the identity on the residual stream; how the model
+runs a keep (full-depth `lax.cond` scan, or a loop over the kept layers only) is
+`model.layer_drop_impl` (models/stack.py); either way the program compiles once. Each
+micro-batch is charged at its own active layers (at least 1: embeddings and head still run).
 
-rising from 0 towards 1 − θ̄ (0.5). Layer i (1-based) of L is dropped with probability D · i / L,
-an independent Bernoulli per layer, so layer i runs with probability 1 − D·i/L.
-
-Resampling (`method.resample`). 'micro_batch' (the BERT default, as its paper code did) draws one
-keep vector per micro-batch; 'step' (the T5 default, as its paper code did) draws one per optimizer
-step and uses it for every micro-batch. Either way the plan's keep is bool [num_micro, L] (rows
-equal with 'step'), the trainer passes it in `controls['keep']` and the train step's micro-batch
-scan gives row m to micro-batch m, so the program compiles once. Row m comes from a numpy
-generator seeded by (config.seed, step, m) ('step': by (config.seed, step)): deterministic, the
-same on every host and device, reproduced on resume without any saved state. D is taken at the
-step's RST fraction for all its micro-batches. The same vector applies to the T5 encoder and
-decoder. A dropped layer is the identity on the residual stream, run under `lax.cond` (so it
-costs nothing). Each micro-batch is charged at its own number of active layers (at least 1: a
-micro-batch with every layer dropped still runs the embeddings and the head, and RST tables
-start at one layer); the step's charge is the sum over its micro-batches. The compiled program
-always has the full depth and always takes a keep array, so layer dropping compiles once.
-
-Dropped layers and the optimizer (`method.mask_dropped_updates`; docs/paper.md §7 item 6). The
-step's gradient is the mean over micro-batches, so a layer dropped in some micro-batches gets the
-gradient of the others (scaled by the fraction that ran it, as the paper's BERT accumulation did);
-a layer dropped in every micro-batch of the step gets a zero gradient. The paper's codebases then
-differ:
-* BERT (torch `zero_grad()` keeps zero tensors): AdamW still applies its momentum and weight
-  decay to the dropped layer → `mask_dropped_updates=False` (the update runs as usual).
-* T5 (`zero_grad(set_to_none=True)`): the optimizer skips the dropped parameters entirely →
-  `mask_dropped_updates=True`: the layers that ran in no micro-batch of the step keep their params
-  AND optimizer state (moments, per-layer step counts) exactly unchanged (`masked_update`);
-  global scalars such as Adam's count advance.
-The default follows each family's paper code (BERT False, T5 True). Masking needs the train step
-to see the keep array: `LayerDrop.wrap_train_step(train_step)` (a `Method` hook the trainer
-calls before jitting) returns the step with `masked_update` applied after the optimizer update.
-
-Remat is on by default (`model.remat=True`). Under `jax.grad` a layer's `lax.cond` must return
-the union of both branches' residuals, so without remat a dropped layer still writes zero-filled
-activations (attention probabilities included) into the scan's residuals and reads them back in
-the backward pass: on this CPU a small-BERT step with 2 of 4 layers kept took 0.74 of the full
-step without remat and 0.63 with it, while remat itself costs about nothing at full depth there
-(benchmarks/layer_drop_stacking.py, BENCHMARKS.md). With remat only each layer's input is saved.
-
-T5 base uses the paper's peak LR 1e-2 for layer dropping (T5 README); tiny and small keep their
-size's LR (their LRs were already picked for a tiny model, not scaled from the paper's).
+Dropped layers and the optimizer (`method.mask_dropped_updates`; docs/paper.md §7 item 6): the
+step's gradient is the mean over micro-batches, so a layer dropped in every micro-batch gets a
+zero gradient. BERT's paper code still applies AdamW's momentum and decay to it (False); T5's
+skips it (True: `masked_update` keeps those layers' params and optimizer state unchanged, global
+counts advance), applied by the `wrap_train_step` hook. Remat is on by default (`model.remat`):
+a dropped layer's cond then saves nothing for the backward pass (BENCHMARKS.md). T5 base uses the
+paper's peak LR 1e-2 for layer dropping (T5 README).
 """
 
 from __future__ import annotations
@@ -57,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntng_jax.config import ConfigError
-from ntng_jax.methods.base import Method, Plan
+from ntng_jax.errors import ConfigError
+from ntng_jax.methods.base import Method, Plan, settings
 from ntng_jax.rst import Charge
 
 GAMMA_FACTOR = {"bert": 100.0, "t5": 20.0, "gpt": 100.0}  # gpt: BERT's (no paper value)
@@ -69,7 +43,7 @@ _RNG_TAG = 0x1A7D  # separates this stream from other (seed, step)-seeded host g
 # Schedule and sampling (host, numpy).
 
 
-def drop_level(rst_fraction: float, theta_bar: float = 0.5, gamma_factor: float = 100.0) -> float:
+def drop_level(rst_fraction: float, theta_bar: float, gamma_factor: float) -> float:
   """D(f) = 1 − [θ̄ + (1 − θ̄)·exp(−γ_factor·f)]."""
   return 1.0 - (theta_bar + (1.0 - theta_bar) * math.exp(-gamma_factor * rst_fraction))
 
@@ -180,29 +154,30 @@ class LayerDrop(Method):
   name = "layer_drop"
 
   @staticmethod
-  def default_config(family: str, size: str) -> dict[str, Any]:
-    out = {
-      "method": dict(
-        theta_bar=0.5,
-        gamma_factor=GAMMA_FACTOR[family],
-        mask_dropped_updates=(family == "t5"),
-        resample="step" if family == "t5" else "micro_batch",
-      ),
-      "model": {"remat": True},
-    }
+  def defaults(family: str) -> dict[str, Any]:
+    """The method's fields for a model family (the one statement of these defaults)."""
+    return dict(
+      theta_bar=0.5,
+      gamma_factor=GAMMA_FACTOR[family],
+      mask_dropped_updates=(family == "t5"),
+      resample="step" if family == "t5" else "micro_batch",
+    )
+
+  @classmethod
+  def default_config(cls, family: str, size: str) -> dict[str, Any]:
+    out = {"method": cls.defaults(family), "model": {"remat": True}}
     if family == "t5" and size == "base":
       out["optim"] = {"learning_rate": 1e-2}
     return out
 
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
-    family = config.model.family
-    self.theta_bar = float(m.get("theta_bar", 0.5))
-    self.gamma_factor = float(m.get("gamma_factor", GAMMA_FACTOR.get(family, 100.0)))
-    self.mask_dropped_updates = bool(m.get("mask_dropped_updates", family == "t5"))
+    m = settings(config, self.defaults(config.model.family))
+    self.theta_bar = float(m["theta_bar"])
+    self.gamma_factor = float(m["gamma_factor"])
+    self.mask_dropped_updates = bool(m["mask_dropped_updates"])
     self.seed = int(config.seed)
-    self.resample = str(m.get("resample", "step" if family == "t5" else "micro_batch"))
+    self.resample = str(m["resample"])
     if self.resample not in RESAMPLE:
       raise ConfigError(
         f"method.resample must be one of {', '.join(RESAMPLE)}; got {self.resample!r}."

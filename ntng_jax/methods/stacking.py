@@ -1,34 +1,11 @@
 """Layer stacking (docs/paper.md §4.1): train a shallow model, then double its depth by copying.
 
-Schedule. The model starts with `method.initial_layers` layers; at each RST budget fraction in
-`method.fractions` (the paper: 0.125 and 0.3) the depth doubles, capped at `model.num_layers`:
-stage s (= number of fractions ≤ the RST fraction) runs `min(initial · 2^s, num_layers)` layers.
-The last stage must reach `model.num_layers` (a ConfigError says which `initial_layers` does).
-The paper's schedules: BERT base 4 → 8 → 16, T5 base 3 → 6 → 12. `default_config` scales this
-to any depth: `initial_layers = L / 2^m` with m the largest number (≤ the number of fractions) of
-doublings that divides L, e.g. tiny (2 layers) 1 → 2 (one growth, at 12.5 %), small (4 layers)
-1 → 2 → 4. `initial_layers = 0` means that same automatic choice for the config's actual
-`model.num_layers` (useful when the depth is overridden on the command line).
-
-Growth. Every stacked parameter (any leaf under a `layers` subtree of the param tree: the BERT
-encoder stack, both T5 stacks) grows along axis 0: new layer i + n is a copy of layer i (n = old
-depth; with more than n new layers the stack is tiled, layer j copies j mod n). Every
-parameter-shaped part of the optimizer state (Adam mu/nu, Lion momentum, Sophia m/h) grows the
-same way, found with `optax.tree_utils.tree_map_params`: with fresh zeros
-(`copy_optimizer_state=False`, the paper's `copy_optim_states: false`) or with copies of the
-source layer's moments. Non-layer leaves and scalars (the global step count, injected
-hyper-parameters) are untouched.
-
-Step counts. The paper's torch optimizers keep a step counter per parameter, so its new layers
-start a fresh, bias-corrected AdamW. With `optim.per_layer_step_counts` (set by `default_config`)
-our Adam-family optimizers keep a per-layer count vector (`layer_count`, see
-`ntng_jax.optim.layer_count`) next to optax's global count; growth appends
-zeros for the new layers (their first update is bias-corrected with t = 1, exactly a fresh
-optimizer's) or, with `copy_optimizer_state=True`, the source layers' counts. Lion and Sophia-G
-have no counter that enters a parameter's update, so their zero moments are already fresh.
-
-The depth is a function of the RST clock only (the trainer saves it in every checkpoint), so
-stacking keeps no host state and resumes exactly.
+Stage s (the number of `method.fractions` ≤ the RST fraction) runs
+`min(method.initial_layers · 2^s, model.num_layers)` layers; the last stage must reach
+`model.num_layers`. Growth appends copies of layers 0, 1, ... to every stacked leaf (axis 0) and
+grows the optimizer state alike (zeros, or copies with `copy_optimizer_state`), per-layer step
+counts included. The depth is a function of the RST clock only, so no host state is kept.
+Details: docs/implementation-notes.md, "Layer stacking".
 """
 
 from __future__ import annotations
@@ -41,20 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ntng_jax.config import ConfigError
-from ntng_jax.methods.base import Method, Plan
+from ntng_jax.errors import ConfigError
+from ntng_jax.methods.base import Method, Plan, settings
+from ntng_jax.models.sizes import SIZES
 from ntng_jax.optim.layer_count import has_layer_count
-
-DEFAULT_FRACTIONS = (0.125, 0.3)
-
+from ntng_jax.param_paths import is_layer_path
 
 # -------------------------------------------------------------------------------------------------
 # Pure tree surgery.
-
-
-def is_layer_path(path) -> bool:
-  """True if a key path goes through a dict key named 'layers' (a stacked layer parameter)."""
-  return any(isinstance(k, jax.tree_util.DictKey) and k.key == "layers" for k in path)
 
 
 def layer_depth(params) -> int:
@@ -159,9 +130,11 @@ def grow_state(state, new_depth: int, tx, copy_optimizer_state: bool = False):
 # Schedule.
 
 
-def auto_initial_layers(num_layers: int, num_growths: int = len(DEFAULT_FRACTIONS)) -> int:
-  """num_layers / 2^m for the largest m ≤ num_growths that divides it (16 → 4, 12 → 3, 2 → 1,
-  6 → 3, 5 → 5 = no growth)."""
+def auto_initial_layers(num_layers: int, num_growths: int | None = None) -> int:
+  """num_layers / 2^m for the largest m ≤ num_growths (default: the default fractions' count)
+  that divides it (16 → 4, 12 → 3, 2 → 1, 6 → 3, 5 → 5 = no growth)."""
+  if num_growths is None:
+    num_growths = len(Stacking.DEFAULTS["fractions"])
   m = 0
   while m < num_growths and num_layers % (2 ** (m + 1)) == 0:
     m += 1
@@ -182,30 +155,27 @@ class Stacking(Method):
   """Doubles the depth at RST fractions `method.fractions`; see the module docstring."""
 
   name = "stacking"
+  # initial_layers 0: the automatic choice for the config's model.num_layers.
+  DEFAULTS = {"initial_layers": 0, "fractions": (0.125, 0.3), "copy_optimizer_state": False}
 
-  @staticmethod
-  def default_config(family: str, size: str) -> dict[str, Any]:
-    from ntng_jax.models.sizes import SIZES
-
+  @classmethod
+  def default_config(cls, family: str, size: str) -> dict[str, Any]:
     num_layers = SIZES[family][size]["num_layers"]
+    growths = len(cls.DEFAULTS["fractions"])
     return {
-      "method": dict(
-        initial_layers=auto_initial_layers(num_layers),
-        fractions=DEFAULT_FRACTIONS,
-        copy_optimizer_state=False,
-      ),
+      "method": {**cls.DEFAULTS, "initial_layers": auto_initial_layers(num_layers, growths)},
       "optim": dict(per_layer_step_counts=True),
     }
 
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
-    fractions = tuple(float(f) for f in m.get("fractions", DEFAULT_FRACTIONS))
+    m = settings(config, self.DEFAULTS)
+    fractions = tuple(float(f) for f in m["fractions"])
     if any(not 0.0 <= f <= 1.0 for f in fractions) or list(fractions) != sorted(fractions):
       raise ConfigError(
         f"method.fractions must be increasing RST budget fractions in [0, 1]; got {fractions}."
       )
-    initial = int(m.get("initial_layers", 0) or 0)
+    initial = int(m["initial_layers"] or 0)
     if initial == 0:
       initial = auto_initial_layers(self.num_layers, len(fractions))
     if not 1 <= initial <= self.num_layers:
@@ -215,7 +185,7 @@ class Stacking(Method):
       )
     self.fractions = fractions
     self.initial_layers = initial
-    self.copy_optimizer_state = bool(m.get("copy_optimizer_state", False))
+    self.copy_optimizer_state = bool(m["copy_optimizer_state"])
     self.depths = stage_depths(initial, self.num_layers, len(fractions))
     if self.depths[-1] != self.num_layers:
       raise ConfigError(

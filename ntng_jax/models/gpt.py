@@ -1,19 +1,13 @@
 """Decoder-only causal language model (GPT-2 style) on the shared layer stack.
 
-Pre-LN blocks x + attn(LN(x)), x + mlp(LN(x)) with causal fused-QKV self-attention (scale
-1/sqrt(Dh)), a plain GELU MLP (tanh approximation, D -> F -> D), learned absolute positions,
-a final LayerNorm and logits tied to the token embedding (GPT-2's tying). Dense layers have no
-biases (as the crammed BERT here; GPT-2 has them, 83K of its 124M parameters). Init: every
-weight N(0, init_std), the two residual output projections N(0, init_std / sqrt(2 L)) (GPT-2).
-
-Why GELU and not SwiGLU: the family's `base` is GPT-2 small, whose 124M parameters and recipe
-are the reference point for a decoder-only baseline; SwiGLU at equal parameters needs a 2/3-wide
-MLP and would be a different model. Learned positions (not rotary) for the same reason.
+Pre-LN blocks x + attn(LN(x)), x + mlp(LN(x)): causal fused-QKV self-attention (scale 1/sqrt(Dh)),
+a GELU MLP (tanh approximation, D -> F -> D), learned absolute positions, a final LayerNorm, logits
+tied to the token embedding, no biases on dense layers. Init: every weight N(0, init_std), the two
+residual output projections N(0, init_std / sqrt(2 L)). Why these choices: docs/architecture.md.
 
 `__call__(input_ids [B, S], keep=None, position=None) -> logits [B, S, V] float32`. With
-`decode_len > 0` the keys/values of every layer live in the 'cache' collection
-([B, decode_len, H, Dh] per layer) and `position` (int scalar) is the index of input_ids[:, 0]:
-a prompt is prefilled in one call at position 0, then one token per call (`eval/lm.py`).
+`decode_len > 0` each layer's keys/values live in the 'cache' collection ([B, decode_len, H, Dh])
+and `position` (int scalar) is the index of input_ids[:, 0]: prefill at 0, then one token per call.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""Model sizes and the validated model config.
+"""Model sizes (`SIZES`) and the validated model config (`model_config`, `validate`).
 
-`base` is the paper's model (docs/paper.md §3.1 crammed BERT, §3.2 T5 v1.1 base); `small` and
-`tiny` are shrunk versions for quick runs and tests.
+`base` is the paper's model (docs/paper.md §3.1 crammed BERT, §3.2 T5 v1.1 base; GPT: GPT-2
+small); `small` and `tiny` are shrunk versions for quick runs and tests.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from ntng_jax.errors import ConfigError
 
 FAMILIES = ("bert", "t5", "gpt")
 
@@ -19,6 +21,7 @@ _COMMON = dict(
   attention_dropout_rate=0.0,  # dropout on attention probabilities when deterministic=False
   attention_impl="auto",  # auto | einsum | xla | cudnn (layers.resolve_attention_impl)
   layer_loop="auto",  # auto | scan | unroll: the layer stack as a loop or unrolled
+  layer_drop_impl="auto",  # auto | cond | compact: how a keep vector runs (stack.py)
 )
 
 # BERT: init_std is the N(0, init_std) of every dense and embedding weight.
@@ -29,97 +32,10 @@ _FAMILY = {
   "gpt": dict(layer_norm_eps=1e-5, init_std=0.02),  # GPT-2: N(0, 0.02), LayerNorm eps 1e-5
 }
 
-SIZES = {
-  "bert": {
-    "tiny": dict(
-      num_layers=2,
-      hidden_size=64,
-      num_heads=2,
-      head_dim=32,
-      intermediate_size=256,
-      vocab_size=2048,
-      max_length=128,
-    ),
-    "small": dict(
-      num_layers=4,
-      hidden_size=256,
-      num_heads=4,
-      head_dim=64,
-      intermediate_size=1024,
-      vocab_size=8192,
-      max_length=128,
-    ),
-    "base": dict(
-      num_layers=16,
-      hidden_size=768,
-      num_heads=12,
-      head_dim=64,
-      intermediate_size=3072,
-      vocab_size=32768,
-      max_length=128,
-    ),
-  },
-  "t5": {  # num_layers = blocks per stack (encoder = decoder); intermediate_size = d_ff.
-    "tiny": dict(
-      num_layers=2,
-      hidden_size=64,
-      num_heads=2,
-      head_dim=32,
-      intermediate_size=128,
-      vocab_size=2048,
-      max_length=512,
-    ),
-    "small": dict(
-      num_layers=4,
-      hidden_size=256,
-      num_heads=4,
-      head_dim=64,
-      intermediate_size=1024,
-      vocab_size=8192,
-      max_length=512,
-    ),
-    "base": dict(
-      num_layers=12,
-      hidden_size=768,
-      num_heads=12,
-      head_dim=64,
-      intermediate_size=2048,
-      vocab_size=32128,
-      max_length=512,
-    ),
-  },
-  "gpt": {  # decoder-only (models/gpt.py); base = GPT-2 small, vocab padded 50257 -> 50304.
-    "tiny": dict(
-      num_layers=2,
-      hidden_size=64,
-      num_heads=2,
-      head_dim=32,
-      intermediate_size=256,
-      vocab_size=2048,
-      max_length=128,
-    ),
-    "small": dict(
-      num_layers=4,
-      hidden_size=256,
-      num_heads=4,
-      head_dim=64,
-      intermediate_size=1024,
-      vocab_size=8192,
-      max_length=256,
-    ),
-    "base": dict(
-      num_layers=12,
-      hidden_size=768,
-      num_heads=12,
-      head_dim=64,
-      intermediate_size=3072,
-      vocab_size=50304,
-      max_length=1024,
-    ),
-  },
-}
-
-_POSITIVE_INTS = (
+# Each size: (num_layers, hidden_size, num_heads, head_dim, intermediate_size, vocab_size,
+# max_length). T5: num_layers = blocks per stack (encoder = decoder), intermediate_size = d_ff.
+# GPT (models/gpt.py): base = GPT-2 small, vocab padded 50257 -> 50304.
+_SIZE_FIELDS = (
   "num_layers",
   "hidden_size",
   "num_heads",
@@ -127,6 +43,31 @@ _POSITIVE_INTS = (
   "intermediate_size",
   "vocab_size",
   "max_length",
+)
+_SIZE_ROWS = {
+  "bert": {
+    "tiny": (2, 64, 2, 32, 256, 2048, 128),
+    "small": (4, 256, 4, 64, 1024, 8192, 128),
+    "base": (16, 768, 12, 64, 3072, 32768, 128),
+  },
+  "t5": {
+    "tiny": (2, 64, 2, 32, 128, 2048, 512),
+    "small": (4, 256, 4, 64, 1024, 8192, 512),
+    "base": (12, 768, 12, 64, 2048, 32128, 512),
+  },
+  "gpt": {
+    "tiny": (2, 64, 2, 32, 256, 2048, 128),
+    "small": (4, 256, 4, 64, 1024, 8192, 256),
+    "base": (12, 768, 12, 64, 3072, 50304, 1024),
+  },
+}
+SIZES = {
+  family: {size: dict(zip(_SIZE_FIELDS, row)) for size, row in rows.items()}
+  for family, rows in _SIZE_ROWS.items()
+}
+
+_POSITIVE_INTS = (
+  *_SIZE_FIELDS,
   "relative_attention_num_buckets",
   "relative_attention_max_distance",
 )
@@ -134,14 +75,14 @@ _POSITIVE_FLOATS = ("layer_norm_eps", "init_std")
 
 
 def _fail(msg: str):
-  raise ValueError(msg)
+  raise ConfigError(msg)
 
 
 def model_config(family: str, size: str, **overrides) -> ml_collections.ConfigDict:
-  """Returns the model config of `family` ('bert'|'t5') at `size` ('tiny'|'small'|'base').
+  """Returns the model config of `family` ('bert'|'t5'|'gpt') at `size` ('tiny'|'small'|'base').
 
   `overrides` replace single fields, e.g. `model_config('bert', 'base', remat=True)`.
-  Raises ValueError with one sentence naming the offending field.
+  Raises ConfigError (a ValueError) with one sentence naming the offending field.
   """
   if family not in FAMILIES:
     _fail(f"model.family must be one of {', '.join(FAMILIES)}; got {family!r}.")
@@ -186,7 +127,9 @@ def validate(cfg) -> None:
       f"{cfg['hidden_size']} != {cfg['num_heads']} * {cfg['head_dim']}."
     )
   choices = dict(
-    attention_impl=("auto", "einsum", "xla", "cudnn"), layer_loop=("auto", "scan", "unroll")
+    attention_impl=("auto", "einsum", "xla", "cudnn"),
+    layer_loop=("auto", "scan", "unroll"),
+    layer_drop_impl=("auto", "cond", "compact"),
   )
   for key, allowed in choices.items():
     if cfg[key] not in allowed:

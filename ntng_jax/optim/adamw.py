@@ -1,62 +1,21 @@
-"""AdamWScale, the T5 baseline optimizer (docs/paper.md §3.2), and the per-tensor RMS step scaling.
+"""AdamWScale, the T5 baseline optimizer (docs/paper.md §3.2), and per-tensor RMS step scaling.
 
-AdamWScale is HuggingFace's AdamW (bias correction on) whose step for each parameter tensor `p`
-is multiplied by `max(1e-3, RMS(p))`, `RMS(p) = sqrt(mean(p**2))` over the whole tensor, taken
-before the update (Adafactor's "relative step"). `adamw_scale` builds it from optax pieces:
-
-    chain(scale_by_adam_hf(b1, b2, eps),         # u = m̂ / (sqrt(v) / sqrt(1 - b2^t) + eps / sqrt(1 - b2^t))
-          scale_by_param_rms(floor=1e-3),         # u · max(1e-3, RMS(p))
-          add_decayed_weights(weight_decay, mask),  # + wd · p
-          scale_by_learning_rate(learning_rate))  # · (-lr)
-
-so one step is `p ← p - lr·max(1e-3, RMS(p))·adam(g) - lr·wd·p`.
-
-Two conventions, made explicit:
-
-* **eps.** HF (and the paper's copy of it) divides by `sqrt(v) + eps` and folds the bias
-  corrections into the step size, `lr·sqrt(1-b2^t)/(1-b1^t)`. In optax terms that is
-  `m̂ / (sqrt(v̂) + eps/sqrt(1-b2^t))`, not `optax.scale_by_adam`'s `m̂ / (sqrt(v̂) + eps)`; the two
-  differ in the first few thousand steps for coordinates with |g| ≲ eps/sqrt(1-b2^t) (at t=1,
-  b2=0.999: 3e-5 vs 1e-6). `scale_by_adam_hf` reproduces HF exactly and keeps optax's
-  `ScaleByAdamState(count, mu, nu)`, so state surgery (`optax.tree_utils.tree_map_params`) and
-  checkpoints treat it like `optax.adam` (with `per_layer_counts`, it adds `layer_count`).
-* **Weight decay.** Decoupled, with the *unscaled* learning rate (not multiplied by the RMS
-  factor), applied to the pre-update parameter: `p ← p - lr·s·u - lr·wd·p` (torch.optim.AdamW's
-  order). The paper's HF copy decays the already-updated parameter, `(p - lr·s·u)(1 - lr·wd)`,
-  which differs by the second-order term `lr²·wd·s·u`. The paper's T5 runs use wd = 0, where the
-  two are identical.
-
-**Stacked (scanned) layers.** Our models stack the parameters of all layers along a leading axis
-(`.../layers/...`, see `ntng_jax/models/stack.py`). The paper's RMS is per tensor, i.e. per layer,
-so `scale_by_param_rms(stacked=...)` takes a bool tree (or a function of the params returning
-one) marking leaves whose axis 0 is the layer axis; for those the RMS is computed per slice
-`p[i]`. `build_optimizer` derives it from the parameter path.
+One step: `p ← p - lr·max(1e-3, RMS(p))·u - lr·wd·p`, with u HuggingFace's bias-corrected Adam
+direction (eps added to sqrt(v) before the step-size correction) and decay with the unscaled lr.
+For stacked leaves (axis 0 = layer) the RMS is per layer. Conventions and how they differ from
+optax and the paper's code: docs/implementation-notes.md, "AdamWScale".
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from ntng_jax.optim import layer_count as _lc
-
-BoolTree = Union[Any, Callable[[Any], Any]]  # pytree (or prefix) of bools, or params -> that
-
-
-def broadcast_bool_tree(spec: Optional[BoolTree], params, default: bool) -> Any:
-  """Resolves a mask spec to a bool tree with exactly the structure of `params`.
-
-  spec: None (every leaf = `default`), a pytree of bools with the structure of `params` or a
-  prefix of it, or a callable `params -> such a pytree`. Works for boxed (flax
-  `LogicallyPartitioned`) params as long as spec is built from the same tree.
-  """
-  if spec is None:
-    return jax.tree.map(lambda _: default, params)
-  tree = spec(params) if callable(spec) else spec
-  return jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: bool(flag), sub), tree, params)
+from ntng_jax.optim.masks import BoolTree, broadcast_bool_tree
 
 
 def param_rms(p: jax.Array, stacked: bool = False) -> jax.Array:

@@ -1,29 +1,10 @@
 """Per-layer step counts for bias-corrected optimizers, so stacking's new layers start fresh.
 
-The paper's torch optimizers keep a step counter per parameter: after layer stacking the copied
-layers (`copy_optim_states: false`) start an Adam whose bias correction begins at t = 1. optax
-keeps one global `count`. The Adam-family transformations here (`scale_by_adam_layered`,
-`ntng_jax.optim.adamw.scale_by_adam_hf`) therefore keep, next to the scalar `count` used for
-every other leaf, an int32 vector `layer_count` [L]: the updates done by each layer of the
-stacked (`.../layers/...`, axis 0 = layer) leaves. All stacked leaves of a model share one depth
-L (the BERT encoder stack, or both T5 stacks), so one vector serves them all. Without stacked
-leaves (`stacked=None`, or none match) it has shape [0] and the update is plain optax's.
-
-Per-layer counts are opt-in (`optim.per_layer_step_counts`, which `method=stacking` turns on):
-XLA fuses a per-layer bias correction differently from a scalar one, so even while every layer's
-count equals the global count the updates can differ from plain optax in the last bit. Runs that
-never grow keep the plain optax transformations and are bitwise what they were.
-
-Who changes `layer_count` besides the update (which increments it with `count`):
-* `ntng_jax.methods.stacking.grow_opt_state` appends zeros (fresh optimizer) or the source
-  layers' counts (`copy_optimizer_state=True`) for the new layers;
-* `ntng_jax.methods.layer_drop.masked_update` keeps a skipped layer's count unchanged (torch's
-  `set_to_none` skips the parameter's counter too).
-Before any of that happens every entry equals `count` (the same update up to float rounding).
-
-Lion and Sophia-G have no per-parameter quantity that depends on a counter (Lion's optax count
-is unused; Sophia's count only schedules Hessian refreshes, which the paper's loops do globally),
-so zero moments already make their new layers fresh.
+Adam-family states may carry `layer_count` (int32 [L]) next to optax's scalar `count`: the
+updates each stacked layer has had, used for its bias correction (shape [0] without stacked
+leaves). Opt-in (`optim.per_layer_step_counts`, set by stacking); grown by
+`methods.stacking.grow_layer_counts`, held for skipped layers by layer dropping. Why:
+docs/implementation-notes.md, "Per-layer step counts".
 """
 
 from __future__ import annotations
@@ -33,6 +14,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from ntng_jax.optim.masks import broadcast_bool_tree
 
 
 def stacked_depth(params, flags) -> int:
@@ -100,7 +83,6 @@ def scale_by_adam_layered(
   """`optax.scale_by_adam` (same operations, so bitwise the same updates while the counts agree)
   with each stacked layer bias-corrected by its own `layer_count`. `stacked`: bool tree, prefix
   or callable of params marking leaves whose axis 0 stacks layers (None: no per-layer counts)."""
-  from ntng_jax.optim.adamw import broadcast_bool_tree
 
   def init_fn(params):
     flags = broadcast_bool_tree(stacked, params, False)

@@ -1,16 +1,8 @@
 """Lion (docs/paper.md §4.5) in its two paper variants, built on `optax.scale_by_lion`.
 
-Per step, with `g` the (clipped) gradient and `m` the momentum:
-
-    u = sign(b1·m + (1-b1)·g);   m ← b2·m + (1-b2)·g
-    BERT (scale_by_param_rms=False):  p ← p·(1 - lr·wd) - lr·u
-    T5   (scale_by_param_rms=True):   lr' = lr·max(1e-3, RMS(p));  p ← p·(1 - lr'·wd) - lr'·u
-
-RMS is over the whole tensor (per layer for stacked leaves), taken before the update; in the T5
-variant the scaled lr' is also the decay rate (as in the paper's `t5/t5/utils/lion.py`).
-Implemented as `chain(scale_by_lion, add_decayed_weights, [scale_by_param_rms],
-scale_by_learning_rate)`, i.e. the update is `-lr·s·(u + wd·p)` with s = 1 or the RMS factor,
-which is exactly the formula above.
+Per step: `u = sign(b1·m + (1-b1)·g)`, `m ← b2·m + (1-b2)·g`; BERT: `p ← p·(1 - lr·wd) - lr·u`;
+T5 (`scale_by_param_rms=True`): the same with lr' = lr·max(1e-3, RMS(p)) (per layer for stacked
+leaves), taken before the update.
 """
 
 from __future__ import annotations
@@ -20,6 +12,7 @@ from typing import Any, Optional
 import optax
 
 from ntng_jax.optim import adamw as _adamw
+from ntng_jax.optim.masks import BoolTree
 
 
 def lion(
@@ -27,10 +20,10 @@ def lion(
   b1: float = 0.9,
   b2: float = 0.99,
   weight_decay: float = 0.0,
-  mask: Optional[_adamw.BoolTree] = None,
+  mask: Optional[BoolTree] = None,
   scale_by_param_rms: bool = False,
   *,
-  stacked: Optional[_adamw.BoolTree] = None,
+  stacked: Optional[BoolTree] = None,
   mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   """Lion with decoupled weight decay; `scale_by_param_rms=True` gives the paper's T5 variant.

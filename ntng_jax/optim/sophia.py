@@ -1,74 +1,13 @@
-"""Sophia-G (docs/paper.md §4.6) and its Gauss-Newton-Bartlett (GNB) Hessian-diagonal estimator.
+"""Sophia-G (docs/paper.md §4.6), its Gauss-Newton-Bartlett (GNB) estimator, and the optimizer hooks.
 
-Update, per parameter tensor (`g`: gradient after any clipping; `m`, `h`: float32 state; t = the
-number of updates done before this one, `state.count`):
-
-    if is_hessian_refresh_step(t, k):  h ← b2·h + (1-b2)·ĥ          (ĥ: GNB estimate, below)
-    p ← p·(1 - lr·wd)
-    m ← b1·m + (1-b1)·g
-    p ← p - lr·s·sign(m)·min(|m| / (rho·h + eps), 1)
-
-with s = 1, or with `scale_by_param_rms=True` (the paper's T5 code) s = max(1e-3, RMS(p·(1-lr·wd))),
-the RMS of the decayed tensor, while the decay itself uses the unscaled lr. No bias correction.
-Refreshes happen on t = 0, k, 2k, ... *before* that step's update (the paper's BERT loop); with
-`refresh_at_zero=False` on t = k, 2k, ... only (the paper's T5 loop, whose first refresh follows
-the 10th step), so the first k steps run with h = 0: every coordinate is clipped and the step is
-`lr·s·sign(m)`, never larger.
-
-**The GNB estimate and the `bs` convention.** For a batch, `logits_fn(params, batch)` gives
-`(logits [..., V], labels [...], weights [...])`. We draw ŷ ~ Categorical(softmax(logits)) per
-token (no gradient through the draw), form the weighted mean CE `L̂ = Σ w·CE(logits, ŷ) / Σ w`
-and its gradient ĝ = ∇L̂. With N = Σ w label tokens, `N·ĝ⊙ĝ` is an unbiased estimate of the
-diagonal of the Gauss-Newton matrix of the mean token loss, `(1/N) Σ_t J_tᵀ(diag p_t - p_t p_tᵀ)J_t`
-(cross-token terms vanish in expectation because E[∇CE(ŷ)] = 0 under the model's own
-distribution). `gnb_estimate` returns `num_tokens·ĝ⊙ĝ`, with num_tokens = N by default.
-The paper's code stores h_paper = EMA(ĝ⊙ĝ) and divides by `rho·bs·h_paper + 1e-15` with a fixed
-`bs` (BERT 196,608 = 1536·128, T5 5,120) that is *not* the Hessian batch's token count. We store
-h = EMA(bs·ĝ⊙ĝ) instead and divide by `rho·h + eps`, which is the same number:
-`sophia_g(batch_tokens=bs)` reproduces the paper; `batch_tokens=None` uses each Hessian batch's
-own N (the unbiased GN diagonal; optax.contrib.sophia's `gamma` then equals our rho).
-
-**Why not `optax.contrib.sophia`.** Its `scale_by_sophia` with a GNB `hessian_diagonal_fn` and
-gamma = rho would be close but not this update: (1) it bias-corrects the momentum,
-`m̂ = m/(1-b1^t)`, the paper does not (at t=1 the paper's step sees 0.035·g, optax's sees g);
-(2) its ratio is `m̂ / max(gamma·h, eps)` rather than `|m| / (rho·h + eps)`; (3) it refreshes h
-*after* computing the step from the old h, so at t = 0 the step uses h = 0 and every later
-refresh lags one step behind the paper's BERT loop; (4) the T5 variant's lr·RMS(p) scaling with
-unscaled-lr decay, and the RMS of the *decayed* tensor, cannot be expressed by chaining after it
-without knowing lr. So the transformation is written here. `gnb_hessian_diagonal` still plugs
-our estimator into optax.contrib.sophia for anyone who wants that variant.
-
-**Paper-code bugs fixed** (docs/paper.md §4.6, §7 item 5):
-* BERT drew ŷ from a 768-way softmax over the final *hidden states* (with sparse prediction the
-  model's "logits" output was the hidden states), so the MLM head got no estimate. Here the
-  estimate always uses `logits_fn`, which returns vocabulary logits at the prediction positions.
-* BERT zeroed gradients inside its Hessian micro-batch loop, so only the last of the 6 micro-batches
-  reached `update_hessian` (while all 6 were charged). With `gnb_microbatched=True` the Hessian
-  batch carries a leading micro-batch axis `[n, ...]`; ĝ is accumulated over all n micro-batches
-  with `lax.scan` as the token-weighted mean over the whole Hessian batch (one fresh ŷ draw per
-  micro-batch, key `fold_in(gnb_rng, i)`). The T5 code's clipping of ĝ to L2 norm 1.0 is available
-  as `gnb_clip_norm=1.0` (off by default).
-
-**Extra-args contract.** `tx.update(grads, opt_state, params, **extra)` with
-* `logits_fn`: `(params, batch) -> (logits [..., V], labels [...], weights [...])` (a Python
-  callable, closed over by the jitted step; labels are not used),
-* `gnb_batch`: the Hessian batch as `logits_fn` takes it (with a leading micro-batch axis if
-  `gnb_microbatched`); it is only read on refresh steps, inside `lax.cond`, so any batch of the
-  right shape may be passed on other steps (e.g. the training batch), or
-* `gnb_batch=None` (or absent): no refresh in this call. A trainer that compiles a second step
-  without the Hessian pass must pass the batch whenever `is_hessian_refresh_step(step, k)` is
-  True, otherwise that refresh is silently skipped.
-* `gnb_rng`: a PRNG key for the ŷ draw (fresh per step).
-Unknown extra kwargs are ignored, and optimizers that need none ignore all of these, so one train
-step can pass them to any optimizer from `build_optimizer`.
-
-**The trainer's side** (`SophiaHook`, an `OptimizerHook`). On refresh steps the trainer draws a
-fresh batch from the data stream (before the step's training batch, never trained on; the
-paper's BERT loop took 6 fresh 128-sequence micro-batches, its T5 loop one fresh full batch) and
-the train step passes its first `hessian_batch_fraction` of micro-batches as `gnb_batch`, at full
-depth. The RST meter charges that extra forward+backward as train micro-batches at full depth on
-refresh steps, unless `optim.free_updates` (the paper's ablation, not charging it) or the table
-prices Sophia per step (the paper's T5 table).
+Per tensor, on refresh steps (`is_hessian_refresh_step`) first `h ← b2·h + (1-b2)·ĥ`, then
+`p ← p·(1 - lr·wd)`, `m ← b1·m + (1-b1)·g`, `p ← p - lr·s·sign(m)·min(|m| / (rho·h + eps), 1)`
+(s = 1, or max(1e-3, RMS) with `scale_by_param_rms`); no bias correction. ĥ = `gnb_estimate`.
+Extra args of `tx.update`: `logits_fn(params, batch) -> (logits [..., V], labels, weights)`,
+`gnb_batch` (read only on refresh steps; None = no refresh), `gnb_rng`; other optimizers ignore
+them. `OptimizerHook` is the trainer's contract with any optimizer; `SophiaHook` draws the fresh
+Hessian batch and charges it on the RST meter. The `bs` convention, why not optax.contrib.sophia
+and the paper-code bugs fixed: docs/implementation-notes.md, "Sophia-G".
 """
 
 from __future__ import annotations
@@ -80,7 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ntng_jax.errors import ConfigError
 from ntng_jax.optim import adamw as _adamw
+from ntng_jax.optim.masks import BoolTree, broadcast_bool_tree
+from ntng_jax.rst import Charge
 
 LogitsFn = Callable[[Any, Any], tuple]  # (params, batch) -> (logits [..., V], labels, weights)
 
@@ -214,14 +156,14 @@ def sophia_g(
   update_interval: int = 10,
   eps: float = 1e-15,
   batch_tokens: Optional[float] = None,
-  mask: Optional[_adamw.BoolTree] = None,
+  mask: Optional[BoolTree] = None,
   scale_by_param_rms: bool = False,
   *,
   refresh_at_zero: bool = True,
   gnb_microbatched: bool = False,
   gnb_clip_norm: Optional[float] = None,
   hessian_estimator: Optional[Callable[..., Any]] = None,
-  stacked: Optional[_adamw.BoolTree] = None,
+  stacked: Optional[BoolTree] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Sophia-G exactly as in the module docstring (defaults: BERT's β, ρ, k).
 
@@ -279,9 +221,9 @@ def sophia_g(
     lr = jnp.asarray(lr, jnp.float32)
     decay = jax.tree.map(
       lambda f: lr * weight_decay if f else jnp.zeros([], jnp.float32),
-      _adamw.broadcast_bool_tree(mask, params, True),
+      broadcast_bool_tree(mask, params, True),
     )
-    flags = _adamw.broadcast_bool_tree(stacked, params, False)
+    flags = broadcast_bool_tree(stacked, params, False)
 
     def leaf(p, m, h, d, s):
       direction = jnp.sign(m) * jnp.minimum(jnp.abs(m) / (rho * h + eps), 1.0)
@@ -330,8 +272,6 @@ class OptimizerHook:
     """A table with the optimizer's own per-step entry (the paper's T5 Lion/Sophia times) charges
     it every step, as the paper did."""
     del step, depth
-    from ntng_jax.rst import Charge
-
     return [Charge("extra", self.name, batch_size)] if self.name in table.extra else []
 
   def with_aux(self, batch: dict, aux: Optional[dict]) -> dict:
@@ -373,8 +313,6 @@ class SophiaHook(OptimizerHook):
   ):
     super().__init__("sophia")
     if not 0.0 < hessian_batch_fraction <= 1.0:
-      from ntng_jax.config import ConfigError
-
       raise ConfigError(
         f"optim.hessian_batch_fraction must be in (0, 1] (the fraction of a"
         f" training batch's micro-batches the Hessian pass reads); got"
@@ -393,8 +331,6 @@ class SophiaHook(OptimizerHook):
     return bool(is_hessian_refresh_step(int(step), self.update_interval, self.refresh_at_zero))
 
   def charges(self, table, step: int, batch_size: int, depth: int) -> list:
-    from ntng_jax.rst import Charge
-
     if self.name in table.extra:
       return [Charge("extra", self.name, batch_size)]
     if self.free_updates or not self.draws_fresh(step):

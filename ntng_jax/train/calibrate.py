@@ -1,17 +1,12 @@
 """Calibrates an RST table on the present machine: the time of every step kind a run can execute.
 
-For each number of active layers n = 1..L we time the plain program of an n-layer model (the
-program a stacking stage of depth n runs; no keep vector), for forward+backward (`train`, the
-whole configured optimizer step divided by its micro-batches) and for forward-only scoring
-(`forward`, one micro-batch). Compilation is excluded; the programs are timed in interleaved
-rounds and each entry is the median of `rst.repeats` runs after `rst.warmup` untimed ones. Units:
-RST seconds per micro-batch of `train.micro_batch_size` sequences.
-
-Why depth-n programs rather than the full-depth program with n layers kept: a table entry is what
-a step with n active layers costs, and the paper's tables (by layer count) charge stacking and
-layer dropping alike from it. The keep-vector program carries the `lax.cond` overhead of layer
-dropping at every n (benchmarks/layer_drop_stacking.py measures it), which would overcharge the
-baseline and stacking; layer dropping is charged the n-layer price, as in the paper.
+For each number of active layers n: `train[n]`, the whole optimizer step of the plain n-layer
+program (no keep vector; what a stacking stage of depth n runs, and what layer dropping with n
+kept layers is charged, as in the paper) divided by its reference micro-batches, and
+`forward[n]`, the scoring pass of one micro-batch. Units: RST seconds per micro-batch of
+`train.micro_batch_size` sequences; each entry the median of `rst.repeats` interleaved runs after
+`rst.warmup` untimed ones, compilation excluded. Why not the keep-vector program: BENCHMARKS.md
+(its `lax.cond` overhead would overcharge the baseline and stacking).
 """
 
 from __future__ import annotations
@@ -27,10 +22,10 @@ import numpy as np
 
 from ntng_jax import partitioning, rst
 from ntng_jax.optim import build_optimizer
-from ntng_jax.train import step as step_lib
+from ntng_jax.train import programs
 
 
-def _interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
+def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
   """Median seconds of each zero-argument fn, timed in interleaved rounds so that machine noise
   (other processes, frequency changes) hits every entry alike."""
   for fn in fns.values():
@@ -51,11 +46,12 @@ def calibrate(
   """Times `train[n]` and `forward[n]` for each n in `depths` (default 1..num_layers);
   `example_batch_fn()` returns one global batch (numpy dict of `train.batch_size` rows) in the
   run's format. All depths are timed in interleaved rounds, or with `one_at_a_time` each depth is
-  built, timed and freed in turn (base models on a small-memory host)."""
-  from ntng_jax.train import loop  # the same programs and shardings as the real run
+  built, timed and freed in turn (base models on a small-memory host).
 
-  t, L = config.train, int(config.model.num_layers)
-  depths = list(depths or range(1, L + 1))
+  Compiles only what it times (the train step and scoring pass of each depth) plus one init at
+  the deepest depth: shallower states take its first layers (`programs.state_at_depth`)."""
+  t = config.train
+  depths = list(depths or range(1, int(config.model.num_layers) + 1))
   num_micro = t.batch_size // t.micro_batch_size
   tx = build_optimizer(config.optim)
   batch_np = example_batch_fn()
@@ -65,14 +61,16 @@ def calibrate(
   rng = jax.random.PRNGKey(0)
   controls = {"learning_rate": np.float32(0.0)}  # a zero learning rate keeps the state fixed
   train, forward = {}, {}
+  deepest = programs.build_at_depth(config, max(depths), tx, mesh, micro_np)
+  source = programs.init_state(deepest, tx, mesh, micro_np, seed=0)
 
-  def programs(n):
-    built = loop.build_programs(config, loop.model_at_depth(config, n), tx, mesh, micro_np)
-    box = {"state": loop.init_state(built, tx, mesh, micro_np, seed=0)}
-    score = jax.jit(
-      step_lib.make_score_step(built.model, t.compute_dtype),
-      in_shardings=(built.shardings.params, partitioning.batch_sharding(mesh)),
-    )
+  def timed(n):
+    built = deepest if n == max(depths) else programs.build_at_depth(config, n, tx, mesh, micro_np)
+    state = programs.state_at_depth(source, built, tx)
+    if state is None:  # a model whose layers are not stacked: its own init
+      state = programs.init_state(built, tx, mesh, micro_np, seed=0)
+    box = {"state": state}
+    score = programs.score_program(built.model, t.compute_dtype, built.shardings.params, mesh)
 
     def train_fn():
       box["state"], metrics = built.train_step(box["state"], batch, rng, controls)
@@ -83,9 +81,9 @@ def calibrate(
   for group in [[n] for n in depths] if one_at_a_time else [depths]:
     fns = {}
     for n in group:
-      fns.update(programs(n))
+      fns.update(timed(n))
     with partitioning.activate(mesh):
-      seconds = _interleaved_medians(fns, int(config.rst.warmup), int(config.rst.repeats))
+      seconds = interleaved_medians(fns, int(config.rst.warmup), int(config.rst.repeats))
     for n in group:
       train[n], forward[n] = seconds[("train", n)] / num_micro, seconds[("forward", n)]
       log(f"depth {n}: train {train[n]:.4f} s/unit, forward {forward[n]:.4f} s/unit")

@@ -26,8 +26,9 @@ import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from ntng_jax.errors import UserError
+from ntng_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,6 @@ def _slug(reason: str) -> str:
 def check_keep(keep) -> None:
   """`train.keep_checkpoints` must keep at least the newest checkpoint."""
   if int(keep) != keep or int(keep) < 1:
-    from ntng_jax.config import ConfigError
-
     raise ConfigError(
       f"train.keep_checkpoints must be an integer of at least 1 (the newest"
       f" checkpoint is what a resume and fine-tuning read); got {keep}."
@@ -355,8 +354,6 @@ def restore_params(step_dir: str, abstract):
 def sync_processes(name: str) -> None:
   """A barrier across processes (a no-op in a one-process run)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(name)
 
 

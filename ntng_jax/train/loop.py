@@ -1,5 +1,6 @@
-"""The pre-training driver, top to bottom: mesh → data → model/method/optimizer → RST table →
-state (shape-only init, shardings, jitted init) → restore → loop → final evaluation and summary.
+"""The pre-training driver, top to bottom: mesh and compilation cache → data →
+model/method/optimizer → RST table → programs and state (`train.programs`) → restore → loop →
+final evaluation and summary.
 
 The loop runs on the RST clock: each step the method plans (depth, keep), the meter prices what
 that step will execute, the run stops before the step that would overrun the budget, and the
@@ -8,7 +9,6 @@ learning rate is the schedule at the step's budget fraction.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -16,126 +16,27 @@ import os
 import signal
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ntng_jax import config as config_lib
 from ntng_jax import data as data_lib
 from ntng_jax import partitioning, rst, schedules
 from ntng_jax.data.shards import nonfinite_loss_hint
-from ntng_jax.methods.base import Method, build_method
-from ntng_jax.models import build_model
+from ntng_jax.methods.base import build_method
 from ntng_jax.optim import build_optimizer, optimizer_hook
+from ntng_jax.train import calibrate as calibrate_lib
 from ntng_jax.train import checkpoint as ckpt_lib
 from ntng_jax.train import metrics as metrics_lib
-from ntng_jax.train import rst_choice, run_identity, workdir_lock
-from ntng_jax.train import state as state_lib
-from ntng_jax.train import step as step_lib
+from ntng_jax.train import programs as programs_lib
+from ntng_jax.train import rst_choice, run_identity, validation, workdir_lock
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
   pass
-
-
-@dataclasses.dataclass
-class Built:
-  """A model of one depth with its jitted programs and shardings."""
-
-  model: object
-  shardings: object  # of the unboxed TrainState
-  abstract: object  # ShapeDtypeStructs with shardings (restore target)
-  train_step: object
-  eval_step: object
-  select_step: object  # None unless the method selects its batch from a mega-batch
-
-
-def model_at_depth(config, depth: int):
-  model_cfg = config.model.copy_and_resolve_references()
-  model_cfg.num_layers = depth
-  return build_model(model_cfg)
-
-
-def hessian_micro_batches(config) -> int:
-  """Fresh micro-batches the optimizer reads per refresh (Sophia-G's Hessian batch; 0 for others)."""
-  return optimizer_hook(config).aux_micro_batches
-
-
-def _create_state(model, tx, method, example_batch, rng):
-  return state_lib.create(model.init(rng, example_batch), tx, method.init_method_state())
-
-
-def build_programs(config, model, tx, mesh, example_batch: dict, method=None) -> Built:
-  """Shape-only init → logical shardings → jitted train/eval(/select) steps for this depth."""
-  method = method or Method(None)
-  with partitioning.rules_context():
-    abstract_boxed = jax.eval_shape(
-      lambda rng: _create_state(model, tx, method, example_batch, rng), jax.random.PRNGKey(0)
-    )
-    shardings = partitioning.logical_shardings(mesh, abstract_boxed)
-  abstract = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-    nn.unbox(abstract_boxed),
-    shardings,
-  )
-  t = config.train
-  train_step = step_lib.make_train_step(
-    model, tx, t.batch_size // t.micro_batch_size, t.compute_dtype, mesh, optimizer_hook(config)
-  )
-  train_step = method.wrap_train_step(train_step)
-  eval_step = step_lib.make_eval_step(model, t.compute_dtype)
-  select = method.make_select_step(model, t.compute_dtype)
-  if select is not None:
-    batch_sh, rep = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
-    select = jax.jit(
-      select,
-      in_shardings=(shardings, batch_sh, rep),
-      out_shardings=(shardings, batch_sh, rep),
-      donate_argnums=(0,),
-    )
-  return Built(
-    model=model,
-    shardings=shardings,
-    abstract=abstract,
-    train_step=step_lib.jit_train_step(train_step, shardings, mesh),
-    eval_step=step_lib.jit_eval_step(eval_step, shardings.params, mesh),
-    select_step=select,
-  )
-
-
-def init_state(built: Built, tx, mesh, example_batch: dict, seed: int, method=None):
-  """Initialises the state directly into its shardings (no host copy of the full model)."""
-  method = method or Method(None)
-
-  def init(rng):
-    return nn.unbox(_create_state(built.model, tx, method, example_batch, rng))
-
-  with partitioning.activate(mesh):
-    return jax.jit(init, out_shardings=built.shardings)(jax.random.PRNGKey(seed))
-
-
-def _tokens_per_sequence(batch: dict) -> int:
-  if "input_ids" in batch:
-    return int(batch["input_ids"].shape[1])
-  return int(batch["encoder_input_ids"].shape[1] + batch["targets"].shape[1])
-
-
-def evaluate(built: Built, params, batches: list[dict], mesh) -> dict:
-  """Full-depth validation loss (token-weighted mean) and token accuracy over fixed batches."""
-  totals = None
-  with partitioning.activate(mesh):
-    for batch in batches:
-      out = built.eval_step(params, partitioning.global_batch(mesh, batch))
-      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  weight = max(float(totals["weight_sum"]), 1.0)
-  return {
-    "validation_loss": float(totals["loss_sum"]) / weight,
-    "validation_accuracy": float(totals["correct_sum"]) / weight,
-  }
 
 
 class _StopFlag:
@@ -164,27 +65,6 @@ class _StopFlag:
   def __exit__(self, *exc):
     for sig, handler in self._old.items():
       signal.signal(sig, handler)
-
-
-def optimizer_charges(
-  config, table: rst.RSTTable, step: int, batch_size: int, depth: int
-) -> list[rst.Charge]:
-  """What the optimizer adds to a step's bill (`ntng_jax.optim.OptimizerHook.charges`): its own
-  per-step entry where the table has one (the paper's T5 Lion/Sophia times); Sophia-G's Hessian
-  micro-batches at full `depth` on refresh steps unless `optim.free_updates`."""
-  return optimizer_hook(config).charges(table, step, batch_size, depth)
-
-
-def _validation_sets(dataset, batch_size: int, max_batches: int, nproc: int, pidx: int) -> dict:
-  """{name: [batch]} with this process's rows; the dataset's named sets if it has them."""
-  if hasattr(dataset, "validation_sets"):
-    sets = dataset.validation_sets(batch_size, seed=0, max_batches=max_batches)
-  else:
-    sets = {"heldout": dataset.validation_batches(batch_size, seed=0, max_batches=max_batches)}
-  share = lambda v: np.asarray(v)[pidx * (len(v) // nproc) : (pidx + 1) * (len(v) // nproc)]
-  return {
-    name: [{k: share(v) for k, v in b.items()} for b in batches] for name, batches in sets.items()
-  }
 
 
 def train_and_evaluate(config, workdir: str, restart: bool = False) -> dict:
@@ -230,6 +110,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   # Mesh.
   mesh = partitioning.make_mesh(config.mesh)
+  programs_lib.use_compilation_cache(t.compilation_cache_dir, workdir)
   divisor = partitioning.batch_divisor(mesh)
   if t.micro_batch_size % divisor:
     raise config_lib.ConfigError(
@@ -256,14 +137,14 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   )
   example_batch = next(iter(dataset.train_iterator(t.micro_batch_size, seed=0)))
   example_batch = {k: np.asarray(v) for k, v in example_batch.items()}
-  val_sets = _validation_sets(dataset, t.micro_batch_size, t.validation_batches, nproc, pidx)
-  tokens_per_step = t.batch_size * _tokens_per_sequence(example_batch)
+  val_sets = validation.validation_sets(
+    dataset, t.micro_batch_size, t.validation_batches, nproc, pidx
+  )
+  tokens_per_step = t.batch_size * validation.tokens_per_sequence(example_batch)
 
   # ---------------------------------------------------------------------------------------------
   # RST table (calibrated at start-up if no built-in table matches).
   def calibrate():
-    from ntng_jax.train import calibrate as calibrate_lib
-
     return calibrate_lib.calibrate(
       config,
       mesh,
@@ -285,9 +166,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
   def programs(depth):
     if depth not in built_at:
-      built_at[depth] = build_programs(
-        config, model_at_depth(config, depth), tx, mesh, example_batch, method
-      )
+      built_at[depth] = programs_lib.build_at_depth(config, depth, tx, mesh, example_batch, method)
     return built_at[depth]
 
   # The newest usable checkpoint, restored at the depth saved with it; newer unusable ones are
@@ -298,7 +177,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   if restored is None:
     depth = method.initial_depth()
     built = programs(depth)
-    state = init_state(built, tx, mesh, example_batch, config.seed, method)
+    state = programs_lib.init_state(built, tx, mesh, example_batch, config.seed, method)
     loop = dict(
       step=0,
       rst_seconds=0.0,
@@ -415,7 +294,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       epoch=data_lib.epochs_seen(train_iter),
     )
     for i, (name, batches) in enumerate(val_sets.items()):
-      result = evaluate(built, state.params, batches, mesh)
+      result = validation.evaluate(built, state.params, batches, mesh)
       record[f"validation_loss/{name}"] = result["validation_loss"]
       record[f"validation_accuracy/{name}"] = result["validation_accuracy"]
       if i == 0:
@@ -431,8 +310,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       return stop.reason is not None
     if step % log_every:
       return False
-    from jax.experimental import multihost_utils
-
     return bool(np.any(multihost_utils.process_allgather(np.int32(stop.reason is not None))))
 
   # ---------------------------------------------------------------------------------------------
@@ -458,9 +335,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             f"Growing from {depth} to {plan.depth} layers at RST {rst_seconds:.1f} s.", flush=True
           )
           depth = plan.depth
-          built = build_programs(
-            config, model_at_depth(config, depth), tx, mesh, example_batch, method
-          )
+          built = programs_lib.build_at_depth(config, depth, tx, mesh, example_batch, method)
           state = jax.device_put(state, built.shardings)
         charges = method.charges(plan, batch_size) + opt_hook.charges(
           table, step, batch_size, plan.depth

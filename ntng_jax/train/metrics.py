@@ -1,9 +1,9 @@
-"""Metric records (metrics.jsonl, TensorBoard) and the console progress line.
+"""Where a run's records go: `workdir/metrics.jsonl`, TensorBoard and the console progress line.
 
-Why not `clu.metric_writers`: importing that package imports TensorFlow unconditionally (its
-SummaryWriter), which would break the light-core rule (the train loop must not import TF). We keep
-clu's writer interface (`write_scalars(step, scalars)`, `flush()`, `close()`) and write TensorBoard
-event files with tensorboardX when it is installed.
+A record is a flat dict with `step` (int) and scalars (RST in seconds); one JSON object per line,
+unique per (step, kind), so a resumed run's file reads like an uninterrupted one. TensorBoard event
+files come from tensorboardX when installed, behind clu's writer interface (`write_scalars`,
+`flush`, `close`) but without clu, which imports TensorFlow (docs/architecture.md).
 """
 
 from __future__ import annotations

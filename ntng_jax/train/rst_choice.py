@@ -22,9 +22,10 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ntng_jax import rst
-from ntng_jax.config import ConfigError
+from ntng_jax.errors import ConfigError
 
 TABLE_FILE = "rst_table.json"
 
@@ -52,8 +53,6 @@ def resolve_rst_table(config, workdir: str, calibrate_fn) -> rst.RSTTable:
 def _auto_table(config, cached: str, calibrate_fn) -> rst.RSTTable:
   have_cache = os.path.exists(cached)
   if jax.process_count() > 1:  # calibration is collective: all processes calibrate, or none
-    from jax.experimental import multihost_utils
-
     have_cache = bool(np.all(multihost_utils.process_allgather(np.int32(have_cache))))
   if have_cache:  # the clock this run started with
     return rst.load_table(cached, config)
@@ -83,8 +82,6 @@ def _table_of_process_zero(table: rst.RSTTable) -> rst.RSTTable:
   """Process 0's table on every process (identity in a one-process run)."""
   if jax.process_count() == 1:
     return table
-  from jax.experimental import multihost_utils
-
   payload = json.dumps(table.to_json()).encode() if jax.process_index() == 0 else b""
   buffer = np.zeros(1 << 16, np.uint8)
   buffer[: len(payload)] = np.frombuffer(payload, np.uint8)

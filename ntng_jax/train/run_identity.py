@@ -1,20 +1,9 @@
-"""A run's identity: what a resume must not change, recorded in `workdir/run.json` at the start.
+"""A run's identity, recorded in `workdir/run.json` at the start: what a resume must not change.
 
-The identity is every config field (model, data, method, optimizer, seed, batch shapes, budget,
-dtype, ...) except the ALLOWED ones below, plus the content of the RST table (not its path). A
-resume whose identity differs stops with one sentence listing the fields that differ, so results
-of two configurations are never mixed in one workdir.
-
-Allowed on resume (they change what is logged, kept or how it is laid out, not what is trained):
-logging, evaluation and checkpoint intervals, `train.keep_checkpoints`, `train.max_steps` (a
-step cap for tests and debugging), the device mesh and `model.remat` (same math, other layout or
-recomputation: not bitwise across the change), the extra validation sets (`data.validation.*`),
-where TFDS keeps its files (`data.tfds_data_dir`), and the calibration settings
-`rst.repeats`/`rst.warmup`.
-
-`train.budget_hours` may NOT change: the learning rate is the schedule at the fraction of the
-budget spent, so a longer budget would make the rate jump from the end of the decay back up.
-Start over (`--restart`) or use another workdir for a longer run.
+The identity is every config field except those in `ALLOWED` (what is logged, kept, laid out or
+cached, never what is trained), plus the RST table's content (not its path). A resume whose
+identity differs stops with a `RunIdentityError` listing the fields; `train.budget_hours` is never
+allowed (the learning rate follows the budget fraction). Rationale: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -32,8 +21,9 @@ ALLOWED = (
   "train.eval_every_rst_minutes",
   "train.checkpoint_every_rst_minutes",
   "train.keep_checkpoints",
-  "train.max_steps",
-  "mesh.",
+  "train.max_steps",  # a step cap for tests and debugging
+  "train.compilation_cache_dir",
+  "mesh.",  # mesh and remat: same math, other layout (not bitwise across the change)
   "model.remat",
   "data.validation.",
   "data.tfds_data_dir",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 
@@ -18,8 +19,6 @@ class TrainState:
 
 def create(params, tx, method_state=None) -> TrainState:
   """Initial state for `params` (boxed or plain); used inside a jitted init with out_shardings."""
-  import jax.numpy as jnp
-
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,

@@ -1,9 +1,11 @@
-"""Pure, jitted steps: `train_step(state, batch, rng, controls)`, `eval_step(params, batch)`.
+"""Pure steps (jitted by `train.programs`): `train_step(state, batch, rng, controls)`,
+`eval_step(params, batch)`, `score_step(params, batch, keep)`.
 
-`controls` carries what the host decides from the RST clock each step: `learning_rate` (f32 []),
-and optionally `keep` (bool [num_micro, L], a row per micro-batch, or [L]) for layer dropping. The global batch of B sequences is split into
-B / micro_batch_size micro-batches; gradients are accumulated with `lax.scan`, and the loss is the
-mean over micro-batches of each micro-batch's mean token loss (the paper's loss ÷ accumulation).
+`controls` carries what the host decides from the RST clock each step: `learning_rate` (f32 [])
+and optionally `keep` (bool [num_micro, L], a row per micro-batch, or [L]) for layer dropping.
+The global batch of B sequences is split into B / micro_batch_size micro-batches; gradients are
+accumulated with `lax.scan`; the loss is the mean over micro-batches of each micro-batch's mean
+token loss (the paper's loss ÷ accumulation).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from ntng_jax.models import losses
 from ntng_jax.train.state import TrainState
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype_of(name_or_dtype):
+  """A config's compute dtype name ('float32', 'bfloat16') or a jnp dtype -> the jnp dtype."""
+  return DTYPES[name_or_dtype] if isinstance(name_or_dtype, str) else name_or_dtype
 
 
 def split_micro_batches(batch: dict, num_micro: int, mesh=None) -> dict:
@@ -43,10 +50,19 @@ def set_learning_rate(opt_state, learning_rate):
   return opt_state._replace(hyperparams=hyper)
 
 
-def make_loss_fn(model, compute_dtype) -> Callable:
+def make_loss_fn(model, compute_dtype, groups: int = 1) -> Callable:
+  """`loss_fn(params, batch, keep) -> []`: the mean token loss of a micro-batch; with `groups`
+  > 1 the micro-batch holds `groups` reference micro-batches (row i in group i % groups) and the
+  loss is the mean of their mean token losses (the same loss as `groups` separate calls)."""
+
   def loss_fn(params, batch, keep):
     logits, labels, weights = model.logits(params, batch, keep=keep, dtype=compute_dtype)
-    return losses.mean_token_loss(logits, labels, weights)
+    if groups == 1:
+      return losses.mean_token_loss(logits, labels, weights)
+    weights = weights.astype(jnp.float32)
+    rows = lambda x: x.reshape(x.shape[0], -1).sum(-1).reshape(-1, groups).sum(0)
+    totals = rows(losses.token_losses(logits, labels) * weights)
+    return jnp.mean(totals / jnp.maximum(rows(weights), 1.0))
 
   return loss_fn
 
@@ -58,8 +74,13 @@ def make_train_step(
   compute_dtype: str,
   mesh=None,
   optimizer_hook=None,
+  groups: int = 1,
 ) -> Callable:
   """Returns the pure `train_step(state, batch, rng, controls) -> (state, metrics)`.
+
+  The batch runs as `num_micro` micro-batches of `groups` reference micro-batches each; the loss
+  and gradient are the mean over the `num_micro × groups` reference micro-batches whatever the
+  split (`make_loss_fn`).
 
   `controls['keep']` (optional): bool [L] (every micro-batch) or [num_micro, L] (row m for
   micro-batch m); the gradient is the mean over micro-batches, so a layer dropped in some of them
@@ -68,8 +89,8 @@ def make_train_step(
   like the training batch and passed to `tx.update` with the full-depth `logits_fn` and `rng`
   through `hook.update_args`.
   """
-  dtype = DTYPES[compute_dtype]
-  loss_fn = make_loss_fn(model, dtype)
+  dtype = compute_dtype_of(compute_dtype)
+  loss_fn = make_loss_fn(model, dtype, groups)
   grad_fn = jax.value_and_grad(loss_fn)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array, controls: dict[str, Any]):
@@ -112,7 +133,7 @@ def make_train_step(
 
 def make_eval_step(model, compute_dtype: str = "float32") -> Callable:
   """`eval_step(params, batch) -> {'loss_sum', 'weight_sum', 'correct_sum'}` at full depth."""
-  dtype = DTYPES[compute_dtype]
+  dtype = compute_dtype_of(compute_dtype)
 
   def eval_step(params, batch):
     logits, labels, weights = model.logits(params, batch, dtype=dtype)
@@ -127,28 +148,10 @@ def make_eval_step(model, compute_dtype: str = "float32") -> Callable:
   return eval_step
 
 
-def jit_train_step(train_step, state_shardings, mesh):
-  """Jits once per static shape with the state donated; the batch is split over data × fsdp."""
-  rep = partitioning.replicated(mesh)
-  return jax.jit(
-    train_step,
-    in_shardings=(state_shardings, partitioning.batch_sharding(mesh), rep, rep),
-    out_shardings=(state_shardings, rep),
-    donate_argnums=(0,),
-  )
-
-
-def jit_eval_step(eval_step, param_shardings, mesh):
-  rep = partitioning.replicated(mesh)
-  return jax.jit(
-    eval_step, in_shardings=(param_shardings, partitioning.batch_sharding(mesh)), out_shardings=rep
-  )
-
-
 def make_score_step(model, compute_dtype: str = "float32") -> Callable:
   """`score_step(params, batch, keep) -> [B]` per-example mean token losses (forward only): the
   scoring pre-pass of batch selection and the kind 'forward' of the RST meter."""
-  dtype = DTYPES[compute_dtype]
+  dtype = compute_dtype_of(compute_dtype)
 
   def score_step(params, batch, keep=None):
     logits, labels, weights = model.logits(params, batch, keep=keep, dtype=dtype)

@@ -1,10 +1,8 @@
 """One training process per workdir: `workdir/run.lock`, held with `flock` for the whole run.
 
-The file records the holder's pid, host and start time. The kernel drops a `flock` when its
-process dies (even by SIGKILL), so a lock left by a dead process is stale by construction and the
-next run takes it over (saying whose it was). Where `flock` is unsupported, the lock falls back to
-an exclusive-create pid file whose holder is checked for liveness on this host. In a
-multi-process job only process 0 takes the lock (the workdir is shared by all processes of one run).
+The file records the holder's pid, host and start time (JSON). A lock whose holder died (even by
+SIGKILL) is taken over, saying whose it was; without `flock`, an exclusive-create pid file checked
+for liveness on this host. In a multi-process job only process 0 takes it.
 """
 
 from __future__ import annotations

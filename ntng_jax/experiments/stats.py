@@ -1,0 +1,125 @@
+"""Aggregates a sweep's runs by (method, budget): per metric the mean and sample standard
+deviation (ddof=1) over the seeds that finished, their number, and the difference to the
+baseline's mean at the same budget."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ntng_jax.experiments.finetune_results import number
+from ntng_jax.experiments.results import OK
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+  vals = [v for v in values if v is not None and math.isfinite(v)]
+  if not vals:
+    return None, None
+  mean = sum(vals) / len(vals)
+  if len(vals) < 2:
+    return mean, None
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def run_metrics(run: dict) -> dict:
+  """The numbers of one run that enter the tables: {'train_loss', 'validation_loss',
+  'validation_loss/<set>', '<suite>/average', '<suite>/<task>/<metric>'}."""
+  s = run["summary"] or {}
+  out = {}
+  for key, name in (
+    ("final_train_loss", "train_loss"),
+    ("final_validation_loss", "validation_loss"),
+  ):
+    if number(s.get(key)) is not None:
+      out[name] = float(s[key])
+  for name, v in (s.get("final_validation_losses") or {}).items():
+    if number(v) is not None:
+      out[f"validation_loss/{name}"] = float(v)
+  if s.get("family") == "gpt":  # a causal LM: perplexity, exp(mean token loss), per set
+    if "validation_loss" in out:
+      out["perplexity"] = math.exp(min(out["validation_loss"], 700.0))
+    for name, v in list(out.items()):
+      if name.startswith("validation_loss/"):
+        out["perplexity/" + name.split("/", 1)[1]] = math.exp(min(v, 700.0))
+  for suite, result in run["finetune"].items():
+    if result.get("average") is not None:
+      out[f"{suite}/average"] = result["average"]
+    for task, v in result["tasks"].items():
+      out[f"{suite}/{task}"] = v
+  return out
+
+
+def _order(methods: Sequence[str], baseline: str, planned: Sequence[str]) -> list[str]:
+  first = [m for m in planned if m in methods]
+  rest = sorted(m for m in methods if m not in first)
+  ordered = first + rest
+  if baseline in ordered:
+    ordered.remove(baseline)
+    ordered.insert(0, baseline)
+  return ordered
+
+
+def aggregate(collected: dict, baseline: str = "baseline") -> dict:
+  """Groups by (method, budget): per metric mean ± std over ok seeds, n, and Δ vs the baseline."""
+  runs = collected["runs"]
+  planned = collected["status"].get("methods", [])
+  methods = _order({r["method"] for r in runs}, baseline, planned)
+  budgets = sorted({r["budget_hours"] for r in runs})
+  metric_names = ["train_loss", "validation_loss"] if runs else []  # tables even if none finished
+  groups = {}
+  for m in methods:
+    for b in budgets:
+      members = [r for r in runs if r["method"] == m and r["budget_hours"] == b]
+      if not members:
+        continue
+      counts = {}
+      for r in members:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+      per_metric = {}
+      values = [run_metrics(r) for r in members if r["status"] == OK]
+      for vals in values:
+        for name in vals:
+          if name not in metric_names:
+            metric_names.append(name)
+      for name in metric_names:
+        xs = [v[name] for v in values if name in v]
+        mean, std = mean_std(xs)
+        if mean is not None:
+          per_metric[name] = dict(mean=mean, std=std, n=len(xs))
+      groups[(m, b)] = dict(
+        method=m,
+        budget_hours=b,
+        seeds=sorted(r["seed"] for r in members),
+        counts=counts,
+        metrics=per_metric,
+        errors=sorted({r["error"] for r in members if r["error"]}),
+      )
+  for (m, b), g in groups.items():
+    base = groups.get((baseline, b))
+    for name, cell in g["metrics"].items():
+      if m != baseline and base and name in base["metrics"]:
+        cell["delta"] = cell["mean"] - base["metrics"][name]["mean"]
+  return dict(
+    methods=methods,
+    budgets=budgets,
+    metric_names=_sort_metrics(metric_names),
+    groups=groups,
+    baseline=baseline,
+  )
+
+
+def _sort_metrics(names: list[str]) -> list[str]:
+  def rank(n):
+    if n == "train_loss":
+      return (0, n)
+    if n == "validation_loss":
+      return (1, n)
+    if n.startswith("validation_loss/"):
+      return (2, n)
+    if n == "perplexity" or n.startswith("perplexity/"):
+      return (2.5, n)
+    if n.endswith("/average"):
+      return (3, n)
+    return (4, n)
+
+  return sorted(names, key=rank)
