@@ -151,3 +151,24 @@ def test_auto_choices_and_config_errors():
     model_config("bert", "tiny", attention_impl="flash")
   with pytest.raises(ValueError, match="model.layer_loop must be one of"):
     model_config("t5", "tiny", layer_loop="loop")
+
+
+def test_position_bias_gradient_matches_plain_broadcast():
+  """The einsum path broadcasts T5's [1, H, Q, K] bias with `broadcast_leading` (gradient summed
+  as a product with ones); outputs and gradients equal the plain broadcasting reference."""
+  k = jax.random.split(jax.random.key(7), 5)
+  q, kk, v = (jax.random.normal(k[i], (3, 5, 2, 4)) for i in range(3))
+  bias = jax.random.normal(k[3], (1, 2, 5, 5))
+  mask = L.padding_bias(jnp.ones((3, 5)).at[1, -2:].set(0))
+  ct = jax.random.normal(k[4], (3, 5, 2, 4))
+
+  def ours(q, k, v, b):
+    return L.attention(q, k, v, b, mask, impl="einsum")
+
+  def reference(q, k, v, b):
+    return L.dot_product_attention(q, k, v, L.add_biases(b, mask))
+
+  got, want = (jax.vjp(f, q, kk, v, bias) for f in (ours, reference))
+  np.testing.assert_allclose(got[0], want[0], **TOL)
+  for a, b in zip(got[1](ct), want[1](ct)):
+    np.testing.assert_allclose(a, b, **TOL)

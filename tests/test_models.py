@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from ntng_jax.models import build_model, greedy_decode, losses, model_config
+from ntng_jax.models import build_model, greedy_decode, losses, model_config, positions
 from ntng_jax.models import layers as L
 from ntng_jax.models.bert import BertBlock
 from ntng_jax.models.stack import LayerStack
@@ -109,7 +109,7 @@ def stack_case(kind):
   x = jax.random.normal(k[0], (B, S, cfg.hidden_size))
   mask = jnp.ones((B, S), jnp.int32).at[0, -3:].set(0)
   pos = jnp.arange(S)
-  buckets = L.relative_position_buckets(pos[None] - pos[:, None], kind == "t5_enc", 32, 128)
+  buckets = positions.relative_position_buckets(pos[None] - pos[:, None], kind == "t5_enc", 32, 128)
   if kind == "bert":
     return BertBlock, cfg, x, (L.padding_bias(mask),)
   if kind == "t5_enc":
@@ -391,3 +391,34 @@ def test_pad_row_gets_no_gradient_through_the_lookup():
     lambda p: model.module.apply({"params": p}, ids, method=lambda m, i: m.word_embed(i))
   )(params)
   np.testing.assert_array_equal(emb, params["word_embed"]["embedding"][ids])
+
+
+@pytest.mark.parametrize("in_dims,out", [(1, (6,)), (1, (2, 3)), (2, (5,))])
+def test_flat_dot_matches_einsum_with_gradients(in_dims, out):
+  """Dense's product (leading axes merged) against a plain dot_general, values and gradients."""
+  k = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(k[0], (2, 7, 4, 3) if in_dims == 2 else (2, 7, 4))
+  w = jax.random.normal(k[1], x.shape[x.ndim - in_dims :] + out)
+  ct = jax.random.normal(k[2], x.shape[: x.ndim - in_dims] + out)
+
+  def ref(x, w):
+    c = (tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims)))
+    return jax.lax.dot_general(x, w, (c, ((), ())))
+
+  for f in (ref, functools.partial(L.flat_dot, in_dims=in_dims)):
+    y, vjp = jax.vjp(f, x, w)
+    got = (y, *vjp(ct))
+    if f is ref:
+      want = got
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert got[0].shape == x.shape[: x.ndim - in_dims] + out
+
+
+def test_tied_attend_matches_einsum():
+  emb = L.Embed(11, 4, 1.0)
+  x = jax.random.normal(jax.random.key(4), (2, 3, 4))
+  params = emb.init(jax.random.key(5), x, method=L.Embed.attend)
+  got = emb.apply(params, x, method=L.Embed.attend)
+  want = jnp.einsum("...d,vd->...v", x, nn.unbox(params)["params"]["embedding"])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ntng_jax.models import layers as L
+from ntng_jax.models import positions
 from ntng_jax.models.stack import Block, LayerStack
 
 PAD_ID = 0
@@ -52,7 +53,7 @@ class Bert(nn.Module):
     self.word_embed = L.Embed(
       c.vocab_size, c.hidden_size, c.init_std, zero_row=PAD_ID, dtype=self.dtype
     )
-    self.position = L.ScaledSinusoidal(c.max_length, c.hidden_size, dtype=self.dtype)
+    self.position = positions.ScaledSinusoidal(c.max_length, c.hidden_size, dtype=self.dtype)
     self.embed_norm = L.LayerNorm(c.layer_norm_eps, dtype=self.dtype)
     self.dropout = nn.Dropout(c.dropout_rate)
     self.encoder = LayerStack(BertBlock, c, c.num_layers, self.dtype, self.deterministic)

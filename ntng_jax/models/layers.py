@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Dtype = Any
 NEG_INF = -1e9  # additive mask value; finite so fully masked rows stay NaN-free
@@ -47,9 +46,18 @@ class Dense(nn.Module):
     kernel = self.param(
       "kernel", nn.with_logical_partitioning(normal(self.std), tuple(self.axes)), shape, jnp.float32
     )
-    contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    return jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    return flat_dot(x.astype(self.dtype), kernel.astype(self.dtype), self.in_dims)
+
+
+def flat_dot(x, kernel, in_dims: int = 1):
+  """x [*lead, *in] · kernel [*in, *out] -> [*lead, *out], the leading axes merged into one for
+  the product. With one merged axis the weight gradient is a single-contraction dot, which XLA
+  CPU runs without a transposed copy of the output gradient (BENCHMARKS.md, "CPU speed")."""
+  lead, inner = x.shape[: x.ndim - in_dims], x.shape[x.ndim - in_dims :]
+  x = x.reshape((-1,) + inner)
+  contract = (tuple(range(1, in_dims + 1)), tuple(range(in_dims)))
+  y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+  return y.reshape(lead + kernel.shape[in_dims:])
 
 
 class Embed(nn.Module):
@@ -83,7 +91,10 @@ class Embed(nn.Module):
 
   def attend(self, x):
     """x [..., D] -> logits [..., V] (in dtype)."""
-    return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
+    lead, d = x.shape[:-1], x.shape[-1]
+    w = self.embedding.astype(self.dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype).reshape(-1, d), w, (((1,), (1,)), ((), ())))
+    return y.reshape(lead + (w.shape[0],))  # leading axes merged: see `flat_dot`
 
 
 class LayerNorm(nn.Module):
@@ -104,7 +115,8 @@ class LayerNorm(nn.Module):
     x = x.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    xhat = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    y = xhat * broadcast_leading(scale, x.shape) + broadcast_leading(bias, x.shape)
     return y.astype(self.dtype)
 
 
@@ -123,7 +135,8 @@ class RMSNorm(nn.Module):
       jnp.float32,
     )
     x = x.astype(jnp.float32)
-    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps) * scale
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
+    y = y * broadcast_leading(scale, x.shape)
     return y.astype(self.dtype)
 
 
@@ -179,6 +192,32 @@ def dot_product_attention(
   return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype))
 
 
+def broadcast_leading(x, shape: tuple[int, ...]):
+  """x (its size that of the trailing axes of `shape`, e.g. a norm scale [D] or T5's position
+  bias [1, H, Q, K]) broadcast to `shape`. Its gradient sums the leading axes as a product with
+  a vector of ones: XLA CPU's reduction over leading axes measured ~20x slower (BENCHMARKS.md,
+  "CPU speed")."""
+  return _broadcast_leading(x, tuple(x.shape), tuple(shape))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _broadcast_leading(x, x_shape, shape):
+  return jnp.broadcast_to(x, shape)
+
+
+def _broadcast_leading_fwd(x, x_shape, shape):
+  return jnp.broadcast_to(x, shape), None
+
+
+def _broadcast_leading_bwd(x_shape, shape, _, g):
+  n = math.prod(shape) // math.prod(x_shape)
+  total = jax.lax.dot_general(jnp.ones((n,), g.dtype), g.reshape(n, -1), (((0,), (0,)), ((), ())))
+  return (total.reshape(x_shape),)
+
+
+_broadcast_leading.defvjp(_broadcast_leading_fwd, _broadcast_leading_bwd)
+
+
 def resolve_attention_impl(impl: str, dtype: Dtype) -> str:
   """The attention implementation `impl` ('auto' | 'einsum' | 'xla' | 'cudnn') stands for here.
 
@@ -214,6 +253,8 @@ def attention(
   jax.nn.dot_product_attention lacks) every implementation takes that path."""
   impl = resolve_attention_impl(impl, dtype)
   if impl == "einsum" or dropout is not None:
+    if bias is not None and bias.shape[0] == 1 < q.shape[0]:
+      bias = broadcast_leading(bias, (q.shape[0],) + bias.shape[1:])
     return dot_product_attention(q, k, v, add_biases(bias, mask_bias), scale, dtype, dropout)
   q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
   if impl == "xla":
@@ -347,78 +388,6 @@ class T5Attention(nn.Module):
     return Dense(
       x.shape[-1], ("heads", "kv", "embed"), self.o_std, in_dims=2, dtype=self.dtype, name="o"
     )(out)
-
-
-def sinusoidal_table(length: int, dim: int) -> np.ndarray:
-  """Fixed [length, dim] table: even columns sin(pos * w_i), odd columns cos(pos * w_i)."""
-  pos = np.arange(length, dtype=np.float64)[:, None]
-  freq = np.exp(np.arange(0, dim, 2, dtype=np.float64) * (-math.log(10000.0) / dim))
-  table = np.zeros((length, dim), np.float32)
-  table[:, 0::2] = np.sin(pos * freq)
-  table[:, 1::2] = np.cos(pos * freq)[:, : dim // 2]
-  return table
-
-
-class ScaledSinusoidal(nn.Module):
-  """Crammed-BERT positions: fixed sin/cos table times one learnable scalar (init 1/sqrt(D)).
-  Returns [1, S, D] for a sequence of length S <= max_length."""
-
-  max_length: int
-  features: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, length: int):
-    if length > self.max_length:
-      raise ValueError(f"sequence length {length} exceeds model.max_length {self.max_length}.")
-    scale = self.param(
-      "scale",
-      nn.with_logical_partitioning(nn.initializers.constant(1.0 / math.sqrt(self.features)), ()),
-      (),
-      jnp.float32,
-    )
-    table = jnp.asarray(sinusoidal_table(self.max_length, self.features))[None, :length]
-    return (scale * table).astype(self.dtype)
-
-
-def relative_position_buckets(
-  relative_position, bidirectional: bool, num_buckets: int, max_distance: int
-):
-  """T5 bucketing of `relative_position = key_pos - query_pos` (int array) into
-  [0, num_buckets): exact for small distances, log-spaced up to max_distance. Unidirectional
-  (decoder) buckets only distinguish keys at or before the query."""
-  buckets = jnp.zeros_like(relative_position)
-  if bidirectional:
-    num_buckets //= 2
-    buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
-    distance = jnp.abs(relative_position)
-  else:
-    distance = jnp.maximum(-relative_position, 0)
-  max_exact = num_buckets // 2
-  safe = jnp.maximum(distance, 1).astype(jnp.float32)
-  large = max_exact + (
-    jnp.log(safe / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-  ).astype(relative_position.dtype)
-  large = jnp.minimum(large, num_buckets - 1)
-  return buckets + jnp.where(distance < max_exact, distance, large)
-
-
-class RelativeBias(nn.Module):
-  """Per-layer learned bias table [num_buckets, H]; buckets [Q, K] int -> bias [1, H, Q, K] f32."""
-
-  num_buckets: int
-  num_heads: int
-  std: float
-
-  @nn.compact
-  def __call__(self, buckets):
-    table = self.param(
-      "rel_embedding",
-      nn.with_logical_partitioning(normal(self.std), ("relpos_buckets", "heads")),
-      (self.num_buckets, self.num_heads),
-      jnp.float32,
-    )
-    return jnp.transpose(jnp.take(table, buckets, axis=0), (2, 0, 1))[None]
 
 
 def padding_bias(mask):

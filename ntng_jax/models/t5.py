@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from ntng_jax.models import layers as L
+from ntng_jax.models import positions
 from ntng_jax.models.stack import Block, LayerStack
 
 PAD_ID = 0  # also the decoder start token
@@ -52,7 +53,7 @@ class _T5Block(Block):
     c, s = self.cfg, _stds(self.cfg)
     self.self_norm = L.RMSNorm(c.layer_norm_eps, dtype=self.dtype)
     self.self_attn = self._attention(cross=False)
-    self.rel_bias = L.RelativeBias(c.relative_attention_num_buckets, c.num_heads, s["rel"])
+    self.rel_bias = positions.RelativeBias(c.relative_attention_num_buckets, c.num_heads, s["rel"])
     self.mlp_norm = L.RMSNorm(c.layer_norm_eps, dtype=self.dtype)
     self.mlp = L.T5MLP(c.intermediate_size, s["wi"], s["wo"], dtype=self.dtype)
     self.dropout = nn.Dropout(c.dropout_rate)
@@ -116,7 +117,7 @@ class T5Stack(nn.Module):
 
   def _buckets(self, relative_position):
     c = self.cfg
-    return L.relative_position_buckets(
+    return positions.relative_position_buckets(
       relative_position,
       not self.decoder,
       c.relative_attention_num_buckets,
