@@ -27,7 +27,7 @@ import numpy as np
 
 from ntng_jax.config import ConfigError
 from ntng_jax.methods.base import Method, Plan
-from ntng_jax.optim.build import path_str
+from ntng_jax.param_paths import path_str
 
 DEFAULT_FREEZE_PARAMS = r"(^|/)[a-z_]*embed/embedding$"  # word_embed (BERT), token_embed (T5, GPT)
 

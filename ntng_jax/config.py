@@ -17,7 +17,7 @@ import ml_collections
 from ntng_jax import registry
 from ntng_jax.errors import ConfigError  # noqa: F401  (re-exported)
 from ntng_jax.methods.base import method_class
-from ntng_jax.registry import import_named, is_import_path  # noqa: F401  (re-exported)
+from ntng_jax.registry import is_import_path
 
 METHODS = tuple(registry.METHODS)
 DATA_SOURCES = ("synthetic", "text", "shards", "tfds")

@@ -266,7 +266,7 @@ def test_corpus_sentencepiece_cannot_train_on(tmp_path):
 # ----------------------------------------------------------------------------- shards
 @pytest.fixture()
 def shards(tmp_path):
-  from ntng_jax.data.shards import prepare_shards
+  from ntng_jax.data.shard_writer import prepare_shards
 
   corpus = tmp_path / "corpus.txt"
   rng = np.random.default_rng(0)
@@ -333,9 +333,9 @@ def test_nonfinite_loss_hint_suspects_shards_early():
 
 # ----------------------------------------------------------------------------- IL tables
 def test_truncated_il_table_is_one_sentence(tmp_path):
-  from ntng_jax.methods import selection
+  from ntng_jax.methods import il_table
 
-  npy, js = selection.write_il_table(
+  npy, js = il_table.write_il_table(
     str(tmp_path / "il"), np.arange(100, dtype=np.float32), dict(signature={})
   )
   data = open(npy, "rb").read()
@@ -345,11 +345,11 @@ def test_truncated_il_table_is_one_sentence(tmp_path):
     match=r"il_losses\.npy is truncated or not a \.npy array.*"
     r"launch\.extract_il",
   ):
-    selection.read_il_table(str(tmp_path / "il"))
+    il_table.read_il_table(str(tmp_path / "il"))
   open(npy, "wb").write(data)
   open(js, "w").write('{"format": ')
   with pytest.raises(ValueError, match=r"il_losses\.json is unreadable or not valid JSON"):
-    selection.read_il_table(str(tmp_path / "il"))
+    il_table.read_il_table(str(tmp_path / "il"))
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -182,7 +182,7 @@ def test_no_heavy_imports(tmp_path):
 import sys
 import ntng_jax, ntng_jax.data
 from ntng_jax.data import build_dataset
-from ntng_jax.data.shards import prepare_shards
+from ntng_jax.data.shard_writer import prepare_shards
 from ntng_jax.data import streaming, validation
 prepare_shards({str(corpus)!r}, {str(tmp_path / "s")!r}, 'bert', vocab_size=256, seq_len=32)
 ds = build_dataset(dict(source='shards', path={str(tmp_path / "s")!r}, seq_len=32), 'bert', 256,

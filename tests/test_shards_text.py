@@ -14,7 +14,7 @@ from shards_helpers import same_batches as _same
 from shards_helpers import shards_cfg as _cfg
 
 from ntng_jax.data import DataError, Tokenizer, build_dataset, compute_input_and_target_lengths
-from ntng_jax.data.shards import prepare_shards
+from ntng_jax.data.shard_writer import prepare_shards
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,7 @@
 """Reading a shards directory (``data.source='shards'``): the manifest, the memory-mapped
 chunks (``ShardedChunks``, ``RowView``), checks against the model and the run, checksums.
 
-The format is in ``shard_format.py``; ``prepare_shards`` (the writer, ``shard_writer.py``) is
-re-exported here.
+The format is in ``shard_format.py``; the writer, ``prepare_shards``, in ``shard_writer.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import numpy as np
 from ntng_jax.data.errors import DataError
 from ntng_jax.data.layout import chunk_layout
 from ntng_jax.data.shard_format import FORMAT, MANIFEST, PREPARE_HINT
-from ntng_jax.data.shard_writer import prepare_shards
 from ntng_jax.data.sources import file_digest
 from ntng_jax.data.spec import as_spec
 from ntng_jax.data.tokenizers import META_FILE, Tokenizer
@@ -304,7 +302,6 @@ __all__ = [
   "install_tokenizer",
   "nonfinite_loss_hint",
   "open_shards",
-  "prepare_shards",
   "read_manifest",
   "verify_shards",
 ]

@@ -17,15 +17,12 @@ import numpy as np
 
 from ntng_jax.errors import ConfigError
 from ntng_jax.methods.base import Method, Plan, settings
-from ntng_jax.methods.il_table import (  # noqa: F401  (the IL-table API, re-exported for launch.extract_il)
+from ntng_jax.methods.il_table import (
   SPLIT_SEED,
   check_il_metadata,
   config_signature,
   dataset_signature,
-  il_table_from_losses,
   read_il_table,
-  score_chunks,
-  write_il_table,
 )
 from ntng_jax.methods.sampling import (
   chunked_scores,

@@ -9,14 +9,9 @@
 """
 
 from ntng_jax.optim.adamw import adamw_scale, param_rms, scale_by_adam_hf, scale_by_param_rms
-from ntng_jax.optim.build import (
-  PAPER_RECIPES,
-  build_optimizer,
-  optimizer_hook,
-  path_str,
-  weight_decay_mask,
-)
+from ntng_jax.optim.build import PAPER_RECIPES, build_optimizer, optimizer_hook
 from ntng_jax.optim.lion import lion
+from ntng_jax.optim.masks import weight_decay_mask
 from ntng_jax.optim.sophia import (
   OptimizerHook,
   SophiaGState,
@@ -36,7 +31,6 @@ __all__ = [
   "PAPER_RECIPES",
   "build_optimizer",
   "optimizer_hook",
-  "path_str",
   "weight_decay_mask",
   "lion",
   "OptimizerHook",

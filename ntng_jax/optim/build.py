@@ -19,7 +19,7 @@ from ntng_jax.optim.layer_count import adamw_layered
 from ntng_jax.optim.lion import lion
 from ntng_jax.optim.masks import path_mask, weight_decay_mask
 from ntng_jax.optim.sophia import OptimizerHook, SophiaHook, sophia_g
-from ntng_jax.param_paths import STACKED_PARAMS, path_str  # noqa: F401  (path_str: re-exported)
+from ntng_jax.param_paths import STACKED_PARAMS
 
 # The paper's optimizer settings (docs/paper.md §3.1, §3.2, §4.5, §4.6), to merge into
 # `config.optim`. Lion's BERT lr/wd and Sophia's BERT ρ/lr/wd are the code's yaml defaults (the
