@@ -36,7 +36,8 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from ntng_jax.data import build_dataset  # noqa: E402
-from ntng_jax.data.shards import MANIFEST, prepare_shards  # noqa: E402
+from ntng_jax.data.shard_format import MANIFEST  # noqa: E402
+from ntng_jax.data.shard_writer import prepare_shards  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "text" / "wikipedia_en" / "train.txt"
 

@@ -248,7 +248,8 @@ def test_tfds_spec_parsing():
 def test_seqio_tasks_over_local_files(tmp_path):
   seqio = pytest.importorskip("seqio")
   from ntng_jax.data import compute_input_and_target_lengths, seqio_tasks
-  from ntng_jax.data.shards import open_shards, prepare_shards
+  from ntng_jax.data.shard_writer import prepare_shards
+  from ntng_jax.data.shards import open_shards
 
   assert "ntng_t5_span_corruption_c4" in seqio.TaskRegistry.names()
   text = tmp_path / "train.txt"

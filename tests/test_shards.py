@@ -19,7 +19,8 @@ from ntng_jax.data import (
   compute_input_and_target_lengths,
   reconstruct_from_span_corruption,
 )
-from ntng_jax.data.shards import RowView, open_shards, prepare_shards, read_manifest
+from ntng_jax.data.shard_writer import prepare_shards
+from ntng_jax.data.shards import RowView, open_shards, read_manifest
 
 
 @pytest.fixture(scope="module")
