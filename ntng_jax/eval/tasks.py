@@ -311,8 +311,8 @@ def _text(v: Any) -> str:
 
 
 def local_file(spec: TaskSpec, split: str, data_dir) -> Path:
-  """``<data_dir>/<spec.dir_name>/<spec.files[split]>``; ``ValueError`` for a split without a
-  local file or a missing ``data_dir``."""
+  """``<data_dir>/<spec.dir_name>/<spec.files[split]>``; a ``TaskDataError`` (a user error) for a
+  split without a local file or a missing ``data_dir``."""
   if split not in spec.files:
     raise TaskDataError(
       f"{spec.key} has no local split {split!r}; valid splits are: " + ", ".join(spec.files) + "."
