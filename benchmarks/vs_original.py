@@ -16,14 +16,14 @@ ratios ntng_jax / original (< 1 = ntng_jax faster) plus the load average.
 
 Shapes: BERT small 32 × 128, BERT base 8 × 128, T5 small 16 × (512 + 114), T5 base
 2 × (512 + 114). T5 runs the original with `--t5-optim adamwscale` (ntng_jax's T5 optimizer).
-ntng_jax builds one shape at a time and frees it (the machine's memory is small).
+ntng_jax times each shape in a fresh process with the XLA flags its launchers would set for that
+width (`ntng_jax.xla_policy`; NTNG_XLA_POLICY=off times without them).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import os
 import platform
@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import step_time  # noqa: E402
 
-from ntng_jax import partitioning  # noqa: E402
+from ntng_jax import partitioning, xla_policy  # noqa: E402
 from ntng_jax.train import programs  # noqa: E402
 
 # name: (family, size, batch, encoder/BERT sequence length)
@@ -147,10 +147,25 @@ def time_ntng(name: str, args) -> dict:
     train_gflop_per_s=flops / float(np.median(train)) / 1e9,
     model=dict(b["config"].model),
   )
-  del b, score
-  gc.collect()
-  jax.clear_caches()
   return out
+
+
+def time_ntng_in_child(name: str, args) -> dict:
+  """`time_ntng` in a fresh process whose XLA_FLAGS carry the width-keyed policy of the shape
+  (`ntng_jax.xla_policy`, as the launchers set it): XLA fixes its flags when the backend starts."""
+  family, size = SHAPES[name][:2]
+  env = dict(os.environ)
+  xla_policy.apply(int(step_time.get_config(family, f"size={size}").model.hidden_size), env)
+  cmd = [sys.executable, os.path.abspath(__file__), f"--one_shape={name}"]
+  cmd += [f"--steps={args.steps}", f"--warmup={args.warmup}"]
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  lines = [x for x in proc.stdout.splitlines() if x.startswith(_RESULT)]
+  if proc.returncode != 0 or not lines:
+    raise SystemExit(f"timing {name} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+  return dict(json.loads(lines[-1][len(_RESULT) :]), xla_flags=env.get("XLA_FLAGS", ""))
+
+
+_RESULT = "NTNG_RESULT "
 
 
 def main():
@@ -174,7 +189,11 @@ def main():
     help="the original code's checkout (holds bert/ and t5/); $PEER_DIR",
   )
   parser.add_argument("--out", default="")
+  parser.add_argument("--one_shape", default="", help=argparse.SUPPRESS)  # the child's job
   args = parser.parse_args()
+  if args.one_shape:
+    print(_RESULT + json.dumps(time_ntng(args.one_shape, args)), flush=True)
+    return
   for attr in ("peer_bench", "peer_venv", "peer_dir"):
     path = os.path.abspath(getattr(args, attr))
     if not os.path.exists(path):
@@ -204,7 +223,7 @@ def main():
       order = ("peer", "ntng") if r % 2 == 0 else ("ntng", "peer")
       got = {}
       for who in order:
-        got[who] = run_peer(args, name) if who == "peer" else time_ntng(name, args)
+        got[who] = run_peer(args, name) if who == "peer" else time_ntng_in_child(name, args)
       row[name] = dict(
         order=order,
         loadavg=os.getloadavg()[0],
@@ -217,6 +236,7 @@ def main():
         peer_params=got["peer"]["params"],
         ntng_params=got["ntng"]["params"],
         ntng_train_gflop_per_s=got["ntng"]["train_gflop_per_s"],
+        ntng_xla_flags=got["ntng"]["xla_flags"],
         peer_train_gflop_per_s=got["peer"]["train_gflop_per_s"],
         peer_all=dict(step=got["peer"]["step_s_all"], fwd=got["peer"]["fwd_s_all"]),
         ntng_all=dict(step=got["ntng"]["step_s_all"], fwd=got["ntng"]["fwd_s_all"]),

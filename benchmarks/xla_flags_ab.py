@@ -35,7 +35,10 @@ def worker(spec: str, model_overrides: str) -> None:
   from ntng_jax import partitioning
 
   family, size, batch, seq = spec.split(":")
-  overrides = dict(kv.split("=", 1) for kv in filter(None, model_overrides.split(",")))
+  overrides = {
+    k: (int(v) if v.lstrip("-").isdigit() else v)
+    for k, v in (kv.split("=", 1) for kv in filter(None, model_overrides.split(",")))
+  }
   b = step_time.build(family, size, int(batch), seq_len=int(seq), model=overrides)
   with partitioning.activate(b["mesh"]):
     state = b["state"]

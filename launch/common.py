@@ -8,6 +8,7 @@ import sys
 from absl import app
 
 from configs import resolve_config_path
+from ntng_jax import xla_policy
 from ntng_jax.config import check_overrides, workdir_problem
 from ntng_jax.errors import UserError
 
@@ -45,6 +46,16 @@ def default_workdir(config) -> str:
   return os.path.join(
     "runs", f"{config.model.family}-{config.model.size}-{config.method.name}-seed{config.seed}"
   )
+
+
+def apply_xla_policy() -> None:
+  """Sets the width-keyed XLA flags (`ntng_jax.xla_policy`) of the entry point's `--config`
+  before JAX starts its backend; entry points without a config flag are left as they are."""
+  from absl import flags
+
+  config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+  if config is not None and "model" in config:
+    xla_policy.apply(int(config.model.hidden_size))
 
 
 def maybe_initialize_distributed() -> None:
@@ -169,6 +180,7 @@ def main(fn, check_config: bool = True):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    apply_xla_policy()
     maybe_initialize_distributed()
     return fn(argv)
 

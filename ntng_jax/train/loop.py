@@ -430,6 +430,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     final_depth=depth,
     rst_table=table.name,
     unigram_entropy_nats=getattr(dataset, "unigram_entropy_nats", None),
+    xla_flags=os.environ.get("XLA_FLAGS", ""),
   )
   if is_main:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
