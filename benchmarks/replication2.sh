@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Replication II (issue 20): the commands behind BENCHMARKS.md "Replication II", stage by stage.
+#   benchmarks/replication2.sh data|table|lr|il|grid|finetune|t5|report
+# Every stage skips what is finished (the sweep skips complete runs), so a stage can be stopped
+# and re-run, on another machine too: the results (summaries, metrics, fine-tuning JSON, the RST
+# table, the IL losses) live under benchmarks/results/replication/ and are committed; shards,
+# checkpoints and logs are not (runs/replication/ and .gitignore).
+# PAR=2 runs two sweeps side by side, each on one core (2 x 1 thread beats 1 x 2 threads by ~14 %
+# for this model on the 2-core CPU); the RST clock does not depend on it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f .venv/bin/activate ] && . .venv/bin/activate
+
+OUT=benchmarks/results/replication
+DATA=runs/replication
+TABLE=$OUT/rst_table.json
+PAR=${PAR:-2}
+# The setting (BENCHMARKS.md explains the choice): 4-layer tiny BERT (hidden 64), 8,192 ids,
+# 128-token sequences, batch 16, 20 % of the Wikipedia chunks held out, Shakespeare out of domain.
+BERT=(--config.model.num_layers=4 --config.model.vocab_size=8192
+  --config.data.source=shards --config.data.path=$DATA/shards --config.data.seq_len=128
+  --config.data.validation_fraction=0.2
+  --config.data.validation.shakespeare=../shared/data/text/tinyshakespeare/validation.txt
+  --config.train.batch_size=16 --config.train.micro_batch_size=16
+  --config.train.log_every_steps=50)
+BUDGETS=${BUDGETS:-0.06,0.12,0.24}  # RST hours on $TABLE; the LR sweep uses the smallest
+SMALL=${BUDGETS%%,*}
+LARGE=${BUDGETS##*,}
+LR_BASELINE=${LR_BASELINE:-1.5e-3,3e-3,6e-3,1.2e-2}
+LR_LION=${LR_LION:-3e-4,1e-3,3e-3}
+LR_SOPHIA=${LR_SOPHIA:-1e-3,3e-3,1e-2}
+SEEDS=${SEEDS:-0,1}
+IL_DIR=$OUT/il_model/budget-$LARGE/seed-0
+
+best_lr() {  # the peak LR the LR sweep chose for an optimizer (baseline = AdamW, all its methods)
+  python -c "import json,sys; print(json.load(open(sys.argv[1]))['best_learning_rate'][sys.argv[2]])" \
+    $OUT/lr/summary.json "$1"
+}
+extra_flags() { for f in "$@"; do printf -- '--extra=%s\n' "$f"; done; }
+on_core() {  # on_core N CMD...: one core, one XLA thread (PAR=1: no pinning)
+  local n=$1
+  shift
+  if [ "$PAR" -gt 1 ]; then
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false" taskset -c "$n" "$@"
+  else "$@"; fi
+}
+sweep() {  # sweep ROOT EXTRA_SWEEP_FLAGS...: the BERT grid's sweep with the shared table
+  local root=$1
+  shift
+  python -m launch.sweep --config=configs/bert.py:size=tiny --root="$root" \
+    --rst_table="$TABLE" $(extra_flags "${BERT[@]}") "$@"
+}
+
+case "${1:-}" in
+  data)  # ~1 min: the tokeniser is trained on the corpus, deterministically
+    [ -f $DATA/shards/manifest.json ] || python -m launch.prepare_data --model=bert \
+      --vocab_size=8192 --seq_len=128 --output=$DATA/shards \
+      --input=../shared/data/text/wikipedia_en/train.txt
+    [ -f $DATA/t5_shards/manifest.json ] || python -m launch.prepare_data --model=t5 \
+      --vocab_size=8192 --seq_len=128 --output=$DATA/t5_shards \
+      --input=../shared/data/text/wikipedia_en/train.txt ;;
+  table)  # once, on a quiet machine; every run of every stage is priced by it
+    [ -f $TABLE ] || python -m launch.calibrate_rst --config=configs/bert.py:size=tiny \
+      --output=$TABLE --workdir=$DATA/calibration "${BERT[@]}" ;;
+  lr)  # item 2: >= 3 peak learning rates per optimizer, seed 0, the smallest budget
+    jobs=()
+    for m in baseline lion sophia; do
+      v=LR_${m^^}
+      for lr in ${!v//,/ }; do jobs+=("$m $lr"); done
+    done
+    i=0
+    for job in "${jobs[@]}"; do
+      set -- $job
+      on_core $((i % PAR)) bash -c "$(declare -f sweep extra_flags); $(declare -p BERT TABLE); \
+        sweep $OUT/lr/$1-lr$2 --methods=$1 --budgets=$SMALL --seeds=0 \
+        --extra=--config.optim.learning_rate=$2" > /dev/null &
+      i=$((i + 1))
+      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+    done
+    wait
+    python benchmarks/replication_lr.py $OUT/lr ;;
+  il)  # the irreducible-loss model of rho_loss (trained on the held-out split), then its losses
+    [ -f $IL_DIR/summary.json ] || python -m launch.pretrain \
+      --config=configs/bert.py:size=tiny,method=il_model,seed=0 \
+      --config.train.budget_hours=$LARGE --config.rst.table=$TABLE --workdir=$IL_DIR \
+      "${BERT[@]}" --config.optim.learning_rate=$(best_lr baseline)
+    [ -e $IL_DIR/il_losses ] || python -m launch.extract_il --workdir=$IL_DIR ;;
+  grid)  # items 1 and 4: one stream per seed (PAR at a time), the largest budget first
+    run_seed() {
+      local seed=$1 b root=$OUT/grid/seed-$1
+      for b in $(echo $BUDGETS | tr , '\n' | sort -gr); do
+        sweep $root --budgets=$b --seeds=$seed --methods=baseline,stacking,layer_drop,selective_backprop \
+          --extra=--config.optim.learning_rate=$(best_lr baseline)
+        sweep $root --budgets=$b --seeds=$seed --methods=lion --extra=--config.optim.learning_rate=$(best_lr lion)
+        sweep $root --budgets=$b --seeds=$seed --methods=sophia \
+          --extra=--config.optim.learning_rate=$(best_lr sophia)
+        if [ -e $IL_DIR/il_losses ]; then
+          sweep $root --budgets=$b --seeds=$seed --methods=rho_loss --il_path=$IL_DIR/il_losses \
+            --extra=--config.optim.learning_rate=$(best_lr baseline)
+        fi
+      done
+    }
+    i=0
+    for seed in ${SEEDS//,/ }; do
+      on_core $((i % PAR)) bash -c "$(declare -f run_seed sweep extra_flags best_lr); \
+        $(declare -p BERT TABLE OUT BUDGETS IL_DIR); run_seed $seed" > $DATA/grid-seed-$seed.log 2>&1 &
+      i=$((i + 1))
+      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+    done
+    wait ;;
+  finetune)  # item 3: every complete run of the largest budget, the paper's recipes shrunk
+    for run in $OUT/grid/seed-*/*/budget-$LARGE/seed-*; do
+      [ -f $run/summary.json ] || continue
+      [ -f $run/finetune/glue.json ] || python -m launch.finetune --pretrained=$run --suite=glue \
+        --data_dir=../shared/data/glue --epochs=2 --max_train_examples=8000 --max_length=128 \
+        --batch_size=32 --learning_rate=1e-3
+      [ -f $run/finetune/superglue.json ] || python -m launch.finetune --pretrained=$run \
+        --suite=superglue --data_dir=../shared/data/superglue --epochs=5 --max_length=128 \
+        --batch_size=16 --learning_rate=1e-3
+    done ;;
+  t5)  # item 6: tiny T5 (4 layers) on the same text, one budget, its own table
+    T5=(--config.model.num_layers=4 --config.model.vocab_size=8192
+      --config.data.source=shards --config.data.path=$DATA/t5_shards --config.data.seq_len=128
+      --config.data.validation_fraction=0.2
+      --config.data.validation.shakespeare=../shared/data/text/tinyshakespeare/validation.txt
+      --config.train.batch_size=16 --config.train.micro_batch_size=16
+      --config.train.log_every_steps=50)
+    [ -f $OUT/t5/rst_table.json ] || python -m launch.calibrate_rst --config=configs/t5.py:size=tiny \
+      --output=$OUT/t5/rst_table.json --workdir=$DATA/t5_calibration "${T5[@]}"
+    i=0
+    for seed in ${SEEDS//,/ }; do
+      on_core $((i % PAR)) python -m launch.sweep --config=configs/t5.py:size=tiny \
+        --root=$OUT/t5/seed-$seed --rst_table=$OUT/t5/rst_table.json --seeds=$seed \
+        --methods=baseline,stacking,layer_drop,lion,sophia --budgets=${T5_BUDGET:-0.12} \
+        $(extra_flags "${T5[@]}") > $DATA/t5-seed-$seed.log 2>&1 &
+      i=$((i + 1))
+      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+    done
+    wait ;;
+  report)  # items 5 and 7: tables, paired differences and figures from the committed files
+    python benchmarks/replication_lr.py $OUT/lr > $OUT/lr/table.md
+    python -m launch.report --root=$OUT/grid
+    [ ! -d $OUT/t5 ] || python -m launch.report --root=$OUT/t5 ;;
+  *) echo "usage: $0 data|table|lr|il|grid|finetune|t5|report" >&2; exit 2 ;;
+esac
