@@ -2,6 +2,10 @@
 
   fig_train_loss.png         training loss vs RST, one panel per budget, mean over finished seeds
   fig_validation_loss.png    final validation loss per validation set vs budget (mean ± std)
+  fig_validation_rst.png     in-domain validation loss vs RST, one panel per budget, mean over
+                             finished seeds
+  fig_paired_delta.png       final in-domain validation loss, method − baseline paired by seed,
+                             vs budget (mean ± std of the paired differences), a line at 0
   fig_downstream.png         fine-tuning averages per suite vs budget (mean ± std)
   fig_validation_epochs.png  validation loss vs epochs of training data, per budget (data repeated)
 
@@ -126,6 +130,78 @@ def plot_train_loss(collected: dict, agg: dict, path: str) -> str | None:
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+  return _save(plt, fig, path)
+
+
+def plot_validation_rst(collected: dict, agg: dict, path: str) -> str | None:
+  """In-domain validation loss against RST, one panel per budget (mean over ok seeds)."""
+  if not any(r["validation_curve"] for r in collected["runs"] if r["status"] == OK):
+    return None
+  plt = pyplot()
+  methods, budgets = agg["methods"], agg["budgets"]
+  colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+  fig, axes = _panels(plt, len(budgets))
+  for ax, b in zip(axes, budgets):
+    unit, scale = _time_unit(b)
+    for m in methods:
+      curves = [
+        r["validation_curve"] for r in runs_of(collected, m, b, OK) if r["validation_curve"]
+      ]
+      if not curves:
+        continue
+      label = f"{m} (n={len(curves)})"
+      grid, mean = _mean_curve(curves, points=100)
+      if grid is not None:
+        ax.plot(grid / 3600.0 * scale, mean, "-", color=colors[m], lw=1.4, label=label)
+        # The evaluations themselves, at the mean RST of each seed's last one.
+        last_x = np.mean([c[-1][0] for c in curves]) / 3600.0 * scale
+        ax.plot([last_x], [np.mean([c[-1][1] for c in curves])], "o", color=colors[m], ms=4)
+      else:  # one evaluation per run (e.g. only the final one): the mean point
+        xs = np.mean([c[-1][0] for c in curves]) / 3600.0 * scale
+        ax.plot([xs], [np.mean([c[-1][1] for c in curves])], "o", color=colors[m], label=label)
+    ax.set_title(f"budget {budget_label(b)}")
+    ax.set_xlabel(unit)
+    ax.set_ylabel("validation loss (in-domain)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  return _save(plt, fig, path)
+
+
+def plot_paired_delta(agg: dict, path: str, name: str = "validation_loss") -> str | None:
+  """Final `name` of each method minus the baseline's, paired by seed, against the budget: mean
+  with error bars of one sample std of the paired differences, and a line at 0."""
+  base, budgets = agg["baseline"], agg["budgets"]
+  lines = {}
+  for m in agg["methods"]:
+    for j, b in enumerate(budgets):
+      cell = ((agg["groups"].get((m, b)) or {}).get("metrics") or {}).get(name) or {}
+      if m != base and cell.get("paired"):
+        lines.setdefault(m, []).append((j, cell["paired"]))
+  if not lines:
+    return None
+  plt = pyplot()
+  colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(agg["methods"])}
+  fig, ax = plt.subplots(figsize=(max(4.8, 1.4 * len(budgets) + 2.5), 3.8))
+  ax.axhline(0.0, color="black", lw=1.0, label=f"{base}")
+  width = 0.3 / max(len(lines), 1)
+  for i, (m, points) in enumerate(lines.items()):
+    xs = [j + (i - (len(lines) - 1) / 2) * width for j, _ in points]
+    ys = [p["mean"] for _, p in points]
+    es = [p["std"] or 0.0 for _, p in points]
+    ns = sorted({p["n"] for _, p in points})
+    n_label = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+    ax.errorbar(
+      xs, ys, yerr=es, fmt="o-", color=colors[m], capsize=3, ms=4, lw=1, label=f"{m} ({n_label})"
+    )
+  ax.set_xticks(range(len(budgets)))
+  ax.set_xticklabels([budget_label(b) for b in budgets])
+  ax.set_xlim(-0.5, len(budgets) - 0.5)
+  ax.set_xlabel("RST budget")
+  label = "validation loss" if name == "validation_loss" else name
+  ax.set_ylabel(f"Δ final {label} vs {base}")
+  ax.set_title("method − baseline, paired by seed (mean ± std)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
   return _save(plt, fig, path)
 
 

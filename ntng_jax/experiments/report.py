@@ -2,7 +2,8 @@
 relative to the root) and the figures, from what the runs wrote (`results.collect`).
 
 Means and standard deviations are over the runs that finished; each cell says how many seeds that
-is and what happened to the others. Without matplotlib the report has tables only.
+is and what happened to the others. Differences to the baseline are also paired by seed (only
+seeds where both finished). Without matplotlib the report has tables only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def write_report(root: str, baseline: str = "baseline", figures: bool = True) ->
       for key, fn in (
         ("train_loss", lambda p: figs.plot_train_loss(collected, agg, p)),
         ("validation_loss", lambda p: figs.plot_validation(agg, p)),
+        ("validation_rst", lambda p: figs.plot_validation_rst(collected, agg, p)),
+        ("paired_delta", lambda p: figs.plot_paired_delta(agg, p)),
         ("downstream", lambda p: figs.plot_downstream(agg, p)),
         ("validation_epochs", lambda p: figs.plot_validation_epochs(collected, agg, p)),
       ):

@@ -1,6 +1,8 @@
 """Aggregates a sweep's runs by (method, budget): per metric the mean and sample standard
-deviation (ddof=1) over the seeds that finished, their number, and the difference to the
-baseline's mean at the same budget."""
+deviation (ddof=1) over the seeds that finished, their number, the difference to the baseline's
+mean at the same budget (`delta`), and the difference paired by seed (`paired`: mean and sample
+std over the seeds where both the method and the baseline finished of method − baseline for the
+same seed, and how many seeds that is)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,21 @@ def run_metrics(run: dict) -> dict:
   return out
 
 
+def paired_difference(ours: dict, theirs: dict, name: str) -> dict | None:
+  """{'mean', 'std', 'n', 'seeds'} of (ours − theirs) for the same seed, over the seeds where both
+  have a finite `name` ({seed: run_metrics} of the finished runs on each side); std is None for
+  one seed; None when no seed has both."""
+  seeds = sorted(
+    s
+    for s in set(ours) & set(theirs)
+    if all(math.isfinite(number(side[s].get(name)) or math.nan) for side in (ours, theirs))
+  )
+  if not seeds:
+    return None
+  mean, std = mean_std([ours[s][name] - theirs[s][name] for s in seeds])
+  return dict(mean=mean, std=std, n=len(seeds), seeds=seeds)
+
+
 def _order(methods: Sequence[str], baseline: str, planned: Sequence[str]) -> list[str]:
   first = [m for m in planned if m in methods]
   rest = sorted(m for m in methods if m not in first)
@@ -60,13 +77,14 @@ def _order(methods: Sequence[str], baseline: str, planned: Sequence[str]) -> lis
 
 
 def aggregate(collected: dict, baseline: str = "baseline") -> dict:
-  """Groups by (method, budget): per metric mean ± std over ok seeds, n, and Δ vs the baseline."""
+  """Groups by (method, budget): per metric mean ± std over ok seeds, n, Δ of the means to the
+  baseline (`delta`) and the difference to it paired by seed (`paired`)."""
   runs = collected["runs"]
   planned = collected["status"].get("methods", [])
   methods = _order({r["method"] for r in runs}, baseline, planned)
   budgets = sorted({r["budget_hours"] for r in runs})
   metric_names = ["train_loss", "validation_loss"] if runs else []  # tables even if none finished
-  groups = {}
+  groups, finished = {}, {}  # finished: {(method, budget): {seed: run_metrics}} of ok runs
   for m in methods:
     for b in budgets:
       members = [r for r in runs if r["method"] == m and r["budget_hours"] == b]
@@ -76,13 +94,14 @@ def aggregate(collected: dict, baseline: str = "baseline") -> dict:
       for r in members:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
       per_metric = {}
-      values = [run_metrics(r) for r in members if r["status"] == OK]
+      finished[(m, b)] = {r["seed"]: run_metrics(r) for r in members if r["status"] == OK}
+      values = list(finished[(m, b)].values())
       for vals in values:
         for name in vals:
           if name not in metric_names:
             metric_names.append(name)
       for name in metric_names:
-        xs = [v[name] for v in values if name in v]
+        xs = [v[name] for v in values if name in v and math.isfinite(v[name])]
         mean, std = mean_std(xs)
         if mean is not None:
           per_metric[name] = dict(mean=mean, std=std, n=len(xs))
@@ -99,6 +118,9 @@ def aggregate(collected: dict, baseline: str = "baseline") -> dict:
     for name, cell in g["metrics"].items():
       if m != baseline and base and name in base["metrics"]:
         cell["delta"] = cell["mean"] - base["metrics"][name]["mean"]
+        paired = paired_difference(finished[(m, b)], finished[(baseline, b)], name)
+        if paired is not None:
+          cell["paired"] = paired
   return dict(
     methods=methods,
     budgets=budgets,

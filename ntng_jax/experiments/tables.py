@@ -1,6 +1,7 @@
 """The Markdown of a sweep report: one table per metric (methods x RST budgets, mean ± std over
-finished seeds, Δ to the baseline, what happened to the other seeds), the verdicts against the
-baseline, downstream tasks, epochs and the list of runs.
+finished seeds, Δ of the means to the baseline, what happened to the other seeds) followed by the
+differences to the baseline paired by seed (mean ± std of method − baseline over the seeds where
+both finished, and n), the verdicts against the baseline, downstream tasks, epochs and the runs.
 
 Every path in the report is relative to the sweep root (the report's own directory), so the
 report reads the same on any machine.
@@ -98,8 +99,51 @@ def metric_table(agg: dict, name: str) -> list[str]:
   return lines
 
 
+def paired_text(cell: dict | None, decimals: int) -> str:
+  """'+0.0123 ± 0.0040 (n=3)' from a cell's paired difference; '— (n=0)' without one."""
+  paired = (cell or {}).get("paired")
+  if paired is None:
+    return "— (n=0)"
+  text = f"{paired['mean']:+.{decimals}f}"
+  if paired["std"] is not None:
+    text += f" ± {fmt(paired['std'], decimals)}"
+  return text + f" (n={paired['n']})"
+
+
+def paired_table(agg: dict, name: str) -> list[str]:
+  """Rows of method − baseline paired by seed per budget; [] when no method has a paired seed."""
+  base = agg["baseline"]
+  others = [m for m in agg["methods"] if m != base]
+  has_pair = any(
+    "paired" in ((agg["groups"].get((m, b)) or {}).get("metrics", {}).get(name) or {})
+    for m in others
+    for b in agg["budgets"]
+  )
+  if not has_pair:
+    return []
+  lines = [
+    "| method − " + base + " | " + " | ".join(budget_label(b) for b in agg["budgets"]) + " |",
+    "|---|" + "---|" * len(agg["budgets"]),
+  ]
+  for m in others:
+    cells = []
+    for b in agg["budgets"]:
+      g, gb = agg["groups"].get((m, b)), agg["groups"].get((base, b))
+      if g is None or gb is None:
+        cells.append("not run")
+        continue
+      cell = g["metrics"].get(name)
+      base_cell = gb["metrics"].get(name)
+      decimals = _decimals((cell or base_cell or {}).get("mean", 0.0))
+      cells.append(paired_text(cell, decimals))
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def verdicts(agg: dict) -> list[str]:
-  """One line per method: at how many budgets it beats the baseline, and by more than noise."""
+  """One line per method: at how many budgets it beats the baseline, and by more than noise. The
+  difference is the one paired by seed (noise: the std of the paired differences) where some seed
+  has both runs, else the difference of the means (noise: both stds combined)."""
   base, lines = agg["baseline"], []
   headline = [
     n
@@ -123,10 +167,14 @@ def verdicts(agg: dict) -> list[str]:
           if name in LOWER_IS_BETTER or name.startswith(("validation_loss/", "perplexity/"))
           else 1
         )
-        gain = sign * cell["delta"]
+        paired = cell.get("paired")
+        if paired:
+          gain, noise = sign * paired["mean"], paired["std"] or 0.0
+        else:
+          gain = sign * cell["delta"]
+          noise = math.hypot(cell["std"] or 0.0, bcell["std"] or 0.0)
         if gain > 0:
           better += 1
-          noise = math.hypot(cell["std"] or 0.0, bcell["std"] or 0.0)
           if noise and gain > noise:
             clear += 1
       if compared:
@@ -241,7 +289,9 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
   out.append(
     f"Mean ± sample std over seeds that finished (budget or max_steps); Δ = method mean"
     f" − {agg['baseline']} mean at the same budget. Runs that diverged, failed, are"
-    " incomplete or missing are counted in each cell."
+    " incomplete or missing are counted in each cell. Under each table, the difference"
+    f" paired by seed: mean ± sample std over seeds of (method − {agg['baseline']} for the same"
+    " seed), n = seeds where both finished; it removes the seed-to-seed noise the two share."
   )
   for name in agg["metric_names"]:
     if name.count("/") >= 2 or (
@@ -256,6 +306,9 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
     ):
       continue  # one validation set: the same numbers as validation_loss / perplexity
     out += ["", f"### {title(name)}", ""] + metric_table(agg, name)
+    paired = paired_table(agg, name)
+    if paired:
+      out += ["", f"Paired by seed, method − {agg['baseline']} (mean ± std, n):", ""] + paired
   if not collected["runs"]:
     out += ["", "No runs found."]
   task_names = [
@@ -280,13 +333,26 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
             )
             + " |"
           )
-  out += ["", "## Against the baseline", ""] + verdicts(agg) + ["", PAPER_FINDINGS]
+  out += [
+    "",
+    "## Against the baseline",
+    "",
+    "Better = the difference paired by seed favours the method (the difference of the means where"
+    " no seed has both runs); one std = of the paired differences.",
+    "",
+  ]
+  out += verdicts(agg) + ["", PAPER_FINDINGS]
   if figures:
     out += ["", "## Figures", ""]
     captions = dict(
       train_loss="Training loss vs RST, one panel per budget (mean over finished seeds; thin"
       " dashed lines: single diverged or incomplete seeds).",
       validation_loss="Final validation loss per validation set vs budget (mean ± std).",
+      validation_rst="Validation loss (in-domain) vs RST, one panel per budget (mean over"
+      " finished seeds; dot: the mean of the last evaluations).",
+      paired_delta=f"Final validation loss (in-domain) minus {agg['baseline']}'s for the same"
+      " seed vs budget (mean ± std of the paired differences over seeds where both finished;"
+      f" below 0 is better than {agg['baseline']}).",
       downstream="Fine-tuning averages per suite vs budget (mean ± std over seeds).",
       validation_epochs="Validation loss vs epochs of the (limited, repeated) training data,"
       " one panel per budget (mean over finished seeds).",
