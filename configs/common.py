@@ -106,6 +106,11 @@ def finalize(c: ml_collections.ConfigDict, per_size: dict) -> ml_collections.Con
     recipe = dict(PAPER_RECIPES[family][name])
     recipe["learning_rate"] = per_size[size].get(f"lr_{name}", recipe["learning_rate"])
     recipe["schedule"] = c.optim.schedule
+    if name == "sophia" and family == "bert":
+      # The paper's `bs` is its batch in tokens (1536 x 128 = 196,608); it scales the Hessian in
+      # the update's denominator, so it follows this run's batch (a reference: flags that change
+      # the batch or sequence length after this point change it too).
+      recipe["batch_tokens"] = c.train.get_ref("batch_size") * c.data.get_ref("seq_len")
     c.optim = recipe
   return apply_method_defaults(c)
 

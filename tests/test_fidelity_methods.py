@@ -155,6 +155,20 @@ def test_sophia_config_fields_are_real():
   assert optimizer_hook(base).aux_micro_batches == 3
 
 
+def test_bert_sophia_bs_is_the_runs_batch_in_tokens():
+  """The paper's bs (196,608 = its 1536 x 128 batch) scales the Hessian in the update; a run with
+  another batch keeps that relation (at 2,048 tokens, bs = 196,608 made every update ~96x
+  smaller: Sophia-G sat near the unigram loss at every learning rate)."""
+  from configs import get_config
+
+  assert get_config("bert", "size=base,method=sophia").optim.batch_tokens == 196608
+  config = get_config("bert", "size=tiny,method=sophia")
+  config.lock()  # as launch.pretrain's --config flags set fields after get_config
+  config.train.batch_size, config.data.seq_len = 16, 256
+  assert config.optim.batch_tokens == 16 * 256
+  assert get_config("t5", "size=base,method=sophia").optim.batch_tokens == 5120  # T5: step()'s
+
+
 def test_sophia_hessian_batch_is_fresh_and_never_trained_on(tmp_path):
   from ntng_jax import data as data_lib
 
