@@ -28,7 +28,9 @@ def _final(method: str, budget: float, seed: int) -> float:
   return base + (METHOD_OFFSET[(method, budget)][seed] if method != "baseline" else 0.0)
 
 
-def _write_run(root, method: str, budget: float, seed: int, finished: bool = True) -> None:
+def _write_run(
+  root, method: str, budget: float, seed: int, finished: bool = True, unigram: float | None = None
+) -> None:
   """One run as the trainer leaves it, in a sub-root per seed (ROOT/seed-S/METHOD/budget-B/seed-S)."""
   wd = root / f"seed-{seed}" / method / f"budget-{budget:g}" / f"seed-{seed}"
   wd.mkdir(parents=True)
@@ -48,7 +50,9 @@ def _write_run(root, method: str, budget: float, seed: int, finished: bool = Tru
       )
     )
   (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  summary = dict(method=method, steps=40, rst_seconds=rst, final_train_loss=train)
+  summary = dict(
+    method=method, steps=40, rst_seconds=rst, final_train_loss=train, unigram_entropy_nats=unigram
+  )
   if finished:
     summary.update(
       stopped_because="budget",
@@ -135,4 +139,25 @@ def test_paired_delta_figure_with_one_budget_and_one_seed(tmp_path):
   assert os.path.getsize(result["figures"]["paired_delta"]) > 1000
   assert (
     f"| lion | {METHOD_OFFSET[('lion', 2.0)][0]:+.4f} (n=1) |" in open(result["markdown"]).read()
+  )
+
+
+def test_learning_regime_table_compares_the_baseline_with_the_unigram_entropy(tmp_path):
+  """Item 20.1's criterion in the report: the baseline's final in-domain validation loss per budget
+  against the unigram entropy its summary records, the gap per seed; no table without the entropy."""
+  root = tmp_path / "sweep"
+  for seed in (0, 1):
+    _write_run(root, "baseline", 2.0, seed, unigram=5.5)
+    _write_run(root, "lion", 2.0, seed, unigram=5.5)
+  md = open(report.write_report(str(root), figures=False)["markdown"]).read()
+  section = md[md.index("## Learning regime") : md.index("## Against the baseline")]
+  gaps = ", ".join(f"{5.5 - _final('baseline', 2.0, s):.3f}" for s in (0, 1))  # 2.500, 1.500
+  mean = (_final("baseline", 2.0, 0) + _final("baseline", 2.0, 1)) / 2
+  assert f"| 2 h | {mean:.4f} | 5.5000 | {gaps} |" in section, section
+
+  bare = tmp_path / "bare"
+  _write_run(bare, "baseline", 2.0, 0)
+  assert (
+    "## Learning regime"
+    not in open(report.write_report(str(bare), figures=False)["markdown"]).read()
   )

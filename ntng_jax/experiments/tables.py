@@ -1,7 +1,8 @@
 """The Markdown of a sweep report: one table per metric (methods x RST budgets, mean ± std over
 finished seeds, Δ of the means to the baseline, what happened to the other seeds) followed by the
 differences to the baseline paired by seed (mean ± std of method − baseline over the seeds where
-both finished, and n), the verdicts against the baseline, downstream tasks, epochs and the runs.
+both finished, and n), downstream tasks, the baseline against the unigram entropy, the verdicts
+against the baseline, epochs and the runs.
 
 Every path in the report is relative to the sweep root (the report's own directory), so the
 report reads the same on any machine.
@@ -13,6 +14,7 @@ import datetime
 import math
 import os
 import re
+import statistics
 from typing import Sequence
 
 from ntng_jax.experiments.finetune_results import number
@@ -209,7 +211,41 @@ at 6/12/24 RST hours on BERT-base and T5-base:
 - Overall, no method consistently beats a baseline whose learning rate is fully decayed within the
   same RST budget.
 
-Tiny CPU sweeps only exercise the machinery; their numbers say nothing about these claims."""
+A sweep speaks to these claims only where its baseline has learned context: see "Learning
+regime" above; a baseline near the unigram entropy only says who reached that plateau first."""
+
+
+def learning_regime(collected: dict, agg: dict) -> list[str]:
+  """The baseline's final in-domain validation loss per budget against the unigram entropy of
+  its training tokens (summary.json `unigram_entropy_nats`); [] if the runs do not record it."""
+  base = agg["baseline"]
+  lines = []
+  for b in agg["budgets"]:
+    ok = [r["summary"] for r in runs_of(collected, base, b, OK) if r.get("summary")]
+    pairs = [
+      (s["final_validation_loss"], s["unigram_entropy_nats"])
+      for s in ok
+      if number(s.get("final_validation_loss")) is not None
+      and number(s.get("unigram_entropy_nats")) is not None
+    ]
+    if pairs:
+      gaps = ", ".join(fmt(h - v, 3) for v, h in pairs)
+      lines.append(
+        f"| {budget_label(b)} | {fmt(statistics.mean(v for v, _ in pairs), 4)}"
+        f" | {fmt(statistics.mean(h for _, h in pairs), 4)} | {gaps} |"
+      )
+  if not lines:
+    return []
+  return [
+    "",
+    "## Learning regime",
+    "",
+    f"{base}'s final in-domain validation loss against the unigram entropy of its training"
+    " tokens (the loss of a model that ignores context), in nats; the gap is per seed.",
+    "",
+    "| budget | validation loss (mean) | unigram entropy | gap per seed |",
+    "|---|---|---|---|",
+  ] + lines
 
 
 def portable(path: str | None, collected: dict) -> str | None:
@@ -333,6 +369,7 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
             )
             + " |"
           )
+  out += learning_regime(collected, agg)
   out += [
     "",
     "## Against the baseline",
