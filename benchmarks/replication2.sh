@@ -17,14 +17,15 @@ TABLE=$OUT/rst_table.json
 PAR=${PAR:-2}
 # The setting (BENCHMARKS.md explains the choice): 4-layer BERT of hidden 128 (2 heads of 64, FFN
 # 512), 8,192 ids, 128-token sequences, batch 16, 20 % of the Wikipedia chunks held out,
-# Shakespeare out of domain.
+# Shakespeare out of domain; each validation set scored on up to 2,048 sequences (128 batches).
 BERT=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.num_heads=2
   --config.model.head_dim=64 --config.model.intermediate_size=512 --config.model.vocab_size=8192
   --config.data.source=shards --config.data.path=$DATA/shards --config.data.seq_len=128
   --config.data.validation_fraction=0.2
   --config.data.validation.shakespeare=../shared/data/text/tinyshakespeare/validation.txt
   --config.train.batch_size=16 --config.train.micro_batch_size=16
-  --config.train.log_every_steps=50)
+  --config.train.log_every_steps=50 --config.train.validation_batches=128
+  --config.train.eval_every_rst_minutes=1.8 --config.train.checkpoint_every_rst_minutes=1.8)
 BUDGETS=${BUDGETS:-0.09,0.18,0.36}  # RST hours on $TABLE; the LR sweep uses the smallest
 SMALL=${BUDGETS%%,*}
 LARGE=${BUDGETS##*,}
@@ -120,13 +121,16 @@ case "${1:-}" in
         --suite=superglue --data_dir=../shared/data/superglue --epochs=5 --max_length=128 \
         --batch_size=16 --learning_rate=1e-3
     done ;;
-  t5)  # item 6: tiny T5 (4 layers) on the same text, one budget, its own table
-    T5=(--config.model.num_layers=4 --config.model.vocab_size=8192
+  t5)  # item 6: T5 of the BERT grid's width (4 layers each side) on the same text, one budget,
+    # its own table
+    T5=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.num_heads=2
+      --config.model.head_dim=64 --config.model.intermediate_size=512 --config.model.vocab_size=8192
       --config.data.source=shards --config.data.path=$DATA/t5_shards --config.data.seq_len=128
       --config.data.validation_fraction=0.2
       --config.data.validation.shakespeare=../shared/data/text/tinyshakespeare/validation.txt
       --config.train.batch_size=16 --config.train.micro_batch_size=16
-      --config.train.log_every_steps=50)
+      --config.train.log_every_steps=50 --config.train.validation_batches=128
+      --config.train.eval_every_rst_minutes=1.8 --config.train.checkpoint_every_rst_minutes=1.8)
     [ -f $OUT/t5/rst_table.json ] || python -m launch.calibrate_rst --config=configs/t5.py:size=tiny \
       --output=$OUT/t5/rst_table.json --workdir=$DATA/t5_calibration "${T5[@]}"
     i=0
