@@ -26,18 +26,29 @@ BERT=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.
   --config.train.batch_size=16 --config.train.micro_batch_size=16
   --config.train.log_every_steps=50 --config.train.validation_batches=128
   --config.train.eval_every_rst_minutes=1.8 --config.train.checkpoint_every_rst_minutes=1.8)
-BUDGETS=${BUDGETS:-0.09,0.18,0.36}  # RST hours on $TABLE; the LR sweep uses the smallest
-SMALL=${BUDGETS%%,*}
-LARGE=${BUDGETS##*,}
-LR_BASELINE=${LR_BASELINE:-1.5e-3,3e-3,6e-3}
+GRID_BUDGETS=0.09,0.36,0.72  # RST hours on $TABLE; the LR sweep and the IL model use the smallest
+SMALL=${GRID_BUDGETS%%,*}
+LARGE=${GRID_BUDGETS##*,}
+# A stretch of compute can run part of the grid: BUDGETS, METHODS and SEEDS pick the cells.
+BUDGETS=${BUDGETS:-$GRID_BUDGETS}
+METHODS=${METHODS:-baseline,stacking,layer_drop,selective_backprop,lion,sophia,rho_loss}
+# Three values each, plus one past the edge where the best of the three was on it (the names are
+# the run directories' under $OUT/lr, so keep their spelling).
+LR_BASELINE=${LR_BASELINE:-0.00075,1.5e-3,3e-3,6e-3}
 LR_LION=${LR_LION:-1e-4,3e-4,1e-3}
-LR_SOPHIA=${LR_SOPHIA:-3e-4,1e-3,3e-3}
+LR_SOPHIA=${LR_SOPHIA:-9e-5,3e-4,1e-3,3e-3}
 SEEDS=${SEEDS:-0,1}
-IL_DIR=$OUT/il_model/budget-$LARGE/seed-0
+IL_DIR=$OUT/il_model/budget-$SMALL/seed-0
 
 best_lr() {  # the peak LR the LR sweep chose for an optimizer (baseline = AdamW, all its methods)
   python -c "import json,sys; print(json.load(open(sys.argv[1]))['best_learning_rate'][sys.argv[2]])" \
     $OUT/lr/summary.json "$1"
+}
+picked() {  # picked M1,M2...: those of the given methods that $METHODS names, comma-joined
+  local m out=()
+  for m in ${1//,/ }; do [[ ",$METHODS," != *",$m,"* ]] || out+=("$m"); done
+  local IFS=,
+  echo "${out[*]}"
 }
 extra_flags() { for f in "$@"; do printf -- '--extra=%s\n' "$f"; done; }
 on_core() {  # on_core N CMD...: one core, one XLA thread (PAR=1: no pinning)
@@ -82,22 +93,25 @@ case "${1:-}" in
     done
     wait
     python benchmarks/replication_lr.py $OUT/lr ;;
-  il)  # the irreducible-loss model of rho_loss (trained on the held-out split), then its losses
+  il)  # the irreducible-loss model of rho_loss (trained on the held-out split, a fifth of the
+    # training split's size: the smallest budget is already ~6 epochs of it), then its losses
     [ -f $IL_DIR/summary.json ] || python -m launch.pretrain \
       --config=configs/bert.py:size=tiny,method=il_model,seed=0 \
-      --config.train.budget_hours=$LARGE --config.rst.table=$TABLE --workdir=$IL_DIR \
+      --config.train.budget_hours=$SMALL --config.rst.table=$TABLE --workdir=$IL_DIR \
       "${BERT[@]}" --config.optim.learning_rate=$(best_lr baseline)
     [ -e $IL_DIR/il_losses ] || python -m launch.extract_il --workdir=$IL_DIR ;;
   grid)  # items 1 and 4: one stream per seed (PAR at a time), the largest budget first
     run_seed() {
       local seed=$1 b root=$OUT/grid/seed-$1
       for b in $(echo $BUDGETS | tr , '\n' | sort -gr); do
-        sweep $root --budgets=$b --seeds=$seed --methods=baseline,stacking,layer_drop,selective_backprop \
+        ms=$(picked baseline,stacking,layer_drop,selective_backprop)
+        [ -z "$ms" ] || sweep $root --budgets=$b --seeds=$seed --methods=$ms \
           --extra=--config.optim.learning_rate=$(best_lr baseline)
-        sweep $root --budgets=$b --seeds=$seed --methods=lion --extra=--config.optim.learning_rate=$(best_lr lion)
-        sweep $root --budgets=$b --seeds=$seed --methods=sophia \
-          --extra=--config.optim.learning_rate=$(best_lr sophia)
-        if [ -e $IL_DIR/il_losses ]; then
+        for m in lion sophia; do
+          [ -z "$(picked $m)" ] || sweep $root --budgets=$b --seeds=$seed --methods=$m \
+            --extra=--config.optim.learning_rate=$(best_lr $m)
+        done
+        if [ -n "$(picked rho_loss)" ] && [ -e $IL_DIR/il_losses ]; then
           sweep $root --budgets=$b --seeds=$seed --methods=rho_loss --il_path=$IL_DIR/il_losses \
             --extra=--config.optim.learning_rate=$(best_lr baseline)
         fi
@@ -105,8 +119,8 @@ case "${1:-}" in
     }
     i=0
     for seed in ${SEEDS//,/ }; do
-      on_core $((i % PAR)) bash -c "$(declare -f run_seed sweep extra_flags best_lr); \
-        $(declare -p BERT TABLE OUT BUDGETS IL_DIR); run_seed $seed" > $DATA/grid-seed-$seed.log 2>&1 &
+      on_core $((i % PAR)) bash -c "$(declare -f run_seed sweep extra_flags best_lr picked); \
+        $(declare -p BERT TABLE OUT BUDGETS METHODS IL_DIR); run_seed $seed" > $DATA/grid-seed-$seed.log 2>&1 &
       i=$((i + 1))
       if [ $((i % PAR)) -eq 0 ]; then wait; fi
     done
