@@ -125,9 +125,11 @@ case "${1:-}" in
       if [ $((i % PAR)) -eq 0 ]; then wait; fi
     done
     wait ;;
-  finetune)  # item 3: every complete run of the largest budget, the paper's recipes shrunk
-    for run in $OUT/grid/seed-*/*/budget-$LARGE/seed-*; do
-      [ -f $run/summary.json ] || continue
+  finetune)  # item 3: every complete run of the largest budget (of SEEDS and METHODS), the
+    # paper's recipes shrunk
+    for run in $(for s in ${SEEDS//,/ }; do echo $OUT/grid/seed-$s/*/budget-$LARGE/seed-$s; done); do
+      [ -f $run/summary.json ] && [ -n "$(picked "$(basename "$(dirname "$(dirname $run)")")")" ] \
+        || continue
       [ -f $run/finetune/glue.json ] || python -m launch.finetune --pretrained=$run --suite=glue \
         --tasks=cola,mrpc,rte,sst2,stsb,wnli --data_dir=../shared/data/glue --epochs=2 \
         --max_train_examples=8000 --max_length=128 --batch_size=32 --learning_rate=1e-3
