@@ -134,7 +134,7 @@ case "${1:-}" in
         --tasks=cola,mrpc,rte,sst2,stsb,wnli --data_dir=../shared/data/glue --epochs=2 \
         --max_train_examples=8000 --max_length=128 --batch_size=32 --learning_rate=1e-3
       [ -f $run/finetune/superglue.json ] || python -m launch.finetune --pretrained=$run \
-        --suite=superglue --data_dir=../shared/data/superglue --epochs=5 --max_length=128 \
+        --suite=superglue --tasks=cb,copa,rte --data_dir=../shared/data/superglue --epochs=5 --max_length=128 \
         --batch_size=16 --learning_rate=1e-3
     done ;;
   t5)  # item 6: T5 of the BERT grid's width (4 layers each side) on the same text, one budget,
