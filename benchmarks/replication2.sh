@@ -127,15 +127,15 @@ case "${1:-}" in
     wait ;;
   finetune)  # item 3: every complete run of the largest budget (of SEEDS and METHODS), the
     # paper's recipes shrunk
-    for run in $(for s in ${SEEDS//,/ }; do echo $OUT/grid/seed-$s/*/budget-$LARGE/seed-$s; done); do
-      [ -f $run/summary.json ] && [ -n "$(picked "$(basename "$(dirname "$(dirname $run)")")")" ] \
-        || continue
+    for run in $(for s in ${SEEDS//,/ }; do for m in ${METHODS//,/ }; do
+      echo $OUT/grid/seed-$s/$m/budget-$LARGE/seed-$s; done; done); do
+      [ -f $run/summary.json ] || continue
       [ -f $run/finetune/glue.json ] || python -m launch.finetune --pretrained=$run --suite=glue \
         --tasks=cola,mrpc,rte,sst2,stsb,wnli --data_dir=../shared/data/glue --epochs=2 \
         --max_train_examples=8000 --max_length=128 --batch_size=32 --learning_rate=1e-3
       [ -f $run/finetune/superglue.json ] || python -m launch.finetune --pretrained=$run \
-        --suite=superglue --tasks=cb,copa,rte --data_dir=../shared/data/superglue --epochs=5 --max_length=128 \
-        --batch_size=16 --learning_rate=1e-3
+        --suite=superglue --tasks=cb,copa,rte --data_dir=../shared/data/superglue --epochs=5 \
+        --max_length=128 --batch_size=16 --learning_rate=1e-3
     done ;;
   t5)  # item 6: T5 of the BERT grid's width (4 layers each side) on the same text, one budget,
     # its own table
