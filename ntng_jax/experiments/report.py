@@ -12,7 +12,7 @@ import json
 import os
 
 from ntng_jax.experiments import figures as figs
-from ntng_jax.experiments import tables
+from ntng_jax.experiments import report_paths, tables
 from ntng_jax.experiments.results import collect
 from ntng_jax.experiments.stats import aggregate
 
@@ -57,7 +57,7 @@ def write_report(root: str, baseline: str = "baseline", figures: bool = True) ->
         runs=[
           dict(
             {k: v for k, v in r.items() if k not in ("curve", "validation_curve", "epoch_curve")},
-            workdir=tables.portable(r["workdir"], collected),
+            workdir=report_paths.portable(r["workdir"], collected),
           )
           for r in collected["runs"]
         ],
