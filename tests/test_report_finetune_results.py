@@ -19,6 +19,7 @@ def _glue_result() -> dict:
         best_epoch=dict(accuracy=2),
         majority_rate=0.527,
         num_train=2490,
+        num_dev=277,
       ),
       stsb=dict(
         epochs=[dict(metrics=dict(pearson=math.nan, spearman=0.1))],
@@ -52,6 +53,7 @@ def test_written_result_is_strict_json_that_the_table_and_the_report_read(tmp_pa
     average=0.3125,
     tasks={"rte/accuracy": 0.625, "stsb/spearman": 0.1, "rte/majority_rate": 0.527},
     missing=["cola/mcc"],
+    num_dev={"rte": 277},
   )
   assert F.read_finetune(str(tmp_path / "absent.json")) is None
 
@@ -72,4 +74,4 @@ def test_sni_result_table_and_summary(tmp_path):
   table = F.markdown_table(F.write_result(path, result)).splitlines()
   assert "| task1 | 40.00 | 45.50 | 16 |" in table and "| task2 | 20.00 | n/a | 16 |" in table
   assert table[-1] == "| **all** | **30.00** | **n/a** | 32 |"
-  assert F.read_finetune(path) == dict(average=30.0, tasks={}, missing=[])
+  assert F.read_finetune(path) == dict(average=30.0, tasks={}, missing=[], num_dev={})

@@ -104,11 +104,11 @@ def number(x) -> float | None:
 
 
 def read_finetune(path: str) -> dict | None:
-  """{'average': float|None, 'tasks': {'task/metric': float}, 'missing': [...]} from the JSON that
-  `launch.finetune` writes (`ntng_jax/eval`): the suite's score (GLUE/SuperGLUE: the paper's
-  average of the best dev scores, `average.average`; SNI: `rouge_l`), each task's best dev score
-  per metric (`best`), and each classification task's majority-class rate (`tasks`), so that a
-  table shows whether a task beat the majority class."""
+  """{'average': float|None, 'tasks': {'task/metric': float}, 'missing': [...], 'num_dev':
+  {task: dev examples}} from the JSON that `launch.finetune` writes (`ntng_jax/eval`): the suite's
+  score (GLUE/SuperGLUE: the paper's average of the best dev scores, `average.average`; SNI:
+  `rouge_l`), each task's best dev score per metric (`best`), and each classification task's
+  majority-class rate (`tasks`), so that a table shows whether a task beat the majority class."""
   d = read_json(path)
   if not isinstance(d, dict):
     return None
@@ -123,8 +123,11 @@ def read_finetune(path: str) -> dict | None:
     for metric, x in (metrics or {}).items():
       if number(x) is not None:
         tasks[f"{task}/{metric}"] = number(x)
+  num_dev = {}
   for task, info in (d.get("tasks") or {}).items():
     for key in ("majority_rate", "rouge_l"):
       if isinstance(info, dict) and number(info.get(key)) is not None:
         tasks[f"{task}/{key}"] = number(info[key])
-  return dict(average=number(average), tasks=dict(tasks), missing=missing)
+    if isinstance(info, dict) and number(info.get("num_dev")):
+      num_dev[task] = int(info["num_dev"])
+  return dict(average=number(average), tasks=dict(tasks), missing=missing, num_dev=num_dev)

@@ -1,8 +1,9 @@
 """The Markdown of a sweep report: one table per metric (methods x RST budgets, mean ± std over
 finished seeds, Δ of the means to the baseline, what happened to the other seeds) followed by the
 differences to the baseline paired by seed (mean ± std of method − baseline over the seeds where
-both finished, and n), downstream tasks, the baseline against the unigram entropy, the verdicts
-against the baseline, epochs and the runs.
+both finished, and n), downstream tasks, the baseline against the unigram entropy and its
+fine-tuning scores against the majority class, the verdicts against the baseline, epochs and the
+runs.
 
 Every path in the report is relative to the sweep root (the report's own directory), so the
 report reads the same on any machine.
@@ -18,6 +19,7 @@ from typing import Sequence
 
 from ntng_jax.experiments.finetune_results import number
 from ntng_jax.experiments.grid import format_budget
+from ntng_jax.experiments.majority import against_majority
 from ntng_jax.experiments.report_paths import locate, portable, portable_text
 from ntng_jax.experiments.results import (
   DIVERGED,
@@ -339,6 +341,7 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
             + " |"
           )
   out += learning_regime(collected, agg)
+  out += against_majority(collected, agg)
   out += [
     "",
     "## Against the baseline",
