@@ -51,16 +51,16 @@ def against_majority(collected: dict, agg: dict) -> list[str]:
       for r in sorted(runs, key=lambda r: r["seed"]):
         result = r["finetune"].get(suite)
         if result and (h := _headline(result["tasks"], result.get("num_dev", {}), task)):
-          cells.append((r["seed"], *h))
+          cells.append(h)
       if not cells:
         continue
-      metric, null = cells[0][1], cells[0][3]
-      margins = [(score - nul) / se for _, _, score, nul, se in cells]
+      metric, null = cells[0][0], cells[0][2]
+      margins = [(score - nul) / se for _, score, nul, se in cells]
       clear = min(margins) >= MARGIN
       if clear:
         above.setdefault(suite, []).append(task)
       per_seed = ", ".join(
-        f"{100 * score:.1f} ({m:+.1f})" for (_, _, score, _, _), m in zip(cells, margins)
+        f"{100 * score:.1f} ({m:+.1f})" for (_, score, _, _), m in zip(cells, margins)
       )
       rows.append(
         f"| {suite} | {task} | {metric} | {100 * null:.1f} | {per_seed} | "
