@@ -35,7 +35,10 @@ def against_majority(collected: dict, agg: dict) -> list[str]:
   """The report section (Markdown lines), or [] when the baseline has no fine-tuning results."""
   base = agg["baseline"]
   for budget in sorted(agg["budgets"], reverse=True):
-    runs = [r for r in runs_of(collected, base, budget, OK) if r.get("finetune")]
+    runs = sorted(
+      (r for r in runs_of(collected, base, budget, OK) if r.get("finetune")),
+      key=lambda r: r["seed"],
+    )
     if runs:
       break
   else:
@@ -48,7 +51,7 @@ def against_majority(collected: dict, agg: dict) -> list[str]:
     )
     for task in tasks:
       cells = []
-      for r in sorted(runs, key=lambda r: r["seed"]):
+      for r in runs:
         result = r["finetune"].get(suite)
         if result and (h := _headline(result["tasks"], result.get("num_dev", {}), task)):
           cells.append(h)
@@ -68,8 +71,7 @@ def against_majority(collected: dict, agg: dict) -> list[str]:
       )
   if not rows:
     return []
-  seeds = sorted(r["seed"] for r in runs)
-  seeds = ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+  seeds = ("seed " if len(runs) == 1 else "seeds ") + ", ".join(str(r["seed"]) for r in runs)
   summary = "; ".join(
     f"{suite}: {len(above.get(suite, []))} task(s) above ({', '.join(above.get(suite, [])) or '-'})"
     for suite in suites
