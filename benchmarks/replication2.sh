@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Replication II (issue 20): the commands behind BENCHMARKS.md "Replication II", stage by stage.
-#   benchmarks/replication2.sh data|table|lr|il|grid|finetune|t5|report
+#   benchmarks/replication2.sh data|table|lr|il|grid|finetune|probe|t5|report
 # Every stage skips what is finished (the sweep skips complete runs), so a stage can be stopped
 # and re-run, on another machine too: the results (summaries, metrics, fine-tuning JSON, the RST
 # table, the IL losses) live under benchmarks/results/replication/ and are committed; shards,
@@ -137,6 +137,14 @@ case "${1:-}" in
         --suite=superglue --tasks=cb,copa,rte --data_dir=../shared/data/superglue --epochs=5 \
         --max_length=128 --batch_size=16 --learning_rate=1e-3
     done ;;
+  probe)  # item 8: each finished grid run's validation loss split into tokens it can copy from
+    # the sequence and the rest, also on whole unseen articles, against the unigram predictor;
+    # needs the run's checkpoints, so it runs where the run ran (<run>/loss_probe.json)
+    for run in $(find $OUT/grid -name summary.json -printf '%h\n' | sort); do
+      [ -f $run/loss_probe.json ] || [ ! -d $run/checkpoints ] || python -m benchmarks.loss_probe \
+        --run=$run --validation=articles=../shared/data/text/wikipedia_en/validation.txt \
+        --output=$run/loss_probe.json
+    done ;;
   t5)  # item 6: T5 of the BERT grid's width (4 layers each side) on the same text, one budget,
     # its own table
     T5=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.num_heads=2
@@ -163,5 +171,5 @@ case "${1:-}" in
     python benchmarks/replication_lr.py $OUT/lr > $OUT/lr/table.md
     python -m launch.report --root=$OUT/grid
     [ ! -d $OUT/t5 ] || python -m launch.report --root=$OUT/t5 ;;
-  *) echo "usage: $0 data|table|lr|il|grid|finetune|t5|report" >&2; exit 2 ;;
+  *) echo "usage: $0 data|table|lr|il|grid|finetune|probe|t5|report" >&2; exit 2 ;;
 esac
