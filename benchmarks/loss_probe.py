@@ -35,8 +35,8 @@ def copyable(batch: dict) -> np.ndarray:
   """bool [B, P]: the label of a masked position also sits at an unmasked position of its row."""
   ids, pos, labels = batch["input_ids"], batch["mlm_positions"], batch["mlm_labels"]
   masked = np.zeros(ids.shape, bool)
-  rows = np.arange(ids.shape[0])[:, None]
-  masked[rows, pos] = batch["mlm_weights"] > 0
+  r, c = np.nonzero(batch["mlm_weights"] > 0)  # padding slots also point at position 0
+  masked[r, pos[r, c]] = True
   visible = np.where(masked, -1, ids)  # [B, S]
   return (labels[:, :, None] == visible[:, None, :]).any(-1)
 
