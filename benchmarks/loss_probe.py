@@ -46,11 +46,18 @@ def probe(run: str, extra_sets: dict[str, str]) -> dict:
   work = Path(workdir)
   config = read_config(work)
   ckpt = Checkpointer(str(work.resolve()))
-  try:
-    step = int(step) if step else max(ckpt.steps())
-    depth = int(ckpt.read_loop(step).get("depth", config.model.num_layers))
+
+  def read(at, loop):
+    depth = int(loop.get("depth", config.model.num_layers))
     model = programs.model_at_depth(config, depth)
-    params = restore_params(ckpt.step_dir(step), abstract_params(model))
+    return depth, model, restore_params(ckpt.step_dir(at), abstract_params(model))
+
+  try:
+    if step:
+      step = int(step)
+      depth, model, params = read(step, ckpt.read_loop(step))
+    else:  # the newest checkpoint that passes its manifest, as fine-tuning picks it
+      step, (depth, model, params), _ = ckpt.newest_usable(read)
   finally:
     ckpt.close()
   config.data.validation.update(extra_sets)
