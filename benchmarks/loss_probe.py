@@ -18,14 +18,16 @@ launched in (their data paths are relative to it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from ntng_jax import data as data_lib
-from ntng_jax.eval.pretrained import abstract_params, read_config
+from ntng_jax.eval.pretrained import abstract_params, load_pretrained, read_config
 from ntng_jax.models import losses
 from ntng_jax.train import programs
 from ntng_jax.train.checkpoint import Checkpointer, restore_params
@@ -41,25 +43,28 @@ def copyable(batch: dict) -> np.ndarray:
   return (labels[:, :, None] == visible[:, None, :]).any(-1)
 
 
+def load(work: Path, step: str):
+  """(config, step, depth, model, params) of the checkpoint at `step`, or, when `step` is empty,
+  of the newest usable one, picked by the loader fine-tuning uses."""
+  if not step:
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON
+      run = load_pretrained(work)
+    depth = run.model_cfg.num_layers
+    return run.config, run.step, depth, programs.model_at_depth(run.config, depth), run.params
+  config, step = read_config(work), int(step)
+  ckpt = Checkpointer(str(work.resolve()))
+  try:
+    depth = int(ckpt.read_loop(step).get("depth", config.model.num_layers))
+    model = programs.model_at_depth(config, depth)
+    return config, step, depth, model, restore_params(ckpt.step_dir(step), abstract_params(model))
+  finally:
+    ckpt.close()
+
+
 def probe(run: str, extra_sets: dict[str, str]) -> dict:
   workdir, _, step = run.partition("@")
   work = Path(workdir)
-  config = read_config(work)
-  ckpt = Checkpointer(str(work.resolve()))
-
-  def read(at, loop):
-    depth = int(loop.get("depth", config.model.num_layers))
-    model = programs.model_at_depth(config, depth)
-    return depth, model, restore_params(ckpt.step_dir(at), abstract_params(model))
-
-  try:
-    if step:
-      step = int(step)
-      depth, model, params = read(step, ckpt.read_loop(step))
-    else:  # the newest checkpoint that passes its manifest, as fine-tuning picks it
-      step, (depth, model, params), _ = ckpt.newest_usable(read)
-  finally:
-    ckpt.close()
+  config, step, depth, model, params = load(work, step)
   config.data.validation.update(extra_sets)
   dataset = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, work)
   counts = np.bincount(np.asarray(dataset.train_chunks).ravel(), minlength=config.model.vocab_size)

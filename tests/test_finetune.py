@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, fixed_table, tiny_config
+from conftest import REPO, fixed_table, run_module, tiny_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GLUE = SHARED / "glue"
@@ -237,6 +237,20 @@ def test_load_pretrained_restores_the_saved_params(jobs, tmp_path):
     load_pretrained(empty)
   with pytest.raises(FileNotFoundError, match="does not exist"):
     load_pretrained(tmp_path / "missing")
+
+
+def test_loss_probe_reads_the_checkpoint_fine_tuning_picks(jobs):
+  # Without @step the probe loads through load_pretrained (its note goes to stderr, so stdout
+  # stays one JSON document) and must agree with an explicit @step of the newest checkpoint.
+  workdir = jobs.workdir("bert")
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  r = run_module("benchmarks.loss_probe", f"--run={workdir}", f"--run={workdir}@{steps[-1]}")
+  newest, at_step = json.loads(r.stdout)
+  assert newest["step"] == at_step["step"] == steps[-1]
+  assert newest["depth"] == at_step["depth"] == tiny_config().model.num_layers
+  assert newest["sets"] == at_step["sets"]
+  assert newest["sets"] and all(math.isfinite(s["all_loss"]) for s in newest["sets"].values())
+  assert f"Using the checkpoint of step {steps[-1]}" in r.stderr
 
 
 def _flatten(tree, prefix=""):
