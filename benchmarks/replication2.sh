@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Replication II (issue 20): the commands behind BENCHMARKS.md "Replication II", stage by stage.
-#   benchmarks/replication2.sh data|table|lr|il|grid|finetune|probe|t5|report
+#   benchmarks/replication2.sh data|table|lr|lr_large|il|grid|finetune|probe|t5|report
 # Every stage skips what is finished (the sweep skips complete runs), so a stage can be stopped
 # and re-run, on another machine too: the results (summaries, metrics, fine-tuning JSON, the RST
 # table, the IL losses) live under benchmarks/results/replication/ and are committed; shards,
@@ -37,6 +37,7 @@ METHODS=${METHODS:-baseline,stacking,layer_drop,selective_backprop,lion,sophia,r
 LR_BASELINE=${LR_BASELINE:-0.00075,1.5e-3,3e-3,6e-3}
 LR_LION=${LR_LION:-1e-4,3e-4,1e-3}
 LR_SOPHIA=${LR_SOPHIA:-9e-5,3e-4,1e-3,3e-3}
+LR_LARGE=${LR_LARGE:-0.00075,3e-3}  # the baseline at the largest budget, either side of its pick
 SEEDS=${SEEDS:-0,1}
 IL_DIR=$OUT/il_model/budget-$SMALL/seed-0
 
@@ -93,6 +94,18 @@ case "${1:-}" in
     done
     wait
     python benchmarks/replication_lr.py $OUT/lr ;;
+  lr_large)  # the baseline's peak LR re-checked at the largest budget (seed 0): the sweep above
+    # chose every LR at the smallest, and a method's lead at the largest reads differently if the
+    # baseline's best LR moved there (the grid holds the chosen LR's run)
+    i=0
+    for lr in ${LR_LARGE//,/ }; do
+      on_core $((i % PAR)) bash -c "$(declare -f sweep extra_flags); $(declare -p BERT TABLE); \
+        sweep $OUT/lr_large/baseline-lr$lr --methods=baseline --budgets=$LARGE --seeds=0 \
+        --extra=--config.optim.learning_rate=$lr" > $DATA/lr_large-$lr.log 2>&1 &
+      i=$((i + 1))
+      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+    done
+    wait ;;
   il)  # the irreducible-loss model of rho_loss (trained on the held-out split, a fifth of the
     # training split's size: the smallest budget is already ~6 epochs of it), then its losses
     [ -f $IL_DIR/summary.json ] || python -m launch.pretrain \
@@ -171,5 +184,5 @@ case "${1:-}" in
     python benchmarks/replication_lr.py $OUT/lr > $OUT/lr/table.md
     python -m launch.report --root=$OUT/grid
     [ ! -d $OUT/t5 ] || python -m launch.report --root=$OUT/t5 ;;
-  *) echo "usage: $0 data|table|lr|il|grid|finetune|probe|t5|report" >&2; exit 2 ;;
+  *) echo "usage: $0 data|table|lr|lr_large|il|grid|finetune|probe|t5|report" >&2; exit 2 ;;
 esac
