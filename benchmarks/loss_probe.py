@@ -18,19 +18,18 @@ launched in (their data paths are relative to it).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from launch import common
 from ntng_jax import data as data_lib
-from ntng_jax.eval.pretrained import abstract_params, load_pretrained, read_config
+from ntng_jax.errors import UserError
+from ntng_jax.eval.pretrained import load_pretrained
 from ntng_jax.models import losses
 from ntng_jax.train import programs
-from ntng_jax.train.checkpoint import Checkpointer, restore_params
 
 
 def copyable(batch: dict) -> np.ndarray:
@@ -43,28 +42,23 @@ def copyable(batch: dict) -> np.ndarray:
   return (labels[:, :, None] == visible[:, None, :]).any(-1)
 
 
-def load(work: Path, step: str):
-  """(config, step, depth, model, params) of the checkpoint at `step`, or, when `step` is empty,
-  of the newest usable one, picked by the loader fine-tuning uses."""
-  if not step:
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON
-      run = load_pretrained(work)
-    depth = run.model_cfg.num_layers
-    return run.config, run.step, depth, programs.model_at_depth(run.config, depth), run.params
-  config, step = read_config(work), int(step)
-  ckpt = Checkpointer(str(work.resolve()))
-  try:
-    depth = int(ckpt.read_loop(step).get("depth", config.model.num_layers))
-    model = programs.model_at_depth(config, depth)
-    return config, step, depth, model, restore_params(ckpt.step_dir(step), abstract_params(model))
-  finally:
-    ckpt.close()
+def load(run: str):
+  """(config, step, depth, model, params) of `workdir[@step]`: the checkpoint at `step`, or the
+  newest usable one, read by the loader fine-tuning uses."""
+  workdir, at, step = run.partition("@")
+  if at and not step.isdigit():
+    raise UserError(
+      f"--run={run}: after '@' comes a checkpoint step (an integer); drop '@...' for the newest."
+    )
+  pre = load_pretrained(workdir, step=int(step) if at else None)
+  depth = pre.model_cfg.num_layers
+  return pre.config, pre.step, depth, programs.model_at_depth(pre.config, depth), pre.params
 
 
 def probe(run: str, extra_sets: dict[str, str]) -> dict:
-  workdir, _, step = run.partition("@")
+  config, step, depth, model, params = load(run)
+  workdir = run.partition("@")[0]
   work = Path(workdir)
-  config, step, depth, model, params = load(work, step)
   config.data.validation.update(extra_sets)
   dataset = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, work)
   counts = np.bincount(np.asarray(dataset.train_chunks).ravel(), minlength=config.model.vocab_size)
@@ -112,7 +106,7 @@ def main() -> None:
   parser.add_argument("--output", default=None, help="JSON file (default: stdout only)")
   args = parser.parse_args()
   extra = dict(v.split("=", 1) for v in args.validation)
-  results = [probe(run, extra) for run in args.run]
+  results = common.run_cleanly(lambda: [probe(run, extra) for run in args.run])
   text = json.dumps(results, indent=1)
   print(text)
   if args.output:

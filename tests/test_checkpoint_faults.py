@@ -134,10 +134,40 @@ def test_interrupted_final_save_uses_and_names_the_older_step(base, tmp_path, mo
   assert committed(work) == [3, 6, 9]
   capsys.readouterr()
   assert load_pretrained(work, suite="glue").step == 9
-  assert "Using the checkpoint of step 9" in capsys.readouterr().out
+  assert "Using the checkpoint of step 9" in capsys.readouterr().err
   loop_lib.train_and_evaluate(base["config"], work)
   assert load_pretrained(work).step == 12
   assert_bitwise_equal(work, base["ref"])
+
+
+def test_a_named_checkpoint_is_read_only_if_intact(base, tmp_path, capsys):
+  """load_pretrained(step=N) reads step N (not the newest) through its manifest check; a step
+  that is not there, or whose files changed, is one sentence and nothing is moved."""
+  import jax
+
+  from ntng_jax.eval.pretrained import PretrainedError, load_pretrained
+
+  work = _copy_mid(base, tmp_path)  # steps 3 and 6
+  old, new = load_pretrained(work, step=3), load_pretrained(work)
+  assert (old.step, new.step) == (3, 6)
+  assert "step 3" in capsys.readouterr().err
+  differs = jax.tree.map(
+    lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), old.params, new.params
+  )
+  assert any(jax.tree.leaves(differs))
+  with pytest.raises(PretrainedError, match=r"no checkpoint of step 4 \(its steps: 3, 6\)"):
+    load_pretrained(work, step=4)
+  step_dir = os.path.join(work, "checkpoints", "3")
+  victim = max(
+    (os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if f != ckpt_lib.MANIFEST),
+    key=os.path.getsize,
+  )
+  with open(victim, "r+b") as f:
+    f.truncate(os.path.getsize(victim) // 2)
+  before = saved_dirs(work)
+  with pytest.raises(PretrainedError, match=r"step 3 in .* is unusable because file .* bytes"):
+    load_pretrained(work, step=3)
+  assert saved_dirs(work) == before
 
 
 def test_corrupt_newest_checkpoint_is_moved_aside_not_deleted(base, tmp_path, capsys):

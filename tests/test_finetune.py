@@ -251,6 +251,9 @@ def test_loss_probe_reads_the_checkpoint_fine_tuning_picks(jobs):
   assert newest["sets"] == at_step["sets"]
   assert newest["sets"] and all(math.isfinite(s["all_loss"]) for s in newest["sets"].values())
   assert f"Using the checkpoint of step {steps[-1]}" in r.stderr
+  bad = run_module("benchmarks.loss_probe", f"--run={workdir}@last", check=False)
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr
+  assert "after '@' comes a checkpoint step" in bad.stderr
 
 
 def _flatten(tree, prefix=""):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +147,18 @@ def find_tokenizer(config, workdir: str | os.PathLike):
   )
 
 
-def load_pretrained(workdir: str | os.PathLike, suite: str | None = None, mesh=None) -> Pretrained:
+def load_pretrained(
+  workdir: str | os.PathLike, suite: str | None = None, mesh=None, step: int | None = None
+) -> Pretrained:
   """``(config, model_cfg_at_saved_depth, params, tokenizer)`` of a pre-training workdir.
 
   suite: 'glue' | 'superglue' (need BERT) | 'sni' (needs T5) | None (no check).
   mesh: a ``jax.sharding.Mesh`` to place the params on with their logical shardings
     (``ntng_jax.partitioning``); None puts them on the default device.
-  The newest checkpoint whose files match their manifest and that can be read is used and
-  named on stdout; unusable newer ones are skipped and named (never moved or deleted: the
-  workdir may belong to a running job). If none is usable: :class:`PretrainedError` naming
+  step: the checkpoint to read (it must pass its manifest); None: the newest one whose files
+    match their manifest and that can be read, skipping and naming unusable newer ones (never
+    moved or deleted: the workdir may belong to a running job).
+  The checkpoint used is named on stderr. If it is unusable: :class:`PretrainedError` naming
   why.
   """
   work = Path(workdir).resolve()
@@ -175,9 +179,13 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None, mesh=N
     model = programs.model_at_depth(config, depth)
     return depth, restore_params(ckpt.step_dir(step), abstract_params(model, mesh))
 
+  asked = step is not None
   ckpt = Checkpointer(str(work))
   try:
-    step, got, skipped = ckpt.newest_usable(read)
+    if asked:
+      got, skipped = ckpt.read_step(int(step), read), []
+    else:
+      step, got, skipped = ckpt.newest_usable(read)
   except CheckpointError as e:
     raise PretrainedError(str(e)) from None
   finally:
@@ -194,9 +202,8 @@ def load_pretrained(workdir: str | os.PathLike, suite: str | None = None, mesh=N
   note = "" if finished else " (the run has not finished: no summary.json)"
   if skipped:
     note += "; skipped newer unusable ones: " + "; ".join(f"step {s} ({r})" for s, r in skipped)
-  print(
-    f"Using the checkpoint of step {step} in {ckpt_dir}, the newest intact one{note}.", flush=True
-  )
+  which = "as asked" if asked else "the newest intact one"
+  print(f"Using the checkpoint of step {step} in {ckpt_dir}, {which}{note}.", file=sys.stderr)
   return Pretrained(
     config=config,
     model_cfg=model_cfg,

@@ -64,18 +64,9 @@ def restore_params(workdir: str, step: int | None = None):
           f"'{workdir}' has no checkpoint; let its launch.pretrain run save one before exporting."
         )
     else:
-      if step not in ckpt.steps():
-        raise TransferError(
-          f"'{workdir}' has no checkpoint of step {step}; its checkpoints are"
-          f" {ckpt.steps() or 'none'} (drop --step for the newest)."
-        )
-      damage = ckpt.damage(step)
-      if damage is not None:
-        raise TransferError(
-          f"the checkpoint of step {step} in '{workdir}' is unusable because"
-          f" {damage}; pick another --step."
-        )
-      got = read(step, ckpt.read_loop(step))
+      got = ckpt.read_step(int(step), read)
+  except checkpoint_lib.CheckpointError as e:
+    raise TransferError(str(e)) from None
   finally:
     ckpt.close()
   depth, params = got

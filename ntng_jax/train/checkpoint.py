@@ -283,13 +283,10 @@ class Checkpointer:
     steps = self.steps()
     skipped = []
     for step in reversed(steps):
-      reason = self.damage(step)
-      if reason is None:
-        try:
-          return step, read(step, self.read_loop(step)), skipped
-        except Exception as e:  # noqa: BLE001 -- any read failure means: try the previous one
-          first = str(e).splitlines()[0][:200] if str(e) else ""
-          reason = f"reading it failed ({type(e).__name__}: {first})"
+      ok, got = self._try_read(step, read)
+      if ok:
+        return step, got, skipped
+      reason = got
       log.warning(
         "checkpoint %s is unusable because %s; trying an earlier one.", self.step_dir(step), reason
       )
@@ -301,6 +298,35 @@ class Checkpointer:
         f" them from a backup, or {RESTART_HINT}."
       )
     return None, None, []
+
+  def read_step(self, step: int, read):
+    """`read(step, loop)` for the checkpoint at `step`, which must exist, pass its manifest and
+    be readable; raises CheckpointError naming why not."""
+    have = self.steps()
+    if step not in have:
+      listed = ", ".join(map(str, have)) or "none"
+      raise CheckpointError(
+        f"{self.directory} has no checkpoint of step {step} (its steps: {listed}); pick one of"
+        " those, or leave the step out for the newest."
+      )
+    ok, got = self._try_read(step, read)
+    if not ok:
+      raise CheckpointError(
+        f"the checkpoint of step {step} in {self.directory} is unusable because {got}; pick another"
+        " step, or leave it out for the newest intact one (nothing was changed)."
+      )
+    return got
+
+  def _try_read(self, step: int, read):
+    """(True, read(step, loop)) if the step passes its manifest and reads, else (False, why)."""
+    reason = self.damage(step)
+    if reason is not None:
+      return False, reason
+    try:
+      return True, read(step, self.read_loop(step))
+    except Exception as e:  # noqa: BLE001 -- any read failure makes the step unusable
+      first = str(e).splitlines()[0][:200] if str(e) else ""
+      return False, f"reading it failed ({type(e).__name__}: {first})"
 
   def restore_latest(self, abstract_state, move_aside: bool = False):
     """Restores the newest usable checkpoint as (step, state, loop), or None if there is none.
