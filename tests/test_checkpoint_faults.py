@@ -56,6 +56,17 @@ def _copy_mid(base, tmp_path) -> str:
   return dst
 
 
+def _halve_largest_file(work: str, step: int) -> None:
+  """Truncates the largest file of a checkpoint (not its manifest) to half its size."""
+  step_dir = os.path.join(work, "checkpoints", str(step))
+  victim = max(
+    (os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if f != ckpt_lib.MANIFEST),
+    key=os.path.getsize,
+  )
+  with open(victim, "r+b") as f:
+    f.truncate(os.path.getsize(victim) // 2)
+
+
 def _keep_all(config):
   """The same run keeping every checkpoint (an allowed change on resume), so that a test can
   assert that recovery deleted nothing, apart from rotation."""
@@ -157,13 +168,7 @@ def test_a_named_checkpoint_is_read_only_if_intact(base, tmp_path, capsys):
   assert any(jax.tree.leaves(differs))
   with pytest.raises(PretrainedError, match=r"no checkpoint of step 4 \(its steps: 3, 6\)"):
     load_pretrained(work, step=4)
-  step_dir = os.path.join(work, "checkpoints", "3")
-  victim = max(
-    (os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if f != ckpt_lib.MANIFEST),
-    key=os.path.getsize,
-  )
-  with open(victim, "r+b") as f:
-    f.truncate(os.path.getsize(victim) // 2)
+  _halve_largest_file(work, 3)
   before = saved_dirs(work)
   with pytest.raises(PretrainedError, match=r"step 3 in .* is unusable because file .* bytes"):
     load_pretrained(work, step=3)
@@ -175,13 +180,7 @@ def test_corrupt_newest_checkpoint_is_moved_aside_not_deleted(base, tmp_path, ca
   resumes from the previous one and finishes bitwise; a later rerun does not crash. A stale
   lock left by a dead process is taken over."""
   work = _copy_mid(base, tmp_path)
-  step_dir = os.path.join(work, "checkpoints", "6")
-  victim = max(
-    (os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if f != ckpt_lib.MANIFEST),
-    key=os.path.getsize,
-  )
-  with open(victim, "r+b") as f:
-    f.truncate(os.path.getsize(victim) // 2)
+  _halve_largest_file(work, 6)
   with open(os.path.join(work, workdir_lock.LOCK_NAME), "w") as f:
     f.write('{"pid": 999999999, "host": "elsewhere"}')  # not flocked: its holder is gone
   before = saved_dirs(work)
