@@ -1,18 +1,22 @@
-"""Where a BERT run's validation loss comes from: masked tokens that can be copied from the
-sequence against those that cannot, as JSON.
+"""Where a BERT or T5 run's validation loss comes from: target tokens that can be copied from the
+model's input against those that cannot, as JSON.
 
   python -m benchmarks.loss_probe --run=<pretrain workdir>[@step] [--run=...]
       [--validation=name=path ...] [--output=F]
 
-A masked position is *copyable* when its original id also appears, unmasked, elsewhere in the
-same input sequence (a name or word repeated within 128 tokens). For every run (its newest
-intact checkpoint, or `@step`) and every validation set of the run's config, on the fixed
-batches the trainer scores (`train.validation_batches`): the share of copyable positions and the
-mean cross-entropy (nats) and accuracy on each kind, next to the cross-entropy of the
-context-free predictor on the same positions (`unigram_loss`: the training chunks' token
-frequencies, add-one smoothed). `--validation` adds text files as further
-sets, masked as the trainer masks its own (e.g. whole articles no training chunk comes from). Run from the directory the runs were
-launched in (their data paths are relative to it).
+A target token is *copyable* when its id also appears, visible, in the same example's input: for
+BERT at an unmasked position of the sequence, for T5 in the encoder's input (a name or word
+repeated within the chunk). T5's sentinels and EOS are a third kind, *structure*, which has no
+context-free counterpart. For every run (its newest intact checkpoint, or `@step`) and every
+validation set of the run's config, on the fixed batches the trainer scores
+(`train.validation_batches`): the share of each kind and the mean cross-entropy (nats) and
+accuracy on it, next to the cross-entropy of the context-free predictor on the same tokens
+(`unigram_loss`: the training chunks' token frequencies, add-one smoothed). Per set, `all_loss`
+is the loss on every target token (the trainer's validation loss); BERT adds `all_unigram_loss`,
+T5 `content_loss` and `content_unigram_loss` (its tokens other than structure). `--validation`
+adds text files as further sets, masked or span-corrupted as the trainer does its own (e.g. whole
+articles no training chunk comes from). Run from the directory the runs were launched in (their
+data paths are relative to it).
 """
 
 from __future__ import annotations
@@ -32,13 +36,16 @@ from ntng_jax.models import losses
 from ntng_jax.train import programs
 
 
-def copyable(batch: dict) -> np.ndarray:
-  """bool [B, P]: the label of a masked position also sits at an unmasked position of its row."""
-  ids, pos, labels = batch["input_ids"], batch["mlm_positions"], batch["mlm_labels"]
-  masked = np.zeros(ids.shape, bool)
-  r, c = np.nonzero(batch["mlm_weights"] > 0)  # padding slots also point at position 0
-  masked[r, pos[r, c]] = True
-  visible = np.where(masked, -1, ids)  # [B, S]
+def copyable(batch: dict, labels: np.ndarray) -> np.ndarray:
+  """bool [B, T]: target `labels` [B, T] whose id sits, visible, in its example's input."""
+  if "mlm_positions" in batch:  # BERT: the sequence with its masked positions hidden
+    ids, pos = batch["input_ids"], batch["mlm_positions"]
+    masked = np.zeros(ids.shape, bool)
+    r, c = np.nonzero(batch["mlm_weights"] > 0)  # padding slots also point at position 0
+    masked[r, pos[r, c]] = True
+    visible = np.where(masked, -1, ids)  # [B, S]
+  else:  # T5: the encoder's input, whose noise spans are already sentinels
+    visible = batch["encoder_input_ids"]
   return (labels[:, :, None] == visible[:, None, :]).any(-1)
 
 
@@ -60,9 +67,11 @@ def probe(run: str, extra_sets: dict[str, str]) -> dict:
   workdir = run.partition("@")[0]
   work = Path(workdir)
   config.data.validation.update(extra_sets)
-  dataset = data_lib.build_dataset(config.data, "bert", config.model.vocab_size, work)
+  family = config.model.family
+  dataset = data_lib.build_dataset(config.data, family, config.model.vocab_size, work)
+  special = np.array(sorted(dataset.tokenizer.special_ids))
   counts = np.bincount(np.asarray(dataset.train_chunks).ravel(), minlength=config.model.vocab_size)
-  counts[sorted(dataset.tokenizer.special_ids)] = 0
+  counts[special] = 0
   unigram_nll = -np.log((counts + 1.0) / (counts + 1.0).sum())
   sets = dataset.validation_sets(
     config.train.micro_batch_size, seed=0, max_batches=config.train.validation_batches
@@ -70,32 +79,46 @@ def probe(run: str, extra_sets: dict[str, str]) -> dict:
 
   @jax.jit
   def token_stats(params, batch):
-    logits, labels, _ = model.logits(params, batch)
-    return losses.token_losses(logits, labels), logits.argmax(-1) == labels
+    logits, labels, weights = model.logits(params, batch)
+    return losses.token_losses(logits, labels), logits.argmax(-1) == labels, labels, weights
 
+  content_kinds = ("copyable", "other")
+  kinds = content_kinds + (("structure",) if family == "t5" else ())
   out = {"run": workdir, "step": step, "depth": depth, "sets": {}}
   for name, batches in sets.items():
-    sums = {k: np.zeros(4) for k in ("copyable", "other")}  # tokens, loss, correct, unigram
+    sums = {k: np.zeros(4) for k in kinds}  # tokens, loss, correct, unigram
     for batch in batches:
       batch = {k: np.asarray(v) for k, v in batch.items() if k != "example_id"}
-      loss, correct = jax.device_get(token_stats(params, batch))
-      weight, copy = batch["mlm_weights"] > 0, copyable(batch)
-      for kind, sel in (("copyable", weight & copy), ("other", weight & ~copy)):
-        uni = unigram_nll[batch["mlm_labels"][sel]].sum()
-        sums[kind] += (sel.sum(), loss[sel].sum(), correct[sel].sum(), uni)
+      loss, correct, labels, weights = jax.device_get(token_stats(params, batch))
+      weight, copy = weights > 0, copyable(batch, labels)
+      content = weight & ~np.isin(labels, special) if family == "t5" else weight
+      for kind, sel in (
+        ("copyable", content & copy),
+        ("other", content & ~copy),
+        ("structure", weight & ~content),
+      ):
+        if kind in sums:
+          uni = unigram_nll[labels[sel]].sum()
+          sums[kind] += (sel.sum(), loss[sel].sum(), correct[sel].sum(), uni)
     total = sum(s[0] for s in sums.values())
-    out["sets"][name] = {
+    res = out["sets"][name] = {
       kind: {
         "share": s[0] / total,
         "loss": s[1] / s[0],
         "accuracy": s[2] / s[0],
-        "unigram_loss": s[3] / s[0],
+        **({} if kind == "structure" else {"unigram_loss": s[3] / s[0]}),
         "tokens": int(s[0]),
       }
       for kind, s in sums.items()
     }
-    out["sets"][name]["all_loss"] = sum(s[1] for s in sums.values()) / total
-    out["sets"][name]["all_unigram_loss"] = sum(s[3] for s in sums.values()) / total
+    res["all_loss"] = sum(s[1] for s in sums.values()) / total
+    n_content = sum(sums[k][0] for k in content_kinds)
+    content_loss = sum(sums[k][1] for k in content_kinds) / n_content
+    content_unigram = sum(sums[k][3] for k in content_kinds) / n_content
+    if family == "t5":
+      res["content_loss"], res["content_unigram_loss"] = content_loss, content_unigram
+    else:
+      res["all_unigram_loss"] = content_unigram
   return out
 
 

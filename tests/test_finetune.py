@@ -256,6 +256,21 @@ def test_loss_probe_reads_the_checkpoint_fine_tuning_picks(jobs):
   assert "after '@' comes a checkpoint step" in bad.stderr
 
 
+def test_the_loss_probe_splits_t5_targets_and_adds_up_to_the_trainers_loss(jobs):
+  # T5's sentinels and EOS are their own kind; all target tokens together give back the loss
+  # the trainer reported for the same checkpoint on the same validation batches.
+  workdir = jobs.workdir("t5")
+  (result,) = json.loads(run_module("benchmarks.loss_probe", f"--run={workdir}").stdout)
+  reported = json.loads((workdir / "summary.json").read_text())["final_validation_losses"]
+  assert result["sets"].keys() == reported.keys()
+  for name, s in result["sets"].items():
+    kinds = ("copyable", "other", "structure")
+    assert math.isclose(sum(s[k]["share"] for k in kinds), 1.0)
+    assert s["structure"]["tokens"] > 0 and "unigram_loss" not in s["structure"]
+    assert s["content_unigram_loss"] > 0 and math.isfinite(s["content_loss"])
+    assert math.isclose(s["all_loss"], reported[name], rel_tol=1e-4), name
+
+
 def _flatten(tree, prefix=""):
   out = {}
   for k, v in tree.items():
