@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Replication II (issue 20): the commands behind BENCHMARKS.md "Replication II", stage by stage.
-#   benchmarks/replication2.sh data|table|lr|lr_large|il|grid|finetune|probe|t5|report
+#   benchmarks/replication2.sh data|table|lr|lr_large|il|grid|finetune|probe|t5|t5_lr|report
 # Every stage skips what is finished (the sweep skips complete runs), so a stage can be stopped
 # and re-run, on another machine too: the results (summaries, metrics, fine-tuning JSON, the RST
 # table, the IL losses) live under benchmarks/results/replication/ and are committed; shards,
@@ -26,10 +26,23 @@ BERT=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.
   --config.train.batch_size=16 --config.train.micro_batch_size=16
   --config.train.log_every_steps=50 --config.train.validation_batches=128
   --config.train.eval_every_rst_minutes=1.8 --config.train.checkpoint_every_rst_minutes=1.8)
+# T5 (item 6): the same width, 4 layers each side, the same text and validation sets.
+T5=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.num_heads=2
+  --config.model.head_dim=64 --config.model.intermediate_size=512 --config.model.vocab_size=8192
+  --config.data.source=shards --config.data.path=$DATA/t5_shards --config.data.seq_len=128
+  --config.data.validation_fraction=0.2
+  --config.data.validation.shakespeare=../shared/data/text/tinyshakespeare/validation.txt
+  --config.train.batch_size=16 --config.train.micro_batch_size=16
+  --config.train.log_every_steps=50 --config.train.validation_batches=128
+  --config.train.eval_every_rst_minutes=1.8 --config.train.checkpoint_every_rst_minutes=1.8)
+T5_TABLE=$OUT/t5/rst_table.json
+T5_BUDGET=${T5_BUDGET:-0.12}  # RST hours on $T5_TABLE
+T5_LRS=${T5_LRS:-1e-2,4e-2}  # t5_lr: the baseline at half and twice the paper's 2e-2
 GRID_BUDGETS=0.09,0.36,0.72  # RST hours on $TABLE; the LR sweep and the IL model use the smallest
 SMALL=${GRID_BUDGETS%%,*}
 LARGE=${GRID_BUDGETS##*,}
-# A stretch of compute can run part of the grid: BUDGETS, METHODS and SEEDS pick the cells.
+# A stretch of compute can run part of the grid (or of the T5 cell): BUDGETS, METHODS and SEEDS
+# pick the cells.
 BUDGETS=${BUDGETS:-$GRID_BUDGETS}
 METHODS=${METHODS:-baseline,stacking,layer_drop,selective_backprop,lion,sophia,rho_loss}
 # Three values each, plus one past the edge where the best of the three was on it (the names are
@@ -150,32 +163,35 @@ case "${1:-}" in
         --suite=superglue --tasks=cb,copa,rte --data_dir=../shared/data/superglue --epochs=5 \
         --max_length=128 --batch_size=16 --learning_rate=1e-3
     done ;;
-  probe)  # item 8: each finished grid run's validation loss split into tokens it can copy from
-    # the sequence and the rest, also on whole unseen articles, against the unigram predictor;
+  probe)  # item 8: each finished grid and T5 run's validation loss split into tokens it can copy
+    # from its input and the rest, also on whole unseen articles, against the unigram predictor;
     # needs the run's checkpoints, so it runs where the run ran (<run>/loss_probe.json)
-    for run in $(find $OUT/grid -name summary.json -printf '%h\n' | sort); do
+    for run in $(find $OUT/grid $OUT/t5 -name summary.json -printf '%h\n' | sort); do
       [ -f $run/loss_probe.json ] || [ ! -d $run/checkpoints ] || python -m benchmarks.loss_probe \
         --run=$run --validation=articles=../shared/data/text/wikipedia_en/validation.txt \
         --output=$run/loss_probe.json
     done ;;
   t5)  # item 6: T5 of the BERT grid's width (4 layers each side) on the same text, one budget,
-    # its own table
-    T5=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.num_heads=2
-      --config.model.head_dim=64 --config.model.intermediate_size=512 --config.model.vocab_size=8192
-      --config.data.source=shards --config.data.path=$DATA/t5_shards --config.data.seq_len=128
-      --config.data.validation_fraction=0.2
-      --config.data.validation.shakespeare=../shared/data/text/tinyshakespeare/validation.txt
-      --config.train.batch_size=16 --config.train.micro_batch_size=16
-      --config.train.log_every_steps=50 --config.train.validation_batches=128
-      --config.train.eval_every_rst_minutes=1.8 --config.train.checkpoint_every_rst_minutes=1.8)
-    [ -f $OUT/t5/rst_table.json ] || python -m launch.calibrate_rst --config=configs/t5.py:size=tiny \
-      --output=$OUT/t5/rst_table.json --workdir=$DATA/t5_calibration "${T5[@]}"
+    # its own table; each method at the paper's T5 LR (its config's), checked by t5_lr
+    [ -f $T5_TABLE ] || python -m launch.calibrate_rst --config=configs/t5.py:size=tiny \
+      --output=$T5_TABLE --workdir=$DATA/t5_calibration "${T5[@]}"
     i=0
     for seed in ${SEEDS//,/ }; do
       on_core $((i % PAR)) python -m launch.sweep --config=configs/t5.py:size=tiny \
-        --root=$OUT/t5/seed-$seed --rst_table=$OUT/t5/rst_table.json --seeds=$seed \
-        --methods=baseline,stacking,layer_drop,lion,sophia --budgets=${T5_BUDGET:-0.12} \
+        --root=$OUT/t5/seed-$seed --rst_table=$T5_TABLE --seeds=$seed \
+        --methods=$(picked baseline,stacking,layer_drop,lion,sophia) --budgets=$T5_BUDGET \
         $(extra_flags "${T5[@]}") > $DATA/t5-seed-$seed.log 2>&1 &
+      i=$((i + 1))
+      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+    done
+    wait ;;
+  t5_lr)  # the T5 baseline (seed 0) either side of the paper's LR, which was set for T5 base
+    i=0
+    for lr in ${T5_LRS//,/ }; do
+      on_core $((i % PAR)) python -m launch.sweep --config=configs/t5.py:size=tiny \
+        --root=$OUT/t5_lr/baseline-lr$lr --rst_table=$T5_TABLE --seeds=0 --methods=baseline \
+        --budgets=$T5_BUDGET $(extra_flags "${T5[@]}" --config.optim.learning_rate=$lr) \
+        > $DATA/t5_lr-$lr.log 2>&1 &
       i=$((i + 1))
       if [ $((i % PAR)) -eq 0 ]; then wait; fi
     done
@@ -184,5 +200,5 @@ case "${1:-}" in
     python benchmarks/replication_lr.py $OUT/lr > $OUT/lr/table.md
     python -m launch.report --root=$OUT/grid
     [ ! -d $OUT/t5 ] || python -m launch.report --root=$OUT/t5 ;;
-  *) echo "usage: $0 data|table|lr|lr_large|il|grid|finetune|probe|t5|report" >&2; exit 2 ;;
+  *) echo "usage: $0 data|table|lr|lr_large|il|grid|finetune|probe|t5|t5_lr|report" >&2; exit 2 ;;
 esac
