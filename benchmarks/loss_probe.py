@@ -113,10 +113,10 @@ def probe(run: str, extra_sets: dict[str, str]) -> dict:
     }
     res["all_loss"] = sum(s[1] for s in sums.values()) / total
     n_content = sum(sums[k][0] for k in content_kinds)
-    content_loss = sum(sums[k][1] for k in content_kinds) / n_content
     content_unigram = sum(sums[k][3] for k in content_kinds) / n_content
     if family == "t5":
-      res["content_loss"], res["content_unigram_loss"] = content_loss, content_unigram
+      res["content_loss"] = sum(sums[k][1] for k in content_kinds) / n_content
+      res["content_unigram_loss"] = content_unigram
     else:
       res["all_unigram_loss"] = content_unigram
   return out

@@ -26,15 +26,8 @@ BERT=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.
   --config.train.batch_size=16 --config.train.micro_batch_size=16
   --config.train.log_every_steps=50 --config.train.validation_batches=128
   --config.train.eval_every_rst_minutes=1.8 --config.train.checkpoint_every_rst_minutes=1.8)
-# T5 (item 6): the same width, 4 layers each side, the same text and validation sets.
-T5=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.num_heads=2
-  --config.model.head_dim=64 --config.model.intermediate_size=512 --config.model.vocab_size=8192
-  --config.data.source=shards --config.data.path=$DATA/t5_shards --config.data.seq_len=128
-  --config.data.validation_fraction=0.2
-  --config.data.validation.shakespeare=../shared/data/text/tinyshakespeare/validation.txt
-  --config.train.batch_size=16 --config.train.micro_batch_size=16
-  --config.train.log_every_steps=50 --config.train.validation_batches=128
-  --config.train.eval_every_rst_minutes=1.8 --config.train.checkpoint_every_rst_minutes=1.8)
+# T5 (item 6): the same setting, 4 layers each side, on its own shards of the same text.
+T5=("${BERT[@]/#--config.data.path=*/--config.data.path=$DATA/t5_shards}")
 T5_TABLE=$OUT/t5/rst_table.json
 T5_BUDGET=${T5_BUDGET:-0.12}  # RST hours on $T5_TABLE
 T5_LRS=${T5_LRS:-1e-2,4e-2}  # t5_lr: the baseline at half and twice the paper's 2e-2
