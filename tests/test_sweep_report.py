@@ -266,6 +266,25 @@ def test_sweep_driver_and_report_with_stub(tmp_path, stub):
   assert str(tmp_path) not in md  # paths relative to the sweep root
 
 
+def test_two_sweeps_on_one_root_keep_each_others_runs(tmp_path, stub):
+  """Two sweeps on one root, each over its own part of the grid (two streams on one seed's root),
+  both started before either saves: neither's status overwrites the other's runs."""
+  python, _ = stub
+  root = tmp_path / "sweep"
+  quiet = open(os.devnull, "w")
+  first, second = (
+    sweep.Sweep(_spec(root, methods=[m], budgets=[0.002]), out=quiet, python=python)
+    for m in ("baseline", "lion")
+  )
+  first.run()
+  second.run()
+  runs = json.loads((root / "sweep_status.json").read_text())["runs"]
+  assert {k: v["status"] for k, v in runs.items()} == {
+    "baseline/budget-0.002/seed-0": "done",
+    "lion/budget-0.002/seed-0": "done",
+  }
+
+
 def test_sigterm_is_forwarded_and_stops_the_sweep(tmp_path, stub):
   python, _ = stub
   root = tmp_path / "sweep"

@@ -8,6 +8,7 @@ extracted first. No jax here: the subprocesses own the accelerators.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -67,6 +68,7 @@ class Sweep:
     self.status_path = os.path.join(spec.root, STATUS_FILE)
     self.status = read_json(self.status_path) or {}
     self.status.setdefault("runs", {})
+    self._own_runs: set[str] = set()  # the keys of the runs this sweep planned
     self.eta = Eta()
 
   # -- bookkeeping -------------------------------------------------------------------------------
@@ -74,14 +76,25 @@ class Sweep:
     print(message, file=self.out, flush=True)
 
   def save_status(self) -> None:
+    """Writes the status under a lock on ROOT, merged with what another sweep on the same root
+    (a disjoint part of its grid) wrote since: its runs' entries are kept, this sweep's are ours."""
     self.status["updated"] = now()
     os.makedirs(self.spec.root, exist_ok=True)
-    tmp = self.status_path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.status, f, indent=1, sort_keys=True)
-    os.replace(tmp, self.status_path)
+    root_fd = os.open(self.spec.root, os.O_RDONLY)
+    try:
+      fcntl.flock(root_fd, fcntl.LOCK_EX)
+      on_disk = (read_json(self.status_path) or {}).get("runs", {})
+      ours = self.status["runs"]
+      self.status["runs"] = {**on_disk, **{k: ours[k] for k in ours if k in self._own_runs}}
+      tmp = self.status_path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(self.status, f, indent=1, sort_keys=True)
+      os.replace(tmp, self.status_path)
+    finally:
+      os.close(root_fd)  # releases the lock
 
   def _entry(self, run: Run) -> dict:
+    self._own_runs.add(run.key)
     entry = self.status["runs"].setdefault(run.key, {})
     entry.update(
       method=run.method, budget_hours=run.budget_hours, seed=run.seed, workdir=run.workdir
