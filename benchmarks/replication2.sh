@@ -30,7 +30,12 @@ BERT=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.
 T5=("${BERT[@]/#--config.data.path=*/--config.data.path=$DATA/t5_shards}")
 T5_TABLE=$OUT/t5/rst_table.json
 T5_BUDGET=${T5_BUDGET:-0.12}  # RST hours on $T5_TABLE
-T5_LRS=${T5_LRS:-1e-2,4e-2}  # t5_lr: the baseline at half and twice the paper's 2e-2
+# t5_lr: each optimizer either side of the paper's LR (its config's, run as the cell's seed 0), plus
+# one past the edge where the best was on it; the cell runs each at the best (AdamW's for stacking
+# and layer dropping)
+T5_LR_BASELINE=${T5_LR_BASELINE:-1e-2,4e-2,8e-2}
+T5_LR_LION=${T5_LR_LION:-3.75e-4,1.5e-3}
+T5_LR_SOPHIA=${T5_LR_SOPHIA:-5e-4,2e-3}
 GRID_BUDGETS=0.09,0.36,0.72  # RST hours on $TABLE; the LR sweep and the IL model use the smallest
 SMALL=${GRID_BUDGETS%%,*}
 LARGE=${GRID_BUDGETS##*,}
@@ -47,15 +52,23 @@ LR_LARGE=${LR_LARGE:-0.00075,3e-3}  # the baseline at the largest budget, either
 SEEDS=${SEEDS:-0,1}
 IL_DIR=$OUT/il_model/budget-$SMALL/seed-0
 
-best_lr() {  # the peak LR the LR sweep chose for an optimizer (baseline = AdamW, all its methods)
-  python -c "import json,sys; print(json.load(open(sys.argv[1]))['best_learning_rate'][sys.argv[2]])" \
-    $OUT/lr/summary.json "$1"
+best_lr() {  # best_lr M [SWEEP]: the peak LR an LR sweep (default lr) chose for an optimizer
+  # (baseline = AdamW, all its methods)
+  python -c "import json,os,sys; p, m = sys.argv[1:]; \
+    b = json.load(open(p))['best_learning_rate'] if os.path.exists(p) else {}; \
+    print(b[m]) if m in b else sys.exit(f'{p} holds no LR for {m}: run its LR stage first.')" \
+    $OUT/${2:-lr}/summary.json "$1"
 }
 picked() {  # picked M1,M2...: those of the given methods that $METHODS names, comma-joined
   local m out=()
   for m in ${1//,/ }; do [[ ",$METHODS," != *",$m,"* ]] || out+=("$m"); done
   local IFS=,
   echo "${out[*]}"
+}
+failed=0
+reap() {  # waits for the background jobs; a failed one fails the stage (at its end)
+  local p
+  for p in $(jobs -p); do wait "$p" || failed=1; done
 }
 extra_flags() { for f in "$@"; do printf -- '--extra=%s\n' "$f"; done; }
 on_core() {  # on_core N CMD...: one core, one XLA thread (PAR=1: no pinning)
@@ -96,9 +109,9 @@ case "${1:-}" in
         sweep $OUT/lr/$1-lr$2 --methods=$1 --budgets=$SMALL --seeds=0 \
         --extra=--config.optim.learning_rate=$2" > /dev/null &
       i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+      if [ $((i % PAR)) -eq 0 ]; then reap; fi
     done
-    wait
+    reap
     python benchmarks/replication_lr.py $OUT/lr ;;
   lr_large)  # the baseline's peak LR re-checked at the largest budget (seed 0): the sweep above
     # chose every LR at the smallest, and a method's lead at the largest reads differently if the
@@ -109,9 +122,9 @@ case "${1:-}" in
         sweep $OUT/lr_large/baseline-lr$lr --methods=baseline --budgets=$LARGE --seeds=0 \
         --extra=--config.optim.learning_rate=$lr" > $DATA/lr_large-$lr.log 2>&1 &
       i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+      if [ $((i % PAR)) -eq 0 ]; then reap; fi
     done
-    wait ;;
+    reap ;;
   il)  # the irreducible-loss model of rho_loss (trained on the held-out split, a fifth of the
     # training split's size: the smallest budget is already ~6 epochs of it), then its losses
     [ -f $IL_DIR/summary.json ] || python -m launch.pretrain \
@@ -141,9 +154,9 @@ case "${1:-}" in
       on_core $((i % PAR)) bash -c "$(declare -f run_seed sweep extra_flags best_lr picked); \
         $(declare -p BERT TABLE OUT BUDGETS METHODS IL_DIR); run_seed $seed" > $DATA/grid-seed-$seed.log 2>&1 &
       i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+      if [ $((i % PAR)) -eq 0 ]; then reap; fi
     done
-    wait ;;
+    reap ;;
   finetune)  # item 3: every complete run of the largest budget (of SEEDS and METHODS), the
     # paper's recipes shrunk
     for run in $(for s in ${SEEDS//,/ }; do for m in ${METHODS//,/ }; do
@@ -156,42 +169,67 @@ case "${1:-}" in
         --suite=superglue --tasks=cb,copa,rte --data_dir=../shared/data/superglue --epochs=5 \
         --max_length=128 --batch_size=16 --learning_rate=1e-3
     done ;;
-  probe)  # item 8: each finished grid and T5 run's validation loss split into tokens it can copy
-    # from its input and the rest, also on whole unseen articles, against the unigram predictor;
-    # needs the run's checkpoints, so it runs where the run ran (<run>/loss_probe.json)
-    for run in $(find $OUT/grid $OUT/t5 -name summary.json -printf '%h\n' | sort); do
+  probe)  # item 8: each finished grid, T5 and T5-LR run's validation loss split into tokens it can
+    # copy from its input and the rest, also on whole unseen articles, against the unigram
+    # predictor; needs the run's checkpoints, so it runs where the run ran (<run>/loss_probe.json)
+    for run in $(find $OUT/grid $OUT/t5 $OUT/t5_lr -name summary.json -printf '%h\n' | sort); do
       [ -f $run/loss_probe.json ] || [ ! -d $run/checkpoints ] || python -m benchmarks.loss_probe \
         --run=$run --validation=articles=../shared/data/text/wikipedia_en/validation.txt \
         --output=$run/loss_probe.json
     done ;;
   t5)  # item 6: T5 of the BERT grid's width (4 layers each side) on the same text, one budget,
-    # its own table; each method at the paper's T5 LR (its config's), checked by t5_lr
+    # its own table; each method at its optimizer's LR as chosen by t5_lr
     [ -f $T5_TABLE ] || python -m launch.calibrate_rst --config=configs/t5.py:size=tiny \
       --output=$T5_TABLE --workdir=$DATA/t5_calibration "${T5[@]}"
+    t5_seed() {
+      local m opt lr run
+      for m in $(picked baseline,stacking,layer_drop,lion,sophia | tr , ' '); do
+        opt=$m
+        [[ $m != stacking && $m != layer_drop ]] || opt=baseline
+        lr=$(best_lr $opt t5_lr) || return 1
+        run=$OUT/t5/seed-$1/$m/budget-$T5_BUDGET/seed-$1
+        if [ -f $run/config.json ] && ! python -c "import json,sys; \
+          sys.exit(json.load(open(sys.argv[1]))['optim']['learning_rate'] != float(sys.argv[2]))" \
+          $run/config.json $lr; then
+          echo "$run ran at another peak LR than t5_lr chose ($lr): move it aside first." >&2
+          return 1
+        fi
+        python -m launch.sweep --config=configs/t5.py:size=tiny --root=$OUT/t5/seed-$1 \
+          --rst_table=$T5_TABLE --seeds=$1 --methods=$m --budgets=$T5_BUDGET \
+          $(extra_flags "${T5[@]}" --config.optim.learning_rate=$lr)
+      done
+    }
     i=0
     for seed in ${SEEDS//,/ }; do
-      on_core $((i % PAR)) python -m launch.sweep --config=configs/t5.py:size=tiny \
-        --root=$OUT/t5/seed-$seed --rst_table=$T5_TABLE --seeds=$seed \
-        --methods=$(picked baseline,stacking,layer_drop,lion,sophia) --budgets=$T5_BUDGET \
-        $(extra_flags "${T5[@]}") > $DATA/t5-seed-$seed.log 2>&1 &
+      on_core $((i % PAR)) bash -c "$(declare -f t5_seed extra_flags best_lr picked); \
+        $(declare -p T5 T5_TABLE T5_BUDGET OUT METHODS); t5_seed $seed" \
+        > $DATA/t5-seed-$seed.log 2>&1 &
       i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+      if [ $((i % PAR)) -eq 0 ]; then reap; fi
     done
-    wait ;;
-  t5_lr)  # the T5 baseline (seed 0) either side of the paper's LR, which was set for T5 base
+    reap ;;
+  t5_lr)  # the T5 LR check (seed 0, the cell's budget): baseline, Lion and Sophia-G
+    jobs=()
+    for m in $(picked baseline,lion,sophia | tr , ' '); do
+      v=T5_LR_${m^^}
+      for lr in ${!v//,/ }; do jobs+=("$m $lr"); done
+    done
     i=0
-    for lr in ${T5_LRS//,/ }; do
+    for job in "${jobs[@]}"; do
+      set -- $job
       on_core $((i % PAR)) python -m launch.sweep --config=configs/t5.py:size=tiny \
-        --root=$OUT/t5_lr/baseline-lr$lr --rst_table=$T5_TABLE --seeds=0 --methods=baseline \
-        --budgets=$T5_BUDGET $(extra_flags "${T5[@]}" --config.optim.learning_rate=$lr) \
-        > $DATA/t5_lr-$lr.log 2>&1 &
+        --root=$OUT/t5_lr/$1-lr$2 --rst_table=$T5_TABLE --seeds=0 --methods=$1 \
+        --budgets=$T5_BUDGET $(extra_flags "${T5[@]}" --config.optim.learning_rate=$2) \
+        > $DATA/t5_lr-$1-$2.log 2>&1 &
       i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then wait; fi
+      if [ $((i % PAR)) -eq 0 ]; then reap; fi
     done
-    wait ;;
+    reap
+    python benchmarks/replication_lr.py $OUT/t5_lr $OUT/t5/seed-0 > $OUT/t5_lr/table.md ;;
   report)  # items 5 and 7: tables, paired differences and figures from the committed files
     python benchmarks/replication_lr.py $OUT/lr > $OUT/lr/table.md
     python -m launch.report --root=$OUT/grid
     [ ! -d $OUT/t5 ] || python -m launch.report --root=$OUT/t5 ;;
   *) echo "usage: $0 data|table|lr|lr_large|il|grid|finetune|probe|t5|t5_lr|report" >&2; exit 2 ;;
 esac
+exit $failed
