@@ -2,10 +2,6 @@
 run under ROOT/<method>-lr<LR>/, the best peak LR per method by held-out validation loss.
 
   python benchmarks/replication_lr.py benchmarks/results/replication/lr
-  python benchmarks/replication_lr.py $OUT/t5_lr $OUT/t5/seed-0  # $OUT: the lr sweep's parent
-
-A second argument is a sweep root (<method>/budget-*/seed-*) whose runs of ROOT's methods join the
-table: there, the T5 cell's seed-0 runs at each optimizer's paper LR.
 
 Writes ROOT/summary.json and prints a markdown table; runs without a final summary are listed as
 unfinished and never chosen.
@@ -19,17 +15,11 @@ import os
 import sys
 
 
-def rows(root: str, cells: str | None = None) -> list[dict]:
-  paths = glob.glob(os.path.join(root, "*", "*", "budget-*", "seed-*", "summary.json"))
-  methods = {p.split(os.sep)[-4] for p in paths}
-  if cells:
-    paths += [
-      p
-      for p in glob.glob(os.path.join(cells, "*", "budget-*", "seed-*", "summary.json"))
-      if p.split(os.sep)[-4] in methods
-    ]
+def rows(root: str) -> list[dict]:
   out = []
-  for summary_path in sorted(paths):
+  for summary_path in sorted(
+    glob.glob(os.path.join(root, "*", "*", "budget-*", "seed-*", "summary.json"))
+  ):
     workdir = os.path.dirname(summary_path)
     with open(summary_path) as f:
       summary = json.load(f)
@@ -60,8 +50,8 @@ def best(table: list[dict]) -> dict:
   return {m: r["learning_rate"] for m, r in chosen.items()}
 
 
-def main(root: str, cells: str | None = None) -> None:
-  table = rows(root, cells)
+def main(root: str) -> None:
+  table = rows(root)
   chosen = best(table)
   with open(os.path.join(root, "summary.json"), "w") as f:
     json.dump(dict(runs=table, best_learning_rate=chosen), f, indent=1)
@@ -79,4 +69,4 @@ def main(root: str, cells: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main(*(sys.argv[1:] or ["benchmarks/results/replication/lr"]))
+  main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/replication/lr")
