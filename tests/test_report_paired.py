@@ -78,7 +78,7 @@ def _cell(report_json: dict, method: str, budget: float, name: str) -> dict:
 
 
 def test_paired_differences_in_report_json_markdown_and_figures(tmp_path):
-  pytest.importorskip("matplotlib")
+  plt = pytest.importorskip("matplotlib.pyplot")
   root = tmp_path / "sweep"
   for budget in (1.0, 2.0):
     for seed in (0, 1):
@@ -123,6 +123,9 @@ def test_paired_differences_in_report_json_markdown_and_figures(tmp_path):
     assert image in md
     caption = md[md.index(image) + len(image) :].strip().splitlines()[0]
     assert caption and not caption.startswith("!"), caption
+  # The central plot has a panel per validation set (c4, minipile), side by side.
+  height, width = plt.imread(result["figures"]["paired_delta"]).shape[:2]
+  assert width > 2 * height
   assert str(tmp_path) not in md
 
 

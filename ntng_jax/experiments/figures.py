@@ -4,8 +4,8 @@
   fig_validation_loss.png    final validation loss per validation set vs budget (mean ± std)
   fig_validation_rst.png     in-domain validation loss vs RST, one panel per budget, mean over
                              finished seeds
-  fig_paired_delta.png       final in-domain validation loss, method − baseline paired by seed,
-                             vs budget (mean ± std of the paired differences), a line at 0
+  fig_paired_delta.png       final validation loss, method − baseline paired by seed, vs budget
+                             (mean ± std of the paired differences), one panel per validation set
   fig_downstream.png         fine-tuning averages per suite vs budget (mean ± std)
   fig_validation_epochs.png  validation loss vs epochs of training data, per budget (data repeated)
 
@@ -167,41 +167,47 @@ def plot_validation_rst(collected: dict, agg: dict, path: str) -> str | None:
   return _save(plt, fig, path)
 
 
-def plot_paired_delta(agg: dict, path: str, name: str = "validation_loss") -> str | None:
-  """Final `name` of each method minus the baseline's, paired by seed, against the budget: mean
-  with error bars of one sample std of the paired differences, and a line at 0."""
+def plot_paired_delta(agg: dict, path: str) -> str | None:
+  """Final validation loss of each method minus the baseline's, paired by seed, against the
+  budget, one panel per validation set: mean with error bars of one sample std of the paired
+  differences, and a line at 0."""
   base, budgets = agg["baseline"], agg["budgets"]
-  lines = {}
-  for m in agg["methods"]:
-    for j, b in enumerate(budgets):
-      cell = ((agg["groups"].get((m, b)) or {}).get("metrics") or {}).get(name) or {}
-      if m != base and cell.get("paired"):
-        lines.setdefault(m, []).append((j, cell["paired"]))
-  if not lines:
+  panels = []
+  for name in _validation_sets(agg):
+    lines = {}
+    for m in agg["methods"]:
+      for j, b in enumerate(budgets):
+        cell = ((agg["groups"].get((m, b)) or {}).get("metrics") or {}).get(name) or {}
+        if m != base and cell.get("paired"):
+          lines.setdefault(m, []).append((j, cell["paired"]))
+    if lines:
+      panels.append((name, lines))
+  if not panels:
     return None
   plt = pyplot()
   colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(agg["methods"])}
-  fig, ax = plt.subplots(figsize=(max(4.8, 1.4 * len(budgets) + 2.5), 3.8))
-  ax.axhline(0.0, color="black", lw=1.0, label=f"{base}")
-  width = 0.3 / max(len(lines), 1)
-  for i, (m, points) in enumerate(lines.items()):
-    xs = [j + (i - (len(lines) - 1) / 2) * width for j, _ in points]
-    ys = [p["mean"] for _, p in points]
-    es = [p["std"] or 0.0 for _, p in points]
-    ns = sorted({p["n"] for _, p in points})
-    n_label = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-    ax.errorbar(
-      xs, ys, yerr=es, fmt="o-", color=colors[m], capsize=3, ms=4, lw=1, label=f"{m} ({n_label})"
-    )
-  ax.set_xticks(range(len(budgets)))
-  ax.set_xticklabels([budget_label(b) for b in budgets])
-  ax.set_xlim(-0.5, len(budgets) - 0.5)
-  ax.set_xlabel("RST budget")
-  label = "validation loss" if name == "validation_loss" else name
-  ax.set_ylabel(f"Δ final {label} vs {base}")
-  ax.set_title("method − baseline, paired by seed (mean ± std)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  fig, axes = _panels(plt, len(panels), width=max(4.8, 1.4 * len(budgets) + 2.5), height=3.8)
+  for ax, (name, lines) in zip(axes, panels):
+    ax.axhline(0.0, color="black", lw=1.0, label=f"{base}")
+    width = 0.3 / max(len(lines), 1)
+    for i, (m, points) in enumerate(lines.items()):
+      xs = [j + (i - (len(lines) - 1) / 2) * width for j, _ in points]
+      ys = [p["mean"] for _, p in points]
+      es = [p["std"] or 0.0 for _, p in points]
+      ns = sorted({p["n"] for _, p in points})
+      n_label = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+      ax.errorbar(
+        xs, ys, yerr=es, fmt="o-", color=colors[m], capsize=3, ms=4, lw=1, label=f"{m} ({n_label})"
+      )
+    ax.set_xticks(range(len(budgets)))
+    ax.set_xticklabels([budget_label(b) for b in budgets])
+    ax.set_xlim(-0.5, len(budgets) - 0.5)
+    ax.set_xlabel("RST budget")
+    ax.set_ylabel(f"Δ final validation loss vs {base}")
+    where = f"{name.split('/', 1)[1]} set" if "/" in name else "validation"
+    ax.set_title(f"{where}: method − baseline, paired by seed (mean ± std)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   return _save(plt, fig, path)
 
 
@@ -240,18 +246,23 @@ def _points_vs_budget(
   return _save(plt, fig, path)
 
 
-def plot_validation(agg: dict, path: str) -> str | None:
+def _validation_sets(agg: dict) -> list[str]:
+  """The metric names of the validation sets (one per named set where there are several)."""
   sets = [n for n in agg["metric_names"] if n.startswith("validation_loss/")]
-  names = (
-    sets
-    if len(sets) >= 2
-    else (["validation_loss"] if "validation_loss" in agg["metric_names"] else [])
-  )
+  if len(sets) >= 2:
+    return sets
+  return ["validation_loss"] if "validation_loss" in agg["metric_names"] else []
+
+
+def _set_title(name: str) -> str:
+  return f"validation loss: {name.split('/', 1)[1]}" if "/" in name else "validation loss"
+
+
+def plot_validation(agg: dict, path: str) -> str | None:
+  names = _validation_sets(agg)
   if not names:
     return None
-  titles = [
-    f"validation loss: {n.split('/', 1)[1]}" if "/" in n else "validation loss" for n in names
-  ]
+  titles = [_set_title(n) for n in names]
   return _points_vs_budget(agg, names, titles, ["final validation loss"] * len(names), path)
 
 

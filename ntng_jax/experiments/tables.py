@@ -359,9 +359,9 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
       validation_loss="Final validation loss per validation set vs budget (mean ± std).",
       validation_rst="Validation loss (in-domain) vs RST, one panel per budget (mean over"
       " finished seeds; dot: the mean of the last evaluations).",
-      paired_delta=f"Final validation loss (in-domain) minus {agg['baseline']}'s for the same"
-      " seed vs budget (mean ± std of the paired differences over seeds where both finished;"
-      f" below 0 is better than {agg['baseline']}).",
+      paired_delta=f"Final validation loss minus {agg['baseline']}'s for the same seed vs"
+      " budget, one panel per validation set (mean ± std of the paired differences over seeds"
+      f" where both finished; below 0 is better than {agg['baseline']}).",
       downstream="Fine-tuning averages per suite vs budget (mean ± std over seeds).",
       validation_epochs="Validation loss vs epochs of the (limited, repeated) training data,"
       " one panel per budget (mean over finished seeds).",
