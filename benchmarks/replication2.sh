@@ -30,10 +30,11 @@ BERT=(--config.model.num_layers=4 --config.model.hidden_size=128 --config.model.
 T5=("${BERT[@]/#--config.data.path=*/--config.data.path=$DATA/t5_shards}")
 T5_TABLE=$OUT/t5/rst_table.json
 T5_BUDGET=${T5_BUDGET:-0.12}  # RST hours on $T5_TABLE
-# t5_lr: each optimizer at the paper's LR (its config's), half and twice it, plus one past the edge
-# where the best was on it; the cell runs each at the best (AdamW's for stacking, layer dropping)
+# t5_lr: each optimizer at the paper's LR (its config's) and at 2x steps from it, toward the better
+# side until the best is inside the bracket (>= 3 values); the cell runs each at the best (AdamW's
+# for stacking and layer dropping)
 T5_LR_BASELINE=${T5_LR_BASELINE:-1e-2,2e-2,4e-2,8e-2}
-T5_LR_LION=${T5_LR_LION:-3.75e-4,7.5e-4,1.5e-3}
+T5_LR_LION=${T5_LR_LION:-7.5e-4,1.5e-3,3e-3}
 T5_LR_SOPHIA=${T5_LR_SOPHIA:-5e-4,1e-3,2e-3}
 GRID_BUDGETS=0.09,0.36,0.72  # RST hours on $TABLE; the LR sweep and the IL model use the smallest
 SMALL=${GRID_BUDGETS%%,*}
