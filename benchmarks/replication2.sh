@@ -70,6 +70,13 @@ reap() {  # waits for the background jobs; a failed one fails the stage (at its 
   local p
   for p in $(jobs -p); do wait "$p" || failed=1; done
 }
+lr_jobs() {  # lr_jobs PREFIX: one "METHOD:LR" per peak LR in $PREFIX_BASELINE/_LION/_SOPHIA
+  local m v lr
+  for m in $(picked baseline,lion,sophia | tr , ' '); do
+    v=$1_${m^^}
+    for lr in ${!v//,/ }; do echo "$m:$lr"; done
+  done
+}
 extra_flags() { for f in "$@"; do printf -- '--extra=%s\n' "$f"; done; }
 on_core() {  # on_core N CMD...: one core, one XLA thread (PAR=1: no pinning)
   local n=$1
@@ -97,14 +104,9 @@ case "${1:-}" in
     [ -f $TABLE ] || python -m launch.calibrate_rst --config=configs/bert.py:size=tiny \
       --output=$TABLE --workdir=$DATA/calibration "${BERT[@]}" ;;
   lr)  # item 2: >= 3 peak learning rates per optimizer, seed 0, the smallest budget
-    jobs=()
-    for m in baseline lion sophia; do
-      v=LR_${m^^}
-      for lr in ${!v//,/ }; do jobs+=("$m $lr"); done
-    done
     i=0
-    for job in "${jobs[@]}"; do
-      set -- $job
+    for job in $(lr_jobs LR); do
+      set -- ${job/:/ }
       on_core $((i % PAR)) bash -c "$(declare -f sweep extra_flags); $(declare -p BERT TABLE); \
         sweep $OUT/lr/$1-lr$2 --methods=$1 --budgets=$SMALL --seeds=0 \
         --extra=--config.optim.learning_rate=$2" > /dev/null &
@@ -209,14 +211,9 @@ case "${1:-}" in
     done
     reap ;;
   t5_lr)  # the T5 LR check (seed 0, the cell's budget): baseline, Lion and Sophia-G
-    jobs=()
-    for m in $(picked baseline,lion,sophia | tr , ' '); do
-      v=T5_LR_${m^^}
-      for lr in ${!v//,/ }; do jobs+=("$m $lr"); done
-    done
     i=0
-    for job in "${jobs[@]}"; do
-      set -- $job
+    for job in $(lr_jobs T5_LR); do
+      set -- ${job/:/ }
       on_core $((i % PAR)) python -m launch.sweep --config=configs/t5.py:size=tiny \
         --root=$OUT/t5_lr/$1-lr$2 --rst_table=$T5_TABLE --seeds=0 --methods=$1 \
         --budgets=$T5_BUDGET $(extra_flags "${T5[@]}" --config.optim.learning_rate=$2) \
