@@ -135,21 +135,22 @@ case "${1:-}" in
       "${BERT[@]}" --config.optim.learning_rate=$(best_lr baseline)
     [ -e $IL_DIR/il_losses ] || python -m launch.extract_il --workdir=$IL_DIR ;;
   grid)  # items 1 and 4: one stream per seed (PAR at a time), the largest budget first
-    run_seed() {
-      local seed=$1 b root=$OUT/grid/seed-$1
+    run_seed() {  # a failed sweep fails the seed's stream, after the others have run
+      local seed=$1 b ms m st=0 root=$OUT/grid/seed-$1
       for b in $(echo $BUDGETS | tr , '\n' | sort -gr); do
         ms=$(picked baseline,stacking,layer_drop,selective_backprop)
         [ -z "$ms" ] || sweep $root --budgets=$b --seeds=$seed --methods=$ms \
-          --extra=--config.optim.learning_rate=$(best_lr baseline)
+          --extra=--config.optim.learning_rate=$(best_lr baseline) || st=1
         for m in lion sophia; do
           [ -z "$(picked $m)" ] || sweep $root --budgets=$b --seeds=$seed --methods=$m \
-            --extra=--config.optim.learning_rate=$(best_lr $m)
+            --extra=--config.optim.learning_rate=$(best_lr $m) || st=1
         done
         if [ -n "$(picked rho_loss)" ] && [ -e $IL_DIR/il_losses ]; then
           sweep $root --budgets=$b --seeds=$seed --methods=rho_loss --il_path=$IL_DIR/il_losses \
-            --extra=--config.optim.learning_rate=$(best_lr baseline)
+            --extra=--config.optim.learning_rate=$(best_lr baseline) || st=1
         fi
       done
+      return $st
     }
     i=0
     for seed in ${SEEDS//,/ }; do
@@ -183,23 +184,17 @@ case "${1:-}" in
     # its own table; each method at its optimizer's LR as chosen by t5_lr
     [ -f $T5_TABLE ] || python -m launch.calibrate_rst --config=configs/t5.py:size=tiny \
       --output=$T5_TABLE --workdir=$DATA/t5_calibration "${T5[@]}"
-    t5_seed() {
-      local m opt lr run
+    t5_seed() {  # a finished run made at another LR fails its sweep (launch.sweep refuses it)
+      local m opt lr st=0
       for m in $(picked baseline,stacking,layer_drop,lion,sophia | tr , ' '); do
         opt=$m
         [[ $m != stacking && $m != layer_drop ]] || opt=baseline
         lr=$(best_lr $opt t5_lr) || return 1
-        run=$OUT/t5/seed-$1/$m/budget-$T5_BUDGET/seed-$1
-        if [ -f $run/config.json ] && ! python -c "import json,sys; \
-          sys.exit(json.load(open(sys.argv[1]))['optim']['learning_rate'] != float(sys.argv[2]))" \
-          $run/config.json $lr; then
-          echo "$run ran at another peak LR than t5_lr chose ($lr): move it aside first." >&2
-          return 1
-        fi
         python -m launch.sweep --config=configs/t5.py:size=tiny --root=$OUT/t5/seed-$1 \
           --rst_table=$T5_TABLE --seeds=$1 --methods=$m --budgets=$T5_BUDGET \
-          $(extra_flags "${T5[@]}" --config.optim.learning_rate=$lr)
+          $(extra_flags "${T5[@]}" --config.optim.learning_rate=$lr) || st=1
       done
+      return $st
     }
     i=0
     for seed in ${SEEDS//,/ }; do

@@ -131,6 +131,15 @@ elif module == "launch.pretrain":
       print("error: no IL losses at %r" % il)
       sys.exit(2)
   os.makedirs(wd, exist_ok=True)
+  fields = {"method.name": method, "seed": seed, "train.budget_hours": budget}
+  for f in flags:  # like run.json: what the command set, less what a resume may change
+    if f.startswith("--config.") and not f.startswith("--config.rst.table="):
+      key, value = f[len("--config."):].split("=", 1)
+      try:
+        fields[key] = json.loads(value)
+      except ValueError:
+        fields[key] = value
+  json.dump({"fields": fields}, open(os.path.join(wd, "run.json"), "w"))
   if method == "slow":  # runs until SIGTERM, then "checkpoints" and exits like the trainer
     import signal, time
     def term(*_):
@@ -283,6 +292,28 @@ def test_two_sweeps_on_one_root_keep_each_others_runs(tmp_path, stub):
     "baseline/budget-0.002/seed-0": "done",
     "lion/budget-0.002/seed-0": "done",
   }
+
+
+def test_a_finished_run_with_other_settings_is_refused_not_skipped(tmp_path, stub):
+  """Re-running a sweep with another --extra value (a new learning rate) on a root whose runs
+  finished: those runs fail with one sentence naming the field, and nothing is re-run or
+  overwritten; with the original value they are skipped as complete."""
+  python, calls = stub
+  root = tmp_path / "sweep"
+  quiet = open(os.devnull, "w")
+  lr = lambda v: _spec(
+    root, methods=["baseline"], budgets=[0.002], extra=[f"--config.optim.lr={v}"]
+  )
+  sweep.Sweep(lr("2e-2"), out=quiet, python=python).run()
+  calls()
+  status = sweep.Sweep(lr("4e-2"), out=quiet, python=python).run()
+  assert calls() == []
+  entry = status["runs"]["baseline/budget-0.002/seed-0"]
+  assert entry["status"] == "failed"
+  assert "optim.lr 0.02 → 4e-2" in entry["error"] and "another --root" in entry["error"]
+  assert status["counts"] == {"done": 0, "diverged": 0, "failed": 1}
+  status = sweep.Sweep(lr("0.02"), out=quiet, python=python).run()
+  assert calls() == [] and status["counts"]["done"] == 1
 
 
 def test_sigterm_is_forwarded_and_stops_the_sweep(tmp_path, stub):

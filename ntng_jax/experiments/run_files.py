@@ -1,12 +1,15 @@
 """What a run left on disk, read without jax: its summary.json, its metrics.jsonl and the state
-the sweep derives from them (complete, diverged, partial, new)."""
+the sweep derives from them (complete, diverged, partial, new), and whether a finished run was
+made with the config fields a command now asks for."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 from ntng_jax.experiments.grid import COMPLETE, DIVERGED
+from ntng_jax.train.run_identity import recorded
 
 
 def read_json(path: str) -> dict | None:
@@ -47,3 +50,48 @@ def read_metrics(workdir: str) -> list[dict]:
   except OSError:
     pass
   return records
+
+
+def _same(recorded, flag: str) -> bool | None:
+  """Whether a `--config.K=flag` value equals the recorded JSON value; None if its type is not
+  one a flag spells plainly (lists, dicts), so it is not compared."""
+  if isinstance(recorded, bool):
+    return flag.lower() in (("true", "1") if recorded else ("false", "0"))
+  if isinstance(recorded, (int, float)):
+    try:
+      return float(flag) == recorded
+    except ValueError:
+      return False
+  if recorded is None:
+    return flag in ("None", "none")
+  if isinstance(recorded, str):
+    return flag == recorded
+  return None
+
+
+def requested_fields(command: Sequence[str]) -> dict[str, str]:
+  """{dotted config field: flag value} that a pretrain command sets: `method=`/`seed=` of its
+  --config argument and every --config.K=V flag."""
+  fields = {}
+  for arg in command:
+    if arg.startswith("--config="):
+      for item in arg.partition(":")[2].split(","):
+        key, _, value = item.partition("=")
+        if key in ("method", "seed"):
+          fields["method.name" if key == "method" else "seed"] = value
+    elif arg.startswith("--config."):
+      key, _, value = arg[len("--config.") :].partition("=")
+      fields[key] = value
+  return fields
+
+
+def identity_mismatch(workdir: str, command: Sequence[str]) -> list[str]:
+  """'field recorded → requested' for each field `command` sets that the run in `workdir` (its
+  run.json) recorded with another value. Fields a resume may change are not recorded, so they
+  are not compared; nor is a workdir without a record."""
+  old = (recorded(workdir) or {}).get("fields", {})
+  out = []
+  for key, value in requested_fields(command).items():
+    if key in old and _same(old[key], value) is False:
+      out.append(f"{key} {json.dumps(old[key])} → {value}")
+  return out

@@ -1,6 +1,7 @@
 """The sweep driver: runs a grid (`grid.SweepSpec`) step by step, keeping ROOT/sweep_status.json
-up to date. Re-running is safe: complete and diverged runs are skipped, interrupted or failed
-ones started again (the trainer resumes). A failed run is recorded with its error line and the
+up to date. Re-running is safe: complete and diverged runs are skipped (unless their run.json
+records other values for the fields the sweep sets: those fail in one sentence), interrupted or
+failed ones started again (the trainer resumes). A failed run is recorded with its error line and the
 grid goes on. Every run is priced by one RST table (calibrated once into ROOT/rst_table.json,
 'paper', or a given file); with rho_loss in the grid the IL model is trained and its losses
 extracted first. No jax here: the subprocesses own the accelerators.
@@ -36,7 +37,12 @@ from ntng_jax.experiments.grid import (
   table_path,
   validate,
 )
-from ntng_jax.experiments.run_files import read_json, read_summary, run_state
+from ntng_jax.experiments.run_files import (
+  identity_mismatch,
+  read_json,
+  read_summary,
+  run_state,
+)
 from ntng_jax.experiments.runner import (
   SweepInterrupted,
   error_line,
@@ -184,9 +190,22 @@ class Sweep:
     return il_path, None
 
   def run_one(self, run: Run, il_path: str | None, il_error: str | None) -> str:
-    """Pre-trains one run unless complete; returns its status: done, diverged, failed."""
+    """Pre-trains one run unless complete; returns its status: done, diverged, failed. A
+    finished run whose run.json records other values for the fields the command sets is failed
+    with one sentence, not skipped as if it were this sweep's."""
     entry = self._entry(run)
     state = run_state(run.workdir)
+    cmd = pretrain_command(self.spec, run, il_path, self.python)
+    changed = identity_mismatch(run.workdir, cmd) if state in ("complete", "diverged") else []
+    if changed:
+      error = (
+        f"{run.workdir} finished with other settings ({'; '.join(changed)}), so it is not this"
+        " sweep's run; move it aside or use another --root to run it with these settings"
+      )
+      entry.update(status="failed", returncode=None, error=error)
+      self.save_status()
+      self.say(f"  not started: {error}.")
+      return "failed"
     if state in ("complete", "diverged"):
       summary = read_summary(run.workdir) or {}
       entry.update(
@@ -202,7 +221,6 @@ class Sweep:
       self.save_status()
       self.say(f"  not started: {il_error}")
       return "failed"
-    cmd = pretrain_command(self.spec, run, il_path, self.python)
     self.say(f"  {'resuming' if state == 'partial' else 'starting'}: {shlex.join(cmd[1:])}")
     entry.update(status="running", command=shlex.join(cmd), started=now())
     self.save_status()
