@@ -34,8 +34,8 @@ T5_BUDGET=${T5_BUDGET:-0.12}  # RST hours on $T5_TABLE
 # side until the best is inside the bracket (>= 3 values); the cell runs each at the best (AdamW's
 # for stacking and layer dropping)
 T5_LR_BASELINE=${T5_LR_BASELINE:-1e-2,2e-2,4e-2,8e-2}
-T5_LR_LION=${T5_LR_LION:-7.5e-4,1.5e-3,3e-3}
-T5_LR_SOPHIA=${T5_LR_SOPHIA:-5e-4,1e-3,2e-3}
+T5_LR_LION=${T5_LR_LION:-7.5e-4,1.5e-3,3e-3,6e-3}
+T5_LR_SOPHIA=${T5_LR_SOPHIA:-1e-3,2e-3,4e-3,8e-3}
 GRID_BUDGETS=0.09,0.36,0.72  # RST hours on $TABLE; the LR sweep and the IL model use the smallest
 SMALL=${GRID_BUDGETS%%,*}
 LARGE=${GRID_BUDGETS##*,}
