@@ -52,20 +52,20 @@ def read_metrics(workdir: str) -> list[dict]:
   return records
 
 
-def _same(recorded, flag: str) -> bool | None:
+def _same(old, flag: str) -> bool | None:
   """Whether a `--config.K=flag` value equals the recorded JSON value; None if its type is not
   one a flag spells plainly (lists, dicts), so it is not compared."""
-  if isinstance(recorded, bool):
-    return flag.lower() in (("true", "1") if recorded else ("false", "0"))
-  if isinstance(recorded, (int, float)):
+  if isinstance(old, bool):
+    return flag.lower() in (("true", "1") if old else ("false", "0"))
+  if isinstance(old, (int, float)):
     try:
-      return float(flag) == recorded
+      return float(flag) == old
     except ValueError:
       return False
-  if recorded is None:
+  if old is None:
     return flag in ("None", "none")
-  if isinstance(recorded, str):
-    return flag == recorded
+  if isinstance(old, str):
+    return flag == old
   return None
 
 
