@@ -426,3 +426,11 @@ def test_sweep_then_report_end_to_end(tmp_path):
   assert re.search(r"\| baseline \| \d\.\d{4} \| \d\.\d{4} \|", table), table
   assert re.search(r"\| lion \| \d\.\d{4} \(Δ [+-]\d\.\d{4}\) \|", table), table
   assert "Final validation loss" in md
+
+  # Again: the trainer's run.json matches the sweep's flags, so every run is skipped; with another
+  # learning rate every run is refused (exit 1), none re-run.
+  proc = run_module("launch.sweep", *args, check=False, cwd=tmp_path)
+  assert "Sweep finished: 4 done, 0 diverged, 0 failed" in proc.stdout, proc.stdout[-3000:]
+  other = run_module("launch.sweep", *args, "--extra=--config.optim.learning_rate=0.5", check=False)
+  assert other.returncode == 1 and other.stdout.count("finished with other settings") == 4
+  assert "optim.learning_rate" in other.stdout and "→ 0.5" in other.stdout
