@@ -65,11 +65,6 @@ picked() {  # picked M1,M2...: those of the given methods that $METHODS names, c
   local IFS=,
   echo "${out[*]}"
 }
-failed=0
-reap() {  # waits for the background jobs; a failed one fails the stage (at its end)
-  local p
-  for p in $(jobs -p); do wait "$p" || failed=1; done
-}
 lr_jobs() {  # lr_jobs PREFIX: one "METHOD:LR" per peak LR in $PREFIX_BASELINE/_LION/_SOPHIA
   local m v lr
   for m in $(picked baseline,lion,sophia | tr , ' '); do
@@ -84,6 +79,18 @@ on_core() {  # on_core N CMD...: one core, one XLA thread (PAR=1: no pinning)
   if [ "$PAR" -gt 1 ]; then
     XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false" taskset -c "$n" "$@"
   else "$@"; fi
+}
+failed=0 slot=0
+reap() {  # waits for the background jobs; a failed one fails the stage (at its end)
+  local p
+  for p in $(jobs -p); do wait "$p" || failed=1; done
+}
+dispatch() {  # dispatch LOG CMD...: CMD in the background on the next core, PAR at a time
+  local log=$1
+  shift
+  on_core $((slot % PAR)) "$@" > "$log" 2>&1 &
+  slot=$((slot + 1))
+  if [ $((slot % PAR)) -eq 0 ]; then reap; fi
 }
 sweep() {  # sweep ROOT EXTRA_SWEEP_FLAGS...: the BERT grid's sweep with the shared table
   local root=$1
@@ -104,27 +111,21 @@ case "${1:-}" in
     [ -f $TABLE ] || python -m launch.calibrate_rst --config=configs/bert.py:size=tiny \
       --output=$TABLE --workdir=$DATA/calibration "${BERT[@]}" ;;
   lr)  # item 2: >= 3 peak learning rates per optimizer, seed 0, the smallest budget
-    i=0
     for job in $(lr_jobs LR); do
       set -- ${job/:/ }
-      on_core $((i % PAR)) bash -c "$(declare -f sweep extra_flags); $(declare -p BERT TABLE); \
-        sweep $OUT/lr/$1-lr$2 --methods=$1 --budgets=$SMALL --seeds=0 \
-        --extra=--config.optim.learning_rate=$2" > /dev/null &
-      i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then reap; fi
+      dispatch $DATA/lr-$1-$2.log bash -c "$(declare -f sweep extra_flags); \
+        $(declare -p BERT TABLE); sweep $OUT/lr/$1-lr$2 --methods=$1 --budgets=$SMALL \
+        --seeds=0 --extra=--config.optim.learning_rate=$2"
     done
     reap
     python benchmarks/replication_lr.py $OUT/lr ;;
   lr_large)  # the baseline's peak LR re-checked at the largest budget (seed 0): the sweep above
     # chose every LR at the smallest, and a method's lead at the largest reads differently if the
     # baseline's best LR moved there (the grid holds the chosen LR's run)
-    i=0
     for lr in ${LR_LARGE//,/ }; do
-      on_core $((i % PAR)) bash -c "$(declare -f sweep extra_flags); $(declare -p BERT TABLE); \
-        sweep $OUT/lr_large/baseline-lr$lr --methods=baseline --budgets=$LARGE --seeds=0 \
-        --extra=--config.optim.learning_rate=$lr" > $DATA/lr_large-$lr.log 2>&1 &
-      i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then reap; fi
+      dispatch $DATA/lr_large-$lr.log bash -c "$(declare -f sweep extra_flags); \
+        $(declare -p BERT TABLE); sweep $OUT/lr_large/baseline-lr$lr --methods=baseline \
+        --budgets=$LARGE --seeds=0 --extra=--config.optim.learning_rate=$lr"
     done
     reap ;;
   il)  # the irreducible-loss model of rho_loss (trained on the held-out split, a fifth of the
@@ -152,12 +153,9 @@ case "${1:-}" in
       done
       return $st
     }
-    i=0
     for seed in ${SEEDS//,/ }; do
-      on_core $((i % PAR)) bash -c "$(declare -f run_seed sweep extra_flags best_lr picked); \
-        $(declare -p BERT TABLE OUT BUDGETS METHODS IL_DIR); run_seed $seed" > $DATA/grid-seed-$seed.log 2>&1 &
-      i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then reap; fi
+      dispatch $DATA/grid-seed-$seed.log bash -c "$(declare -f run_seed sweep extra_flags \
+        best_lr picked); $(declare -p BERT TABLE OUT BUDGETS METHODS IL_DIR); run_seed $seed"
     done
     reap ;;
   finetune)  # item 3: every complete run of the largest budget (of SEEDS and METHODS), the
@@ -196,25 +194,17 @@ case "${1:-}" in
       done
       return $st
     }
-    i=0
     for seed in ${SEEDS//,/ }; do
-      on_core $((i % PAR)) bash -c "$(declare -f t5_seed extra_flags best_lr picked); \
-        $(declare -p T5 T5_TABLE T5_BUDGET OUT METHODS); t5_seed $seed" \
-        > $DATA/t5-seed-$seed.log 2>&1 &
-      i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then reap; fi
+      dispatch $DATA/t5-seed-$seed.log bash -c "$(declare -f t5_seed extra_flags best_lr picked); \
+        $(declare -p T5 T5_TABLE T5_BUDGET OUT METHODS); t5_seed $seed"
     done
     reap ;;
   t5_lr)  # the T5 LR check (seed 0, the cell's budget): baseline, Lion and Sophia-G
-    i=0
     for job in $(lr_jobs T5_LR); do
       set -- ${job/:/ }
-      on_core $((i % PAR)) python -m launch.sweep --config=configs/t5.py:size=tiny \
+      dispatch $DATA/t5_lr-$1-$2.log python -m launch.sweep --config=configs/t5.py:size=tiny \
         --root=$OUT/t5_lr/$1-lr$2 --rst_table=$T5_TABLE --seeds=0 --methods=$1 \
-        --budgets=$T5_BUDGET $(extra_flags "${T5[@]}" --config.optim.learning_rate=$2) \
-        > $DATA/t5_lr-$1-$2.log 2>&1 &
-      i=$((i + 1))
-      if [ $((i % PAR)) -eq 0 ]; then reap; fi
+        --budgets=$T5_BUDGET $(extra_flags "${T5[@]}" --config.optim.learning_rate=$2)
     done
     reap
     python benchmarks/replication_lr.py $OUT/t5_lr > $OUT/t5_lr/table.md ;;
