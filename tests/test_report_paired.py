@@ -164,3 +164,30 @@ def test_learning_regime_table_compares_the_baseline_with_the_unigram_entropy(tm
     "## Learning regime"
     not in open(report.write_report(str(bare), figures=False)["markdown"]).read()
   )
+
+
+def test_training_loss_is_the_final_window_mean_and_selection_uses_the_scored_batch(tmp_path):
+  """One logged batch is noise: the table averages the last 5 % of the RST. Batch selection logs
+  the loss of its kept, hardest sequences; the report compares the whole scored mega-batch's."""
+  from ntng_jax.experiments import results, stats
+
+  root = tmp_path / "sweep"
+  for method in ("baseline", "selective_backprop"):
+    wd = root / "seed-0" / method / "budget-1" / "seed-0"
+    wd.mkdir(parents=True)
+    records = []
+    for i in range(1, 101):  # RST 36 s apart; the last 5 % of 3600 s holds steps 95..100
+      record = dict(step=i, rst_seconds=36.0 * i, train_loss=5.0 + (i % 2))  # 5, 6, 5, ...
+      if method == "selective_backprop":
+        record.update(train_loss=9.0, score_loss_mean=4.0 + (i % 2))
+      records.append(record)
+    (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = dict(method=method, steps=100, rst_seconds=3600.0, stopped_because="budget")
+    (wd / "summary.json").write_text(json.dumps(dict(summary, final_train_loss=9.0)))
+
+  agg = stats.aggregate(results.collect(str(root)))
+  base = agg["groups"][("baseline", 1.0)]["metrics"]["train_loss"]
+  selected = agg["groups"][("selective_backprop", 1.0)]["metrics"]["train_loss"]
+  assert base["mean"] == pytest.approx(5.5)  # steps 95..100: three 6s and three 5s
+  assert selected["mean"] == pytest.approx(4.5)  # the scored batch's, not the kept 9.0
+  assert selected["paired"]["mean"] == pytest.approx(-1.0)

@@ -157,7 +157,7 @@ elif module == "launch.pretrain":
   with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
     for i in range(1, n + 1):
       f.write(json.dumps({"step": i, "rst_seconds": i / 20 * budget * 3600,
-                          "train_loss": 7.0 - (7.0 - final) * i / 20}) + "\n")
+                          "train_loss": 7.0 - (7.0 - final) * min(1.0, i / 18)}) + "\n")
   summary = {"method": method, "steps": n, "rst_seconds": n / 20 * budget * 3600,
              "final_train_loss": final, "final_validation_loss": final + 0.1,
              "final_validation_losses": {"c4": final + 0.1, "minipile": final + 0.3}}
@@ -431,6 +431,8 @@ def test_sweep_then_report_end_to_end(tmp_path):
   # learning rate every run is refused (exit 1), none re-run.
   proc = run_module("launch.sweep", *args, check=False, cwd=tmp_path)
   assert "Sweep finished: 4 done, 0 diverged, 0 failed" in proc.stdout, proc.stdout[-3000:]
-  other = run_module("launch.sweep", *args, "--extra=--config.optim.learning_rate=0.5", check=False)
+  other = run_module(
+    "launch.sweep", *args, "--extra=--config.optim.learning_rate=0.5", check=False, cwd=tmp_path
+  )
   assert other.returncode == 1 and other.stdout.count("finished with other settings") == 4
   assert "optim.learning_rate" in other.stdout and "→ 0.5" in other.stdout

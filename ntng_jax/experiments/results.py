@@ -1,6 +1,10 @@
 """Loads a sweep's runs for its report: every planned or found run under the root, with its
 status, summary, curves and fine-tuning results.
 
+A run's training-loss curve is its logged `train_loss`, except for batch selection, whose
+`score_loss_mean` (the whole scored mega-batch, before the step) stands in: the kept sequences
+are the hardest by design, so their loss is not comparable with other methods'.
+
 Statuses: `ok` (stopped at the budget or max_steps), `diverged` (a non-finite loss), `failed`
 (non-zero exit), `incomplete` (interrupted or still running), `missing` (planned, never started).
 """
@@ -14,6 +18,11 @@ from ntng_jax.experiments.finetune_results import number, read_finetune
 from ntng_jax.experiments.run_files import read_json, read_metrics, read_summary
 
 OK, DIVERGED, FAILED, INCOMPLETE, MISSING = "ok", "diverged", "failed", "incomplete", "missing"
+
+
+def train_loss_of(record: dict) -> float | None:
+  """The record's training loss as the report compares it (see the module docstring)."""
+  return record.get("score_loss_mean", record.get("train_loss"))
 
 
 def _run_status(summary: dict | None, entry: dict, has_metrics: bool) -> str:
@@ -77,9 +86,9 @@ def collect(root: str) -> dict:
         finetune=finetune,
         finetune_status={k: v.get("status") for k, v in entry.get("finetune", {}).items()},
         curve=[
-          (r["rst_seconds"], r["train_loss"])
+          (r["rst_seconds"], train_loss_of(r))
           for r in records
-          if "train_loss" in r and "rst_seconds" in r
+          if train_loss_of(r) is not None and "rst_seconds" in r
         ],
         validation_curve=[
           (r["rst_seconds"], r["validation_loss"])

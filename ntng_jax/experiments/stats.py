@@ -2,7 +2,10 @@
 deviation (ddof=1) over the seeds that finished, their number, the difference to the baseline's
 mean at the same budget (`delta`), and the difference paired by seed (`paired`: mean and sample
 std over the seeds where both the method and the baseline finished of method − baseline for the
-same seed, and how many seeds that is)."""
+same seed, and how many seeds that is).
+
+A run's training loss is the mean of its curve over the last `FINAL_WINDOW` of its RST: one
+logged batch is too noisy to compare, and the decayed LR leaves the model nearly still there."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from typing import Sequence
 
 from ntng_jax.experiments.finetune_results import number
 from ntng_jax.experiments.results import OK
+
+FINAL_WINDOW = 0.05  # fraction of a run's RST whose logged training losses are averaged
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -23,17 +28,25 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
   return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
 
 
+def final_train_loss(run: dict) -> float | None:
+  """Mean training loss over the last FINAL_WINDOW of the run's RST (its curve), else the
+  summary's last logged one."""
+  curve = [(t, v) for t, v in run.get("curve", []) if math.isfinite(v)]
+  if curve:
+    start = (1.0 - FINAL_WINDOW) * curve[-1][0]
+    return mean_std([v for t, v in curve if t >= start])[0]
+  return number((run["summary"] or {}).get("final_train_loss"))
+
+
 def run_metrics(run: dict) -> dict:
   """The numbers of one run that enter the tables: {'train_loss', 'validation_loss',
   'validation_loss/<set>', '<suite>/average', '<suite>/<task>/<metric>'}."""
   s = run["summary"] or {}
   out = {}
-  for key, name in (
-    ("final_train_loss", "train_loss"),
-    ("final_validation_loss", "validation_loss"),
-  ):
-    if number(s.get(key)) is not None:
-      out[name] = float(s[key])
+  if (train := final_train_loss(run)) is not None:
+    out["train_loss"] = train
+  if number(s.get("final_validation_loss")) is not None:
+    out["validation_loss"] = float(s["final_validation_loss"])
   for name, v in (s.get("final_validation_losses") or {}).items():
     if number(v) is not None:
       out[f"validation_loss/{name}"] = float(v)

@@ -31,8 +31,14 @@ from ntng_jax.experiments.results import (
   runs_of,
 )
 from ntng_jax.experiments.run_files import read_json
+from ntng_jax.experiments.stats import FINAL_WINDOW, final_train_loss
 
 LOWER_IS_BETTER = ("train_loss", "validation_loss", "perplexity")
+TRAIN_LOSS_NOTE = (
+  f"Mean of each run's logged training losses over the last {FINAL_WINDOW:.0%} of its RST."
+  " Batch selection's is the loss of the whole scored mega-batch before each step (the kept"
+  " sequences are the hardest by design); layer dropping's is measured with its dropped layers."
+)
 
 
 def _decimals(x: float) -> int:
@@ -312,7 +318,10 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
       and sum(1 for x in agg["metric_names"] if x.startswith("validation_loss/")) < 2
     ):
       continue  # one validation set: the same numbers as validation_loss / perplexity
-    out += ["", f"### {title(name)}", ""] + metric_table(agg, name)
+    out += ["", f"### {title(name)}", ""]
+    if name == "train_loss":
+      out += [TRAIN_LOSS_NOTE, ""]
+    out += metric_table(agg, name)
     paired = paired_table(agg, name)
     if paired:
       out += ["", f"Paired by seed, method − {agg['baseline']} (mean ± std, n):", ""] + paired
@@ -402,7 +411,7 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
       f"| {r['method']} | {budget_label(r['budget_hours'])} | {r['seed']} |"
       f" {r['status']} | {s.get('steps', '—')} |"
       f" {f'{rst_s:.1f}' if isinstance(rst_s, (int, float)) else '—'} |"
-      f" {s.get('stopped_because') or '—'} | {fmt(number(s.get('final_train_loss')))} |"
+      f" {s.get('stopped_because') or '—'} | {fmt(final_train_loss(r))} |"
       f" {fmt(number(s.get('final_validation_loss')))} | {ft or '—'} | {err} |"
     )
   return portable_text("\n".join(out) + "\n", collected)
