@@ -256,6 +256,15 @@ def learning_regime(collected: dict, agg: dict) -> list[str]:
   ] + lines
 
 
+def _repeats_in_domain(agg: dict, name: str) -> bool:
+  """True if `name` is a per-set loss or perplexity whose every cell equals the in-domain one."""
+  if not name.startswith(("validation_loss/", "perplexity/")):
+    return False
+  in_domain = name.split("/", 1)[0]
+  cells = [(g["metrics"].get(name), g["metrics"].get(in_domain)) for g in agg["groups"].values()]
+  return all(a is None or (b is not None and a["mean"] == b["mean"]) for a, b in cells)
+
+
 def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[str]) -> str:
   status = collected["status"]
   root = collected["root"]
@@ -313,12 +322,15 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
       and not name.endswith("/average")
     ):
       continue  # per-task metrics go to their own table
-    if (
-      name.startswith(("validation_loss/", "perplexity/"))
-      and sum(1 for x in agg["metric_names"] if x.startswith("validation_loss/")) < 2
-    ):
-      continue  # one validation set: the same numbers as validation_loss / perplexity
-    out += ["", f"### {title(name)}", ""]
+    if _repeats_in_domain(agg, name):
+      continue  # the in-domain set's own table: the same numbers as validation_loss / perplexity
+    heading = title(name)
+    same = [
+      n for n in agg["metric_names"] if n.startswith(name + "/") and _repeats_in_domain(agg, n)
+    ]
+    if name in ("validation_loss", "perplexity") and len(same) == 1:
+      heading = heading.replace("in-domain set", f"in-domain set `{same[0].split('/', 1)[1]}`")
+    out += ["", f"### {heading}", ""]
     if name == "train_loss":
       out += [TRAIN_LOSS_NOTE, ""]
     out += metric_table(agg, name)
