@@ -29,13 +29,13 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def final_train_loss(run: dict) -> float | None:
-  """Mean training loss over the last FINAL_WINDOW of the run's RST (its curve), else the
-  summary's last logged one."""
-  curve = [(t, v) for t, v in run.get("curve", []) if math.isfinite(v)]
-  if curve:
-    start = (1.0 - FINAL_WINDOW) * curve[-1][0]
-    return mean_std([v for t, v in curve if t >= start])[0]
-  return number((run["summary"] or {}).get("final_train_loss"))
+  """Mean training loss over the last FINAL_WINDOW of the run's RST (its curve; not finite if a
+  loss there is not), else the summary's last logged one."""
+  curve = run.get("curve") or []
+  if not curve:
+    return number((run["summary"] or {}).get("final_train_loss"))
+  window = [v for t, v in curve if t >= (1.0 - FINAL_WINDOW) * curve[-1][0]]
+  return sum(window) / len(window)
 
 
 def run_metrics(run: dict) -> dict:
