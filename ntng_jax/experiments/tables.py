@@ -325,11 +325,11 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
     if _repeats_in_domain(agg, name):
       continue  # the in-domain set's own table: the same numbers as validation_loss / perplexity
     heading = title(name)
-    same = [
-      n for n in agg["metric_names"] if n.startswith(name + "/") and _repeats_in_domain(agg, n)
-    ]
-    if name in ("validation_loss", "perplexity") and len(same) == 1:
-      heading = heading.replace("in-domain set", f"in-domain set `{same[0].split('/', 1)[1]}`")
+    if name in ("validation_loss", "perplexity"):  # name the set whose own table was dropped
+      same = [n for n in agg["metric_names"] if n.startswith(name + "/")]
+      same = [n for n in same if _repeats_in_domain(agg, n)]
+      if len(same) == 1:
+        heading = heading.replace("in-domain set", f"in-domain set `{same[0].split('/', 1)[1]}`")
     out += ["", f"### {heading}", ""]
     if name == "train_loss":
       out += [TRAIN_LOSS_NOTE, ""]
