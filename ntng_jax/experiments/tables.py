@@ -315,6 +315,7 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
     f" paired by seed: mean ± sample std over seeds of (method − {agg['baseline']} for the same"
     " seed), n = seeds where both finished; it removes the seed-to-seed noise the two share."
   )
+  repeated = [n for n in agg["metric_names"] if _repeats_in_domain(agg, n)]
   for name in agg["metric_names"]:
     if name.count("/") >= 2 or (
       name.count("/") == 1
@@ -322,14 +323,12 @@ def render_markdown(collected: dict, agg: dict, figures: dict, notes: Sequence[s
       and not name.endswith("/average")
     ):
       continue  # per-task metrics go to their own table
-    if _repeats_in_domain(agg, name):
+    if name in repeated:
       continue  # the in-domain set's own table: the same numbers as validation_loss / perplexity
     heading = title(name)
-    if name in ("validation_loss", "perplexity"):  # name the set whose own table was dropped
-      same = [n for n in agg["metric_names"] if n.startswith(name + "/")]
-      same = [n for n in same if _repeats_in_domain(agg, n)]
-      if len(same) == 1:
-        heading = heading.replace("in-domain set", f"in-domain set `{same[0].split('/', 1)[1]}`")
+    same = [n for n in repeated if n.startswith(name + "/")]
+    if len(same) == 1:  # name the set whose own table was dropped
+      heading = heading.replace("in-domain set", f"in-domain set `{same[0].split('/', 1)[1]}`")
     out += ["", f"### {heading}", ""]
     if name == "train_loss":
       out += [TRAIN_LOSS_NOTE, ""]
